@@ -1,0 +1,35 @@
+# One entry point for people and CI: `make test` creates .venv, installs what the tests need, runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch: the CPU build that lies on this machine's disk (pip finds it through its find-links).
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= train,export,plots,dev
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-fast lint demo clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+demo: $(STAMP)
+	@echo "make demo arrives with the benchmarks issue (#7)"; exit 2
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

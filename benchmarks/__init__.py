@@ -1,0 +1,1 @@
+"""netvlad-kit benchmarks: recall parity and latency across backends."""

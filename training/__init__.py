@@ -1,0 +1,1 @@
+"""netvlad-kit training: NetVLAD in PyTorch, weakly supervised, with PCA-whitening and recall@N evaluation."""
