@@ -1,0 +1,27 @@
+"""Place-recognition datasets: every source yields one :class:`PlaceDataset`.
+
+Sources: the generic CSV folder (also written by the synthetic world, ``training.synth``), aligned
+sequences such as Nordland, and the official Pittsburgh 30k/250k and Tokyo 24/7 ``.mat`` files.
+Lean: numpy, cv2 and csv; scipy only when a ``.mat`` is read.
+"""
+
+from runtime.datasets.aligned import frame_spacing_m, load_aligned, load_nordland
+from runtime.datasets.generic import load_generic, write_split_csv
+from runtime.datasets.matlab import keep_first_per_panorama, load_dbstruct, load_pittsburgh, load_tokyo247
+from runtime.datasets.open import open_dataset
+from runtime.datasets.place import PlaceDataset, read_rgb
+
+__all__ = [
+    "PlaceDataset",
+    "frame_spacing_m",
+    "keep_first_per_panorama",
+    "load_aligned",
+    "load_dbstruct",
+    "load_generic",
+    "load_nordland",
+    "load_pittsburgh",
+    "load_tokyo247",
+    "open_dataset",
+    "read_rgb",
+    "write_split_csv",
+]

@@ -1,0 +1,202 @@
+"""The generic on-disk format: a folder with ``database.csv`` and ``queries.csv``.
+
+Columns: ``image`` (path relative to the folder), then either ``easting`` and ``northing`` (metres) or
+``lat`` and ``lon`` (WGS84 degrees, converted to UTM with the ``utm`` package, one zone for the whole
+dataset), and optionally ``heading`` (degrees) and ``timestamp`` (seconds).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from runtime.datasets.place import PlaceDataset
+from runtime.errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
+SPLIT_FILES = {"database": "database.csv", "queries": "queries.csv"}
+OPTIONAL_COLUMNS = ("heading", "timestamp")
+
+
+def _float(value: str, csv_path: Path, row: int, column: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise DatasetError(
+            f"{csv_path}, row {row}: column '{column}' must be a finite number, got {value!r}; "
+            "fix or remove that row"
+        )
+    return number
+
+
+def read_split_csv(csv_path: Path) -> dict[str, list]:
+    """Parse one split's CSV into columns; errors name the file, the row (1 = header) and the value.
+
+    Returns ``{"image": [...], "easting"|"lat": [...], ...}`` with floats for numeric columns.
+    """
+    if not csv_path.is_file():
+        raise DatasetError(
+            f"'{csv_path}' does not exist; a generic dataset folder needs database.csv and queries.csv"
+        )
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        if "image" not in header:
+            raise DatasetError(
+                f"{csv_path}: missing required column 'image' (found columns: {', '.join(header) or 'none'}); "
+                "expected image, easting, northing (or image, lat, lon), optional heading, timestamp"
+            )
+        if {"easting", "northing"} <= set(header):
+            coords = ("easting", "northing")
+        elif {"lat", "lon"} <= set(header):
+            coords = ("lat", "lon")
+        else:
+            raise DatasetError(
+                f"{csv_path}: missing required columns 'easting' and 'northing' (or 'lat' and 'lon') "
+                f"(found columns: {', '.join(header)}); add metric UTM positions or WGS84 latitude/longitude"
+            )
+        wanted = [c for c in (*coords, *OPTIONAL_COLUMNS) if c in header]
+        columns: dict[str, list] = {"image": [], **{c: [] for c in wanted}}
+        for row_number, row in enumerate(reader, start=2):
+            image = (row.get("image") or "").strip()
+            if not image:
+                raise DatasetError(f"{csv_path}, row {row_number}: empty 'image' value; give a relative path")
+            columns["image"].append(image)
+            for c in wanted:
+                columns[c].append(_float((row.get(c) or "").strip(), csv_path, row_number, c))
+    if not columns["image"]:
+        raise DatasetError(
+            f"{csv_path}: the split is empty (no rows after the header); add at least one image"
+        )
+    return columns
+
+
+def latlon_to_utm(lat: np.ndarray, lon: np.ndarray, where: str) -> tuple[np.ndarray, str]:
+    """WGS84 degrees -> (N, 2) UTM metres and the zone label (e.g. ``"17T"``); one zone only."""
+    import utm
+
+    lat = np.asarray(lat, dtype=np.float64)
+    lon = np.asarray(lon, dtype=np.float64)
+    bad = np.flatnonzero((lat < -80.0) | (lat > 84.0))
+    if bad.size:
+        raise DatasetError(
+            f"{where}, row {int(bad[0]) + 2}: latitude {lat[bad[0]]!r} is out of range; UTM covers "
+            "-80 to 84 degrees (is lat swapped with lon?)"
+        )
+    bad = np.flatnonzero((lon < -180.0) | (lon > 180.0))
+    if bad.size:
+        raise DatasetError(
+            f"{where}, row {int(bad[0]) + 2}: longitude {lon[bad[0]]!r} is out of range; expected -180 to 180 degrees"
+        )
+    easting, northing, zone_numbers, zone_letters = [], [], [], []
+    for la, lo in zip(lat, lon, strict=True):
+        e, n, zn, zl = utm.from_latlon(float(la), float(lo))
+        easting.append(e)
+        northing.append(n)
+        zone_numbers.append(int(zn))
+        zone_letters.append(zl)
+    zones = sorted(set(zone_numbers))
+    hemispheres = sorted({"N" if la >= 0 else "S" for la in lat})
+    if len(zones) > 1 or len(hemispheres) > 1:
+        raise DatasetError(
+            f"{where}: positions span several UTM zones ({', '.join(str(z) for z in zones)}, "
+            f"hemispheres {'/'.join(hemispheres)}); metric distances need one zone: split the dataset per zone "
+            "or give easting/northing in one common zone"
+        )
+    label = f"{zones[0]}{zone_letters[0]}"
+    return np.stack([easting, northing], axis=1), label
+
+
+def load_generic(folder: str | Path, name: str | None = None, check_images: bool = True) -> PlaceDataset:
+    """Load a generic dataset folder (``database.csv`` + ``queries.csv``) as a :class:`PlaceDataset`.
+
+    ``check_images``: verify every listed image exists (an error names the first missing one).
+    Raises :class:`DatasetError` naming the file, row and value for malformed input.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"dataset folder '{folder}' does not exist")
+    splits = {split: read_split_csv(folder / fname) for split, fname in SPLIT_FILES.items()}
+    kinds = {split: ("lat" in cols) for split, cols in splits.items()}
+    info: dict = {"source": "generic", "folder": str(folder)}
+    positions: dict[str, np.ndarray] = {}
+    if any(kinds.values()):
+        if not all(kinds.values()):
+            raise DatasetError(
+                f"{folder}: database.csv and queries.csv must both use easting/northing or both lat/lon"
+            )
+        zones = {}
+        for split, cols in splits.items():
+            positions[split], zones[split] = latlon_to_utm(
+                np.array(cols["lat"]), np.array(cols["lon"]), str(folder / SPLIT_FILES[split])
+            )
+        if zones["database"][:-1] != zones["queries"][:-1]:
+            raise DatasetError(
+                f"{folder}: database.csv is in UTM zone {zones['database']} but queries.csv in {zones['queries']}; "
+                "metric distances need one zone: use easting/northing in one common zone"
+            )
+        info["utm_zone"] = zones["database"]
+    else:
+        for split, cols in splits.items():
+            positions[split] = np.stack([cols["easting"], cols["northing"]], axis=1)
+    if check_images:
+        for split, cols in splits.items():
+            for row_number, image in enumerate(cols["image"], start=2):
+                if not (folder / image).is_file():
+                    raise DatasetError(
+                        f"{folder / SPLIT_FILES[split]}, row {row_number}: image '{folder / image}' does not exist; "
+                        "paths in the image column are relative to the dataset folder"
+                    )
+
+    def optional(split: str, column: str) -> np.ndarray | None:
+        values = splits[split].get(column)
+        return None if values is None else np.asarray(values, dtype=np.float64)
+
+    dataset = PlaceDataset(
+        name=name or folder.name,
+        root=folder,
+        db_images=tuple(splits["database"]["image"]),
+        db_utm=positions["database"],
+        q_images=tuple(splits["queries"]["image"]),
+        q_utm=positions["queries"],
+        db_heading=optional("database", "heading"),
+        q_heading=optional("queries", "heading"),
+        db_time=optional("database", "timestamp"),
+        q_time=optional("queries", "timestamp"),
+        info=info,
+    )
+    logger.info("loaded %s: %d database, %d query images", dataset.name, dataset.num_db, dataset.num_queries)
+    return dataset
+
+
+def write_split_csv(
+    path: Path,
+    images: list[str] | tuple[str, ...],
+    utm: np.ndarray,
+    heading: np.ndarray | None = None,
+    timestamp: np.ndarray | None = None,
+) -> None:
+    """Write one split in the generic format (easting/northing), the inverse of :func:`read_split_csv`."""
+    header = ["image", "easting", "northing"]
+    if heading is not None:
+        header.append("heading")
+    if timestamp is not None:
+        header.append("timestamp")
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for i, image in enumerate(images):
+            row = [image, f"{utm[i, 0]:.3f}", f"{utm[i, 1]:.3f}"]
+            if heading is not None:
+                row.append(f"{heading[i]:.2f}")
+            if timestamp is not None:
+                row.append(f"{timestamp[i]:.3f}")
+            writer.writerow(row)

@@ -1,0 +1,189 @@
+"""The one dataset object every source yields: database and query images with metric positions.
+
+Positions are UTM metres ``(easting, northing)``; ground truth is purely geometric (PROTOCOL.md):
+potential positives within 10 m, definite negatives beyond 25 m, evaluation positives within 25 m.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from runtime.errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
+Split = Literal["database", "queries"]
+SPLITS: tuple[str, ...] = ("database", "queries")
+
+
+def _as_positions(values: Any, what: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise DatasetError(f"{what} positions must have shape (N, 2) (easting, northing), got {arr.shape}")
+    return arr
+
+
+def neighbours_within(db_utm: np.ndarray, q_utm: np.ndarray, radius_m: float) -> list[np.ndarray]:
+    """For each query, the database indices within ``radius_m`` metres, nearest first (ties: lower index).
+
+    Sweeps the database sorted by easting, so memory stays O(N_db + N_q) even for 250k-image maps.
+    Shapes: ``db_utm (N, 2)``, ``q_utm (M, 2)`` -> M int64 arrays.
+    """
+    order = np.argsort(db_utm[:, 0], kind="stable")
+    east_sorted = db_utm[order, 0]
+    lo = np.searchsorted(east_sorted, q_utm[:, 0] - radius_m, side="left")
+    hi = np.searchsorted(east_sorted, q_utm[:, 0] + radius_m, side="right")
+    r2 = float(radius_m) ** 2
+    result: list[np.ndarray] = []
+    for qi in range(q_utm.shape[0]):
+        cand = order[lo[qi] : hi[qi]]
+        d2 = np.sum((db_utm[cand] - q_utm[qi]) ** 2, axis=1)
+        keep = d2 <= r2
+        cand, d2 = cand[keep], d2[keep]
+        result.append(cand[np.lexsort((cand, d2))].astype(np.int64))
+    return result
+
+
+@dataclass(frozen=True)
+class PlaceDataset:
+    """Geotagged database and query images of one place-recognition dataset.
+
+    ``root``: image paths in ``db_images`` / ``q_images`` are relative to it.
+    ``db_utm`` ``(N_db, 2)`` and ``q_utm`` ``(N_q, 2)``: float64 easting, northing in metres.
+    ``db_heading`` / ``q_heading``: degrees (clockwise from north) or None; ``db_time`` / ``q_time``: seconds
+    or None. ``info``: where it came from (``{"source": "synth" | "generic" | "aligned" | "pittsburgh" |
+    "tokyo247", ...}``, plus e.g. ``utm_zone``).
+    """
+
+    name: str
+    root: Path
+    db_images: tuple[str, ...]
+    db_utm: np.ndarray
+    q_images: tuple[str, ...]
+    q_utm: np.ndarray
+    db_heading: np.ndarray | None = None
+    q_heading: np.ndarray | None = None
+    db_time: np.ndarray | None = None
+    q_time: np.ndarray | None = None
+    info: Mapping[str, Any] = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+        object.__setattr__(self, "db_images", tuple(str(p) for p in self.db_images))
+        object.__setattr__(self, "q_images", tuple(str(p) for p in self.q_images))
+        object.__setattr__(self, "db_utm", _as_positions(self.db_utm, f"{self.name}: database"))
+        object.__setattr__(self, "q_utm", _as_positions(self.q_utm, f"{self.name}: queries"))
+        for split, images, utm in (
+            ("database", self.db_images, self.db_utm),
+            ("queries", self.q_images, self.q_utm),
+        ):
+            if len(images) != utm.shape[0]:
+                raise DatasetError(
+                    f"{self.name}: {split} has {len(images)} images but {utm.shape[0]} positions; "
+                    "every image needs exactly one position"
+                )
+            if not np.all(np.isfinite(utm)):
+                raise DatasetError(f"{self.name}: {split} positions contain NaN or infinity")
+        for attr, n in (
+            ("db_heading", self.num_db),
+            ("q_heading", self.num_queries),
+            ("db_time", self.num_db),
+            ("q_time", self.num_queries),
+        ):
+            value = getattr(self, attr)
+            if value is not None:
+                arr = np.asarray(value, dtype=np.float64).reshape(-1)
+                if arr.shape[0] != n:
+                    raise DatasetError(f"{self.name}: {attr} has {arr.shape[0]} values, expected {n}")
+                object.__setattr__(self, attr, arr)
+        object.__setattr__(self, "info", dict(self.info))
+
+    @property
+    def num_db(self) -> int:
+        """Number of database images."""
+        return len(self.db_images)
+
+    @property
+    def num_queries(self) -> int:
+        """Number of query images."""
+        return len(self.q_images)
+
+    def _images(self, split: str) -> tuple[str, ...]:
+        if split in ("database", "db"):
+            return self.db_images
+        if split in ("queries", "query", "q"):
+            return self.q_images
+        raise ValueError(f"split must be 'database' or 'queries', got {split!r}")
+
+    def image_path(self, split: Split, index: int) -> Path:
+        """Absolute path of image ``index`` of ``split`` ("database" or "queries")."""
+        return self.root / self._images(split)[index]
+
+    def read_image(self, split: Split, index: int) -> np.ndarray:
+        """Decode image ``index`` of ``split``: uint8 ``(H, W, 3)`` RGB, a new array owned by the caller.
+
+        Raises :class:`DatasetError` naming the file when it is missing or cannot be decoded.
+        """
+        return read_rgb(self.image_path(split, index))
+
+    def positives(self, radius_m: float = 25.0) -> list[np.ndarray]:
+        """Per query, the database indices within ``radius_m`` metres, nearest first (cached per radius)."""
+        key = ("positives", float(radius_m))
+        if key not in self._cache:
+            self._cache[key] = neighbours_within(self.db_utm, self.q_utm, float(radius_m))
+        return self._cache[key]
+
+    def without_unmatched_queries(self, radius_m: float = 25.0) -> PlaceDataset:
+        """A copy without the queries that have no database image within ``radius_m`` (count logged)."""
+        keep = np.array([len(p) > 0 for p in self.positives(radius_m)], dtype=bool)
+        dropped = int(np.count_nonzero(~keep))
+        if dropped == 0:
+            return self
+        logger.info(
+            "%s: dropped %d of %d queries with no database image within %g m",
+            self.name,
+            dropped,
+            self.num_queries,
+            radius_m,
+        )
+        idx = np.flatnonzero(keep)
+        info = dict(self.info)
+        info["dropped_unmatched_queries"] = int(info.get("dropped_unmatched_queries", 0)) + dropped
+        return dataclasses.replace(
+            self,
+            q_images=tuple(self.q_images[i] for i in idx),
+            q_utm=self.q_utm[idx],
+            q_heading=None if self.q_heading is None else self.q_heading[idx],
+            q_time=None if self.q_time is None else self.q_time[idx],
+            info=info,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"PlaceDataset(name={self.name!r}, root='{self.root}', num_db={self.num_db}, "
+            f"num_queries={self.num_queries}, source={self.info.get('source')!r})"
+        )
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as uint8 ``(H, W, 3)`` RGB; :class:`DatasetError` naming the file otherwise."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"image '{path}' does not exist; check the dataset root and the image column")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise DatasetError(
+            f"image '{path}' cannot be decoded (expected a PNG or JPEG file); replace or remove it"
+        )
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
