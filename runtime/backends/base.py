@@ -1,0 +1,140 @@
+"""The one interface every inference backend implements; its base class validates inputs.
+
+A backend owns its resources (sessions, engines, CUDA buffers and streams): use it in a ``with`` block or
+call :meth:`Backend.close` (idempotent). Every backend takes ``uint8 (N, H, W, 3)`` images in the card's
+channel order at the card's size and returns ``float32 (N, D)`` L2-normalised descriptors, so every
+backend fails the same way on bad input (:meth:`Backend.validate`).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from runtime.card import ModelCard
+from runtime.errors import BackendError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class Backend(abc.ABC):
+    """Runs a NetVLAD model. Subclasses implement :meth:`_infer` and :meth:`_release`."""
+
+    #: short name used in logs, reports and ``--backend`` ("onnxruntime", "tensorrt")
+    name: str = "backend"
+
+    def __init__(self, path: str | Path, card: ModelCard) -> None:
+        self.path = Path(path)
+        self.card = card
+        self._closed = False
+
+    # -- capabilities ------------------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(H, W, 3)`` of one image, from the card."""
+        return (self.card.input_height, self.card.input_width, 3)
+
+    @property
+    def max_batch(self) -> int | None:
+        """The largest batch this backend accepts (None: no limit)."""
+        return None
+
+    @property
+    def min_batch(self) -> int:
+        """The smallest batch this backend accepts."""
+        return 1
+
+    @property
+    def device(self) -> str:
+        """Where inference runs, in words (e.g. ``"CPUExecutionProvider"``)."""
+        return "cpu"
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device}: {self.path.name} ({self.card.precision}, {self.card.descriptor_dim}-D)"
+
+    # -- inference ---------------------------------------------------------------------------------
+    def validate(self, images: np.ndarray) -> np.ndarray:
+        """Check ``images`` against the card; returns them C-contiguous. Raises ConfigError naming the problem."""
+        h, w, c = self.input_shape
+        expected = f"uint8 images (N, {h}, {w}, {c}) NHWC {self.card.channel_order}"
+        hint = "; convert frames with runtime.preprocess.Preprocessor(card)"
+        if not isinstance(images, np.ndarray):
+            raise ConfigError(f"{self.name} backend expects {expected}, got {type(images).__name__}{hint}")
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, c):
+            raise ConfigError(
+                f"{self.name} backend expects {expected}, got {images.dtype} {tuple(images.shape)}{hint}"
+            )
+        n = images.shape[0]
+        if n < self.min_batch or (self.max_batch is not None and n > self.max_batch):
+            raise ConfigError(
+                f"{self.name} backend accepts batches of {self.min_batch} to {self.max_batch} images "
+                f"('{self.path.name}'), got {n}; split the batch"
+            )
+        return np.ascontiguousarray(images)
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """``uint8 (N, H, W, 3)`` -> ``float32 (N, D)`` descriptors (a new array owned by the caller)."""
+        if self._closed:
+            raise BackendError(f"{self.name} backend for '{self.path}' is closed")
+        images = self.validate(images)
+        out = self._infer(images)
+        d = self.card.descriptor_dim
+        if out.shape != (images.shape[0], d):
+            raise BackendError(
+                f"'{self.path}' returned descriptors of shape {out.shape}, but its card says "
+                f"({images.shape[0]}, {d}); the card does not describe this model, re-export it"
+            )
+        return out
+
+    def infer_batched(self, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """Like :meth:`infer` for any N, in chunks of at most ``batch_size`` (within the backend's limits)."""
+        if self.max_batch is not None:
+            batch_size = min(batch_size, self.max_batch)
+        parts = [self.infer(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.card.descriptor_dim), np.float32)
+
+    @abc.abstractmethod
+    def _infer(self, images: np.ndarray) -> np.ndarray:
+        """Validated ``uint8 (N, H, W, 3)`` -> ``float32 (N, D)``."""
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    def _release(self) -> None:  # noqa: B027 - optional hook
+        """Free sessions, engines and device memory (called once)."""
+
+    def close(self) -> None:
+        """Release every resource; safe to call more than once."""
+        if not self._closed:
+            self._closed = True
+            self._release()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: nothing sensible left to do
+            self.close()
+
+
+def check_model_file(path: str | Path, kind: str) -> Path:
+    """An existing, non-empty file, else ArtifactError naming it."""
+    from runtime.errors import ArtifactError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(
+            f"{kind} '{path}' does not exist; check the path or export it with netvlad-export"
+        )
+    if path.stat().st_size == 0:
+        raise ArtifactError(f"{kind} '{path}' is empty (0 bytes); re-export it with netvlad-export")
+    return path

@@ -1,0 +1,153 @@
+"""ONNX Runtime backend: CPU, CUDA or TensorRT execution provider; FP32, FP16 and INT8 (QDQ) models.
+
+The provider is chosen explicitly (``"cpu"``, ``"cuda"``, ``"tensorrt"``) or by ``"auto"``, which takes CUDA
+when onnxruntime-gpu sees a device and CPU otherwise, and logs what it picked and why (the TensorRT
+provider compiles an engine on first run, minutes, so it is never picked implicitly). A requested provider
+that ONNX Runtime cannot load is an error, never a silent fallback to CPU. On the GPU the input and output
+are bound with IO binding (one uint8 upload per batch, one float32 download). The model card is read from
+the ONNX file's ``metadata_props``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends.base import Backend, check_model_file
+from runtime.card import ModelCard
+from runtime.errors import ArtifactError, BackendError, ConfigError
+from runtime.optional import require
+
+log = logging.getLogger(__name__)
+
+PROVIDER_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+PROVIDER_CHOICES = ("auto", *PROVIDER_NAMES)
+
+
+def choose_provider(provider: str, available: list[str]) -> str:
+    """Resolve ``provider`` ("auto", "cpu", "cuda", "tensorrt") against ONNX Runtime's available providers."""
+    if provider not in PROVIDER_CHOICES:
+        raise ConfigError(f"provider must be one of {PROVIDER_CHOICES}, got {provider!r}")
+    if provider == "auto":
+        if PROVIDER_NAMES["cuda"] in available:
+            log.info("onnxruntime provider auto -> cuda (CUDAExecutionProvider is available)")
+            return "cuda"
+        log.info("onnxruntime provider auto -> cpu (no CUDAExecutionProvider in %s)", available)
+        return "cpu"
+    if PROVIDER_NAMES[provider] not in available:
+        raise BackendError(
+            f"onnxruntime provider '{provider}' ({PROVIDER_NAMES[provider]}) is not available in this "
+            f"installation (available: {available}); install onnxruntime-gpu with: "
+            "pip install 'netvlad-kit[gpu]', or choose provider 'cpu'"
+        )
+    return provider
+
+
+class OnnxRuntimeBackend(Backend):
+    """An ``onnxruntime.InferenceSession`` over an exported ``.onnx`` model (card in its metadata)."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | Path,
+        provider: str = "auto",
+        threads: int | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        """Open ``path``. ``threads``: intra-op threads (None: ONNX Runtime's default, one per core).
+
+        ``cache_dir``: where the TensorRT provider keeps its compiled engines (default: beside the model).
+        """
+        ort = require("onnxruntime", "running ONNX models")
+        path = check_model_file(path, "ONNX model")
+        self.provider = choose_provider(provider, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            if threads < 0:
+                raise ConfigError(f"threads must be >= 0, got {threads}")
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        providers = self._provider_list(path, cache_dir)
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # InvalidProtobuf, Fail, NoSuchFile, ...
+            raise ArtifactError(
+                f"'{path}' cannot be loaded by onnxruntime ({type(exc).__name__}: {str(exc).strip()[:300]}); "
+                "the file is truncated, corrupt or not ONNX. Re-export it with netvlad-export"
+            ) from exc
+        card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+        super().__init__(path, card)
+        wanted = PROVIDER_NAMES[self.provider]
+        if session.get_providers()[0] != wanted:
+            raise BackendError(
+                f"onnxruntime could not start {wanted} for '{path}' (session runs on "
+                f"{session.get_providers()}); check the CUDA/TensorRT libraries or choose provider 'cpu'"
+            )
+        self._session = session
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or inputs[0].type != "tensor(uint8)":
+            raise ArtifactError(
+                f"'{path}' must take one uint8 NHWC image tensor, it takes "
+                f"{[(i.name, i.type, i.shape) for i in inputs]}; re-export it with netvlad-export"
+            )
+        self._input_name = inputs[0].name
+        self._output_name = outputs[0].name
+        batch_dim = inputs[0].shape[0]
+        self._fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+        self._on_gpu = self.provider in ("cuda", "tensorrt")
+        log.info("opened %s", self.describe())
+
+    def _provider_list(self, path: Path, cache_dir: str | Path | None) -> list:
+        cpu = PROVIDER_NAMES["cpu"]
+        if self.provider == "cpu":
+            return [cpu]
+        if self.provider == "cuda":
+            return [PROVIDER_NAMES["cuda"], cpu]
+        # TensorRT EP: precision follows the model (QDQ nodes drive INT8); FP16 enabled for fp16/int8 cards.
+        cache = Path(cache_dir) if cache_dir else path.parent / f".{path.name}.trt-cache"
+        os.makedirs(cache, exist_ok=True)
+        trt_options = {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            "trt_fp16_enable": True,
+        }
+        return [(PROVIDER_NAMES["tensorrt"], trt_options), PROVIDER_NAMES["cuda"], cpu]
+
+    @property
+    def max_batch(self) -> int | None:
+        return self._fixed_batch
+
+    @property
+    def min_batch(self) -> int:
+        return self._fixed_batch or 1
+
+    @property
+    def device(self) -> str:
+        return PROVIDER_NAMES[self.provider]
+
+    def _infer(self, images: np.ndarray) -> np.ndarray:
+        if self._on_gpu:
+            return self._infer_io_binding(images)
+        (out,) = self._session.run([self._output_name], {self._input_name: images})
+        return np.asarray(out, dtype=np.float32)
+
+    def _infer_io_binding(self, images: np.ndarray) -> np.ndarray:
+        """GPU path: upload the uint8 batch once, keep the output on the device until one copy back."""
+        ort = require("onnxruntime")
+        binding = self._session.io_binding()
+        binding.bind_ortvalue_input(self._input_name, ort.OrtValue.ortvalue_from_numpy(images, "cuda", 0))
+        binding.bind_output(self._output_name, "cuda", 0)
+        self._session.run_with_iobinding(binding)
+        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+
+    def _release(self) -> None:
+        self._session = None

@@ -1,0 +1,155 @@
+"""Test helpers for the runtime: a small but real ONNX place model, and a stand-in PlaceDataset.
+
+The model follows the kit's I/O contract exactly (uint8 NHWC RGB in, L2-normalised float32 (N, D) out,
+model card in metadata_props) so the real ONNX Runtime path is exercised:
+image -> Cast -> NCHW -> AveragePool(p) -> Flatten -> minus its mean -> random projection -> L2.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from runtime.card import ModelCard, attach_to_onnx, fingerprint_arrays
+
+
+def make_onnx_model(
+    path: Path,
+    height: int = 48,
+    width: int = 64,
+    pool: int = 4,
+    dim: int = 64,
+    seed: int = 0,
+    batch: int | str = "N",
+    precision: str = "fp32",
+) -> tuple[Path, ModelCard]:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    cells = (height // pool) * (width // pool)
+    features = 3 * cells
+    projection = (rng.standard_normal((features, dim)) / np.sqrt(features)).astype(np.float32)
+    card = ModelCard(
+        backbone="test-avgpool",
+        input_height=height,
+        input_width=width,
+        num_clusters=cells,
+        local_dim=3,
+        descriptor_dim=dim,
+        whitening_dim=dim,
+        weights_fingerprint=fingerprint_arrays([("projection", projection)]),
+        precision=precision,
+        calibration="test" if precision == "int8" else None,
+    )
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x_f"], to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["x_f"], ["x_nchw"], perm=[0, 3, 1, 2]),  # (N, 3, H, W)
+        helper.make_node(
+            "AveragePool", ["x_nchw"], ["pooled"], kernel_shape=[pool, pool], strides=[pool, pool]
+        ),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),  # (N, 3 * H/p * W/p)
+        helper.make_node("ReduceMean", ["flat"], ["mean"], axes=[1], keepdims=1),
+        helper.make_node("Sub", ["flat", "mean"], ["centred"]),
+        helper.make_node("MatMul", ["centred", "projection"], ["projected"]),  # (N, D)
+        helper.make_node("LpNormalization", ["projected"], ["descriptor"], axis=1, p=2),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "test_place_model",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [batch, height, width, 3])],
+        [helper.make_tensor_value_info("descriptor", TensorProto.FLOAT, [batch, dim])],
+        initializer=[numpy_helper.from_array(projection, "projection")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    attach_to_onnx(model, card)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path, card
+
+
+@dataclass(frozen=True)
+class StandInDataset:
+    """The PlaceDataset contract (runtime.datasets), enough for building maps in tests."""
+
+    name: str
+    root: Path
+    db_images: tuple[str, ...]
+    db_utm: np.ndarray
+    q_images: tuple[str, ...]
+    q_utm: np.ndarray
+    db_heading: np.ndarray | None = None
+    q_heading: np.ndarray | None = None
+    db_time: np.ndarray | None = None
+    q_time: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_db(self) -> int:
+        return len(self.db_images)
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.q_images)
+
+    def image_path(self, split: str, index: int) -> Path:
+        return self.root / (self.db_images if split == "database" else self.q_images)[index]
+
+    def read_image(self, split: str, index: int) -> np.ndarray:
+        image = cv2.imread(str(self.image_path(split, index)), cv2.IMREAD_COLOR)
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def positives(self, radius_m: float = 25.0) -> list[np.ndarray]:
+        d = np.linalg.norm(self.q_utm[:, None, :] - self.db_utm[None, :, :], axis=2)
+        return [np.argsort(row, kind="stable")[: np.count_nonzero(row <= radius_m)] for row in d]
+
+
+def place_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A smooth random colour image (a 'place'); BGR uint8."""
+    small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def make_stand_in_world(root: Path, places: int = 40, spacing_m: float = 30.0, seed: int = 0, size=(96, 128)):
+    """A route of ``places`` distinct places along a line; database and query images per place, CSVs too.
+
+    Queries are the place image with noise and a small shift, so a pooled-pixel model recognises them.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = size
+    (root / "database").mkdir(parents=True, exist_ok=True)
+    (root / "queries").mkdir(parents=True, exist_ok=True)
+    db, q = [], []
+    utm = np.stack([500000.0 + spacing_m * np.arange(places), np.full(places, 5000000.0)], axis=1)
+    for i in range(places):
+        image = place_image(rng, h, w)
+        cv2.imwrite(str(root / "database" / f"{i:04d}.png"), image)
+        noisy = np.clip(image.astype(np.int16) + rng.integers(-20, 21, image.shape), 0, 255).astype(np.uint8)
+        noisy = np.roll(noisy, 3, axis=1)
+        cv2.imwrite(str(root / "queries" / f"{i:04d}.png"), noisy)
+        db.append(f"database/{i:04d}.png")
+        q.append(f"queries/{i:04d}.png")
+    q_utm = utm + np.array([2.0, 1.0])
+    for split, names, coords in (("database", db, utm), ("queries", q, q_utm)):
+        with open(root / f"{split}.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["image", "easting", "northing"])
+            for name, (e, n) in zip(names, coords, strict=True):
+                writer.writerow([name, f"{e:.2f}", f"{n:.2f}"])
+    return StandInDataset(
+        name="standin",
+        root=root,
+        db_images=tuple(db),
+        db_utm=utm,
+        q_images=tuple(q),
+        q_utm=q_utm,
+        db_time=np.arange(places, dtype=np.float64),
+        info={"source": "standin"},
+    )
