@@ -1,0 +1,380 @@
+"""Frame sources: camera index, video file, image folder, RTSP URL, behind one iterator of :class:`Frame`.
+
+Decoding runs in a background thread that fills a bounded queue. A *live* source (camera, RTSP) never
+blocks on a slow consumer: when the queue is full the oldest frame is dropped (counted in
+``stats.dropped``), so the consumer always gets the newest frame. A *file* source (video, folder) blocks
+instead and loses nothing. A corrupt frame or image is skipped and counted (``stats.corrupt``), never
+fatal. A camera or stream that fails to open or stops delivering is retried with exponential back-off and
+then reported with :class:`~runtime.errors.SourceError`, raised in the consumer's thread.
+
+Frames are OpenCV images: ``uint8 (H, W, 3)`` **BGR**; pass ``color="BGR"`` to the preprocessor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from runtime.errors import ConfigError, SourceError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+_END = object()
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame. ``image`` is owned by the consumer (a fresh array per frame)."""
+
+    image: np.ndarray  # uint8 (H, W, 3) BGR
+    timestamp: float  # seconds: stream position for files, wall clock (time.time()) for live sources
+    source: str  # e.g. "0003.png", "queries.mp4#17", "camera 0"
+    index: int  # 0-based position among the frames delivered by the decoder (skipped ones not counted)
+    decode_s: float  # seconds spent decoding this frame
+
+
+@dataclass
+class SourceStats:
+    """Counters, updated by the decoding thread; read them at any time."""
+
+    decoded: int = 0
+    delivered: int = 0
+    dropped: int = 0  # live sources: frames discarded because the consumer was slower
+    corrupt: int = 0  # frames or images that could not be decoded and were skipped
+    reopened: int = 0  # live sources: successful reconnections after a drop-out
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Back-off for opening and reconnecting live sources: ``delay_s * 2**k`` for k < ``attempts``."""
+
+    attempts: int = 4
+    delay_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.delay_s < 0:
+            raise ConfigError(f"retry needs attempts >= 1 and delay_s >= 0, got {self}")
+
+    def delays(self) -> list[float]:
+        return [self.delay_s * 2**k for k in range(self.attempts - 1)]
+
+
+class FrameSource:
+    """Base class: a background decoder feeding a bounded queue; iterate it to get :class:`Frame` s.
+
+    Use it in a ``with`` block (or call :meth:`close`) so the decoding thread stops when you stop reading.
+    """
+
+    live = False
+
+    def __init__(self, name: str, queue_size: int = 4, live: bool | None = None) -> None:
+        if queue_size < 1:
+            raise ConfigError(f"queue_size must be >= 1, got {queue_size}")
+        self.name = name
+        if live is not None:
+            self.live = live
+        self.stats = SourceStats()
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- to implement --------------------------------------------------------------------------------
+    def _open(self) -> None:
+        """Open the underlying device or file; raise SourceError if impossible."""
+
+    def _read(self) -> tuple[str, np.ndarray | None, float, str]:
+        """Decode the next frame: ``(status, image, timestamp, name)``; status "ok", "corrupt", "end", "lost"."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Close the underlying device or file."""
+
+    # -- the decoding thread -------------------------------------------------------------------------
+    def _put(self, item) -> None:
+        if self.live and item is not _END:
+            while True:
+                try:
+                    self._queue.put_nowait(item)
+                    return
+                except queue.Full:
+                    with contextlib.suppress(queue.Empty):
+                        self._queue.get_nowait()
+                        self.stats.dropped += 1
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _decode_loop(self) -> None:
+        try:
+            self._open()
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                status, image, timestamp, name = self._read()
+                decode_s = time.perf_counter() - t0
+                if status == "end":
+                    break
+                if status == "corrupt":
+                    self.stats.corrupt += 1
+                    log.warning("%s: skipped a corrupt frame (%s)", self.name, name)
+                    continue
+                if status == "lost":
+                    self._reconnect()
+                    continue
+                frame = Frame(image, timestamp, name, self.stats.decoded, decode_s)
+                self.stats.decoded += 1
+                self._put(frame)
+        except BaseException as exc:  # delivered to the consumer, raised there
+            self._put(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                self._release()
+            self._put(_END)
+
+    def _reconnect(self) -> None:
+        raise SourceError(f"{self.name} stopped delivering frames")
+
+    # -- the consumer side ---------------------------------------------------------------------------
+    def start(self) -> FrameSource:
+        """Start decoding (iteration does it for you)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._decode_loop, name=f"decode {self.name}", daemon=True
+                )
+                self._thread.start()
+        return self
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.start()
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self.stats.delivered += 1
+            yield item
+
+    def close(self) -> None:
+        """Stop decoding and release the device or file; idempotent."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            while thread.is_alive():  # unblock a decoder waiting on a full queue
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get_nowait()
+                thread.join(timeout=0.05)
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _CaptureSource(FrameSource):
+    """A cv2.VideoCapture-backed source: a camera, an RTSP URL or a video file."""
+
+    def __init__(self, target, name: str, retry: RetryPolicy | None = None, **kwargs) -> None:
+        super().__init__(name, **kwargs)
+        self.target = target
+        self.retry = retry or RetryPolicy()
+        self._cap = None
+
+    def _try_open(self):
+        cap = cv2.VideoCapture(self.target)
+        if cap.isOpened():
+            return cap
+        cap.release()
+        return None
+
+    def _open_with_retry(self, what: str) -> None:
+        delays = self.retry.delays()
+        for attempt in range(self.retry.attempts):
+            self._cap = self._try_open()
+            if self._cap is not None:
+                return
+            if attempt < len(delays):
+                log.warning(
+                    "%s: %s failed (attempt %d of %d), retrying in %.1f s",
+                    self.name,
+                    what,
+                    attempt + 1,
+                    self.retry.attempts,
+                    delays[attempt],
+                )
+                if self._stop.wait(delays[attempt]):
+                    return
+        total = sum(delays)
+        raise SourceError(
+            f"{self.name}: {what} failed after {self.retry.attempts} attempts over {total:.1f} s; "
+            f"{self._hint()}"
+        )
+
+    def _hint(self) -> str:
+        return "check that the device exists and is not used by another program"
+
+    def _release(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class CameraSource(_CaptureSource):
+    """A local camera by index (``/dev/videoN`` on Linux). Live: keeps the newest frame."""
+
+    live = True
+
+    def __init__(self, index: int, retry: RetryPolicy | None = None, **kwargs) -> None:
+        super().__init__(int(index), f"camera {index}", retry, **kwargs)
+
+    def _hint(self) -> str:
+        return (
+            f"check that camera {self.target} exists (ls /dev/video*), is connected and not used by "
+            "another program, or pass another --camera index"
+        )
+
+    def _open(self) -> None:
+        self._open_with_retry("opening")
+
+    def _read(self):
+        ok, image = self._cap.read()
+        if not ok or image is None:
+            return "lost", None, 0.0, self.name
+        return "ok", image, time.time(), self.name
+
+    def _reconnect(self) -> None:
+        log.warning("%s: stopped delivering frames after %d; reconnecting", self.name, self.stats.decoded)
+        self._release()
+        try:
+            self._open_with_retry("reconnecting")
+        except SourceError as exc:
+            raise SourceError(f"{exc} (it had delivered {self.stats.decoded} frames)") from None
+        self.stats.reopened += 1
+
+
+class RtspSource(CameraSource):
+    """An RTSP (or HTTP) network stream through FFmpeg. Live, reconnects like a camera."""
+
+    def __init__(self, url: str, retry: RetryPolicy | None = None, **kwargs) -> None:
+        _CaptureSource.__init__(self, url, f"stream {url}", retry, **kwargs)
+
+    def _try_open(self):
+        cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG)
+        if cap.isOpened():
+            return cap
+        cap.release()
+        return None
+
+    def _hint(self) -> str:
+        return "check the URL, the network and the camera's credentials"
+
+
+class VideoFileSource(_CaptureSource):
+    """A video file, every frame in order (nothing dropped unless ``live=True`` is forced).
+
+    A frame that fails to decode before the end announced by the container is skipped and counted; after
+    ``max_bad_frames`` consecutive failures the video is treated as ended early (logged).
+    """
+
+    def __init__(self, path: str | Path, max_bad_frames: int = 25, **kwargs) -> None:
+        path = Path(path)
+        super().__init__(str(path), path.name, **kwargs)
+        self.path = path
+        self.max_bad_frames = max_bad_frames
+        self._frame_count = 0
+        self._position = 0
+        if not path.is_file():
+            raise SourceError(f"video file '{path}' does not exist")
+
+    def _open(self) -> None:
+        self._cap = self._try_open()
+        if self._cap is None:
+            raise SourceError(
+                f"cannot open video '{self.path}': not a video OpenCV can decode (truncated or an unsupported "
+                "codec?); re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4"
+            )
+        self._frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+
+    def _read(self):
+        bad = 0
+        while True:
+            ok, image = self._cap.read()
+            position = self._position
+            self._position += 1
+            if ok and image is not None:
+                timestamp = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+                return "ok", image, timestamp, f"{self.path.name}#{position}"
+            if position >= self._frame_count - 1 or bad >= self.max_bad_frames:
+                if position < self._frame_count - 1:
+                    log.warning(
+                        "%s: ended early at frame %d of %d (%d undecodable frames in a row)",
+                        self.name,
+                        position,
+                        self._frame_count,
+                        bad,
+                    )
+                return "end", None, 0.0, self.name
+            bad += 1
+            self.stats.corrupt += 1
+            log.warning("%s: frame %d cannot be decoded, skipped", self.name, position)
+
+
+class ImageFolderSource(FrameSource):
+    """Every image of a folder, sorted by file name; timestamps are ``index / fps`` seconds."""
+
+    def __init__(self, folder: str | Path, fps: float = 10.0, **kwargs) -> None:
+        folder = Path(folder)
+        super().__init__(folder.name or str(folder), **kwargs)
+        if not folder.is_dir():
+            raise SourceError(f"image folder '{folder}' does not exist or is not a folder")
+        self.folder = folder
+        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not self.files:
+            raise SourceError(
+                f"image folder '{folder}' contains no images (looked for {', '.join(IMAGE_SUFFIXES)})"
+            )
+        if fps <= 0:
+            raise ConfigError(f"fps must be > 0, got {fps}")
+        self.fps = fps
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _read(self):
+        if self._next >= len(self.files):
+            return "end", None, 0.0, self.name
+        index, path = self._next, self.files[self._next]
+        self._next += 1
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            return "corrupt", None, 0.0, str(path)
+        return "ok", image, index / self.fps, path.name
+
+
+def open_source(spec: str | int | Path, **kwargs) -> FrameSource:
+    """A source from a spec: an integer (camera index), ``rtsp://``/``http(s)://`` URL, folder or video file."""
+    text = str(spec)
+    if isinstance(spec, int) or text.isdigit():
+        return CameraSource(int(text), **kwargs)
+    if "://" in text:
+        return RtspSource(text, **kwargs)
+    path = Path(text)
+    if path.is_dir():
+        return ImageFolderSource(path, **kwargs)
+    return VideoFileSource(path, **kwargs)
