@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,12 @@ def read_split_csv(csv_path: Path) -> dict[str, list]:
                 f"(found columns: {', '.join(header)}); add metric UTM positions or WGS84 latitude/longitude"
             )
         wanted = [c for c in (*coords, *OPTIONAL_COLUMNS) if c in header]
-        columns: dict[str, list] = {"image": [], **{c: [] for c in wanted}}
+        others = [
+            c
+            for c in header
+            if c and c != "image" and c not in wanted and c not in ("easting", "northing", "lat", "lon")
+        ]
+        columns: dict[str, list] = {"image": [], **{c: [] for c in wanted}, **{c: [] for c in others}}
         for row_number, row in enumerate(reader, start=2):
             image = (row.get("image") or "").strip()
             if not image:
@@ -72,6 +78,9 @@ def read_split_csv(csv_path: Path) -> dict[str, list]:
             columns["image"].append(image)
             for c in wanted:
                 columns[c].append(_float((row.get(c) or "").strip(), csv_path, row_number, c))
+            for c in others:
+                columns[c].append((row.get(c) or "").strip())
+    columns["_extra"] = others
     if not columns["image"]:
         raise DatasetError(
             f"{csv_path}: the split is empty (no rows after the header); add at least one image"
@@ -126,7 +135,16 @@ def load_generic(folder: str | Path, name: str | None = None, check_images: bool
         raise DatasetError(f"dataset folder '{folder}' does not exist")
     splits = {split: read_split_csv(folder / fname) for split, fname in SPLIT_FILES.items()}
     kinds = {split: ("lat" in cols) for split, cols in splits.items()}
-    info: dict = {"source": "generic", "folder": str(folder)}
+    # the synthetic world leaves synth.json beside its CSVs
+    info: dict = {
+        "source": "synth" if (folder / "synth.json").is_file() else "generic",
+        "folder": str(folder),
+    }
+    extra = {
+        split: {c: tuple(cols[c]) for c in cols["_extra"]} for split, cols in splits.items() if cols["_extra"]
+    }
+    if extra:
+        info["extra_columns"] = extra
     positions: dict[str, np.ndarray] = {}
     if any(kinds.values()):
         if not all(kinds.values()):
@@ -183,13 +201,20 @@ def write_split_csv(
     utm: np.ndarray,
     heading: np.ndarray | None = None,
     timestamp: np.ndarray | None = None,
+    extra: Mapping[str, Sequence] | None = None,
 ) -> None:
-    """Write one split in the generic format (easting/northing), the inverse of :func:`read_split_csv`."""
+    """Write one split in the generic format (easting/northing), the inverse of :func:`read_split_csv`.
+
+    ``extra``: more columns (e.g. ``{"condition": [...]}``), kept by :func:`load_generic` in
+    ``info["extra_columns"][split]``.
+    """
+    extra = dict(extra or {})
     header = ["image", "easting", "northing"]
     if heading is not None:
         header.append("heading")
     if timestamp is not None:
         header.append("timestamp")
+    header.extend(extra)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
@@ -199,4 +224,5 @@ def write_split_csv(
                 row.append(f"{heading[i]:.2f}")
             if timestamp is not None:
                 row.append(f"{timestamp[i]:.3f}")
+            row.extend(str(values[i]) for values in extra.values())
             writer.writerow(row)

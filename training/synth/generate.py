@@ -1,0 +1,129 @@
+"""Write a synthetic dataset in the kit's generic format (database.csv, queries.csv, images, queries.mp4)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from runtime.atomic import atomic_directory
+from runtime.datasets.generic import write_split_csv
+from training.synth.config import SynthConfig
+from training.synth.world import SynthWorld
+
+logger = logging.getLogger(__name__)
+
+_WORKER_WORLD: SynthWorld | None = None
+
+
+def _init_worker(cfg: SynthConfig) -> None:
+    global _WORKER_WORLD
+    _WORKER_WORLD = SynthWorld(cfg)
+
+
+def _render_and_write(job: tuple[str, int, str]) -> np.ndarray | None:
+    """Render one image and write it; return query frames (for the video, written in order)."""
+    import cv2
+
+    split, index, path = job
+    assert _WORKER_WORLD is not None
+    image = _WORKER_WORLD.image(split, index)
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 93] if path.endswith(".jpg") else [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    if not cv2.imwrite(path, bgr, params):
+        raise OSError(f"cannot write image '{path}'")
+    return bgr if split == "queries" else None
+
+
+def generate(
+    cfg: SynthConfig,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: Callable[..., Iterable] | None = None,
+) -> Path:
+    """Generate the dataset for ``cfg`` into ``out_dir`` atomically and return ``out_dir``.
+
+    Layout: ``database.csv`` / ``queries.csv`` (image, easting, northing, heading, timestamp; queries also
+    ``condition``), ``database/NNNNNN.jpg``, ``queries/NNNNNN.jpg``, ``queries.mp4`` (query traversal,
+    mp4v) and ``synth.json`` (the config). ``progress``: optional wrapper such as
+    :func:`runtime.console.progress` (called as ``progress(iterable, total=..., desc=...)``).
+    """
+    import cv2
+
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    world = SynthWorld(cfg)
+    ext = cfg.image_format
+    db_names = tuple(f"database/{i:06d}.{ext}" for i in range(world.num_db))
+    q_names = tuple(f"queries/{i:06d}.{ext}" for i in range(world.num_queries))
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        (tmp / "database").mkdir()
+        (tmp / "queries").mkdir()
+        jobs = [("database", i, str(tmp / n)) for i, n in enumerate(db_names)]
+        jobs += [("queries", i, str(tmp / n)) for i, n in enumerate(q_names)]
+        video = None
+        if cfg.write_video:
+            fourcc = cv2.VideoWriter.fourcc(*"mp4v")
+            video = cv2.VideoWriter(str(tmp / "queries.mp4"), fourcc, cfg.video_fps, (cfg.width, cfg.height))
+            if not video.isOpened():
+                raise OSError(f"OpenCV cannot open an mp4v video writer for '{tmp / 'queries.mp4'}'")
+        try:
+            if cfg.workers > 1:
+                import multiprocessing as mp
+
+                ctx = mp.get_context("fork")
+                with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+                    results = pool.imap(_render_and_write, jobs, chunksize=8)
+                    _consume(results, video, progress, len(jobs))
+            else:
+                global _WORKER_WORLD
+                _WORKER_WORLD = world
+                try:
+                    _consume(map(_render_and_write, jobs), video, progress, len(jobs))
+                finally:
+                    _WORKER_WORLD = None
+        finally:
+            if video is not None:
+                video.release()
+        db, q = world.database, world.queries
+        write_split_csv(tmp / "database.csv", db_names, db.utm, db.heading_deg, db.time_s)
+        write_split_csv(
+            tmp / "queries.csv", q_names, q.utm, q.heading_deg, q.time_s, extra={"condition": q.conditions}
+        )
+        meta = {
+            "generator": "training.synth",
+            "config": _config_dict(cfg),
+            "route_length_m": world.city.length_m,
+        }
+        (tmp / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
+    logger.info(
+        "wrote %s: %d database + %d query images (%s preset, seed %d) in %.1f s",
+        out_dir,
+        world.num_db,
+        world.num_queries,
+        cfg.name,
+        cfg.seed,
+        time.perf_counter() - start,
+    )
+    return out_dir
+
+
+def _consume(results: Iterable, video, progress, total: int) -> None:
+    if progress is not None:
+        results = progress(results, total=total, desc="rendering", unit="img")
+    for frame in results:
+        if frame is not None and video is not None:
+            video.write(frame)
+
+
+def _config_dict(cfg: SynthConfig) -> dict:
+    import dataclasses
+
+    d = dataclasses.asdict(cfg)
+    d["conditions"] = list(cfg.conditions)
+    return d
