@@ -1,0 +1,278 @@
+"""The parity gate: does an exported artifact still recognise places as the FP32 PyTorch model does?
+
+One module shared by the export step and the benchmarks. It compares descriptors of a candidate (an ONNX
+model, an INT8 or FP16 variant, a TensorRT engine) with those of the FP32 reference on the same images:
+
+- descriptor cosine per image (min, 1st percentile, median): how far each descriptor moved;
+- top-1 agreement: the fraction of queries whose best database match is the same image;
+- recall@1/5/10 (``runtime.recall``, positives within 25 m) of both, and the change in points.
+
+Each precision has its own :class:`ParityThresholds` (:data:`THRESHOLDS`, set from measurements on the
+synthetic ``small`` world, see export/README.md); :func:`check_gate` raises :class:`ParityError` when one is
+missed, unless forced. :func:`write_parity_json` records every report beside the artifacts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.atomic import atomic_write_text
+from runtime.errors import ConfigError, ParityError
+from runtime.recall import rank_database, recall_at_n
+
+log = logging.getLogger(__name__)
+
+PARITY_NS = (1, 5, 10)
+POSITIVE_RADIUS_M = 25.0
+
+
+@dataclass(frozen=True)
+class ParityThresholds:
+    """What a candidate of one precision must reach against the FP32 reference.
+
+    Cosines are descriptor cosines (1.0 = identical); ``min_top1_agreement`` is a fraction of queries;
+    ``max_recall_drop`` is in recall points as a fraction (0.01 = one point) and applies to each of
+    recall@1/5/10 (a gain never fails).
+    """
+
+    min_cosine: float
+    p1_cosine: float
+    median_cosine: float
+    min_top1_agreement: float
+    max_recall_drop: float
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ConfigError(f"parity threshold {f.name} must be in [0, 1], got {value!r}")
+
+
+# Set from measurements (export/README.md, "Parity"): FP32 ONNX is the same arithmetic in another order,
+# FP16 keeps the NetVLAD head in float32, INT8 quantises the backbone only.
+THRESHOLDS: dict[str, ParityThresholds] = {
+    "fp32": ParityThresholds(
+        min_cosine=0.9999,
+        p1_cosine=0.9999,
+        median_cosine=0.99999,
+        min_top1_agreement=0.98,
+        max_recall_drop=0.005,
+    ),
+    "fp16": ParityThresholds(
+        min_cosine=0.99, p1_cosine=0.995, median_cosine=0.999, min_top1_agreement=0.95, max_recall_drop=0.01
+    ),
+    "int8": ParityThresholds(
+        min_cosine=0.90, p1_cosine=0.95, median_cosine=0.98, min_top1_agreement=0.85, max_recall_drop=0.01
+    ),
+}
+
+
+def thresholds_for(precision: str) -> ParityThresholds:
+    if precision not in THRESHOLDS:
+        raise ConfigError(f"no parity thresholds for precision {precision!r}; known: {sorted(THRESHOLDS)}")
+    return THRESHOLDS[precision]
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """The comparison of one candidate with the FP32 reference. Recall fields are None without a dataset."""
+
+    artifact: str
+    precision: str
+    images: str  # what was compared: a dataset name and split sizes, or "N fixed images"
+    num_images: int
+    cosine_min: float
+    cosine_p1: float
+    cosine_median: float
+    thresholds: ParityThresholds
+    top1_agreement: float | None = None
+    recall_reference: Mapping[int, float] | None = None
+    recall: Mapping[int, float] | None = None
+    failures: tuple[str, ...] = field(default=())
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def recall_change(self) -> dict[int, float] | None:
+        """Candidate minus reference recall per N (fractions; negative = worse)."""
+        if self.recall is None or self.recall_reference is None:
+            return None
+        return {n: self.recall[n] - self.recall_reference[n] for n in self.recall}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["thresholds"] = dataclasses.asdict(self.thresholds)
+        for key in ("recall_reference", "recall"):
+            if d[key] is not None:
+                d[key] = {str(n): v for n, v in d[key].items()}
+        change = self.recall_change()
+        d["recall_change"] = None if change is None else {str(n): v for n, v in change.items()}
+        d["failures"] = list(self.failures)
+        d["passed"] = self.passed
+        return d
+
+
+def descriptor_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two ``(N, D)`` descriptor arrays -> ``(N,)`` float64."""
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    if ref.shape != cand.shape or ref.ndim != 2:
+        raise ConfigError(
+            f"descriptors to compare must have the same (N, D) shape, got {ref.shape} and {cand.shape}"
+        )
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    return (ref * cand).sum(axis=1) / np.maximum(norms, 1e-30)
+
+
+def _failures(
+    th: ParityThresholds, cos: np.ndarray, top1: float | None, change: Mapping[int, float] | None
+) -> tuple[str, ...]:
+    out = []
+    if not np.all(np.isfinite(cos)):
+        out.append(f"{int(np.count_nonzero(~np.isfinite(cos)))} descriptors are NaN or infinite")
+    cmin, cp1, cmed = float(np.nanmin(cos)), float(np.nanpercentile(cos, 1)), float(np.nanmedian(cos))
+    if cmin < th.min_cosine:
+        out.append(f"worst cosine {cmin:.5f} < {th.min_cosine}")
+    if cp1 < th.p1_cosine:
+        out.append(f"1st-percentile cosine {cp1:.5f} < {th.p1_cosine}")
+    if cmed < th.median_cosine:
+        out.append(f"median cosine {cmed:.5f} < {th.median_cosine}")
+    if top1 is not None and top1 < th.min_top1_agreement:
+        out.append(f"top-1 agreement {top1:.3f} < {th.min_top1_agreement}")
+    for n, delta in (change or {}).items():
+        if delta < -th.max_recall_drop - 1e-12:
+            out.append(
+                f"recall@{n} dropped {-100 * delta:.2f} points (allowed {100 * th.max_recall_drop:.2f})"
+            )
+    return tuple(out)
+
+
+def compare_images(
+    artifact: str,
+    precision: str,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    images: str,
+    thresholds: ParityThresholds | None = None,
+) -> ParityReport:
+    """Cosine-only parity on descriptors of the same images (no dataset, so no ranking)."""
+    th = thresholds or thresholds_for(precision)
+    cos = descriptor_cosines(reference, candidate)
+    return ParityReport(
+        artifact=artifact,
+        precision=precision,
+        images=images,
+        num_images=int(cos.shape[0]),
+        cosine_min=float(np.nanmin(cos)),
+        cosine_p1=float(np.nanpercentile(cos, 1)),
+        cosine_median=float(np.nanmedian(cos)),
+        thresholds=th,
+        failures=_failures(th, cos, None, None),
+    )
+
+
+def compare_retrieval(
+    artifact: str,
+    precision: str,
+    reference: tuple[np.ndarray, np.ndarray],
+    candidate: tuple[np.ndarray, np.ndarray],
+    positives: Sequence[np.ndarray],
+    images: str,
+    thresholds: ParityThresholds | None = None,
+    ns: Sequence[int] = PARITY_NS,
+) -> ParityReport:
+    """Full parity on a place-recognition set: ``(db, queries)`` descriptors of reference and candidate.
+
+    ``positives``: per query the database indices within 25 m (queries without one must be dropped first).
+    """
+    th = thresholds or thresholds_for(precision)
+    ref_db, ref_q = reference
+    cand_db, cand_q = candidate
+    cos = descriptor_cosines(np.concatenate([ref_db, ref_q]), np.concatenate([cand_db, cand_q]))
+    k = max(ns)
+    ranked_ref = rank_database(ref_db, ref_q, k)  # (M, k)
+    ranked_cand = rank_database(cand_db, cand_q, k)
+    top1 = float(np.mean(ranked_ref[:, 0] == ranked_cand[:, 0])) if ranked_ref.shape[0] else 1.0
+    recall_ref = recall_at_n(ranked_ref, positives, ns)
+    recall = recall_at_n(ranked_cand, positives, ns)
+    change = {n: recall[n] - recall_ref[n] for n in ns}
+    return ParityReport(
+        artifact=artifact,
+        precision=precision,
+        images=images,
+        num_images=int(cos.shape[0]),
+        cosine_min=float(np.nanmin(cos)),
+        cosine_p1=float(np.nanpercentile(cos, 1)),
+        cosine_median=float(np.nanmedian(cos)),
+        thresholds=th,
+        top1_agreement=top1,
+        recall_reference=recall_ref,
+        recall=recall,
+        failures=_failures(th, cos, top1, change),
+    )
+
+
+DescribeFn = Callable[[np.ndarray], np.ndarray]  # uint8 (B, H, W, 3) -> float32 (B, D)
+
+
+def describe_images(
+    describe: DescribeFn, batches: Iterable[np.ndarray], progress: Callable | None = None
+) -> np.ndarray:
+    """Run ``describe`` over image ``batches`` and stack the descriptors ``(N, D)``."""
+    parts = []
+    for batch in batches:
+        parts.append(np.asarray(describe(batch), dtype=np.float32))
+        if progress is not None:
+            progress(len(batch))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def check_gate(reports: Iterable[ParityReport], force: bool = False) -> None:
+    """Raise :class:`ParityError` naming every missed gate, or log them as warnings when ``force``."""
+    failed = [r for r in reports if not r.passed]
+    if not failed:
+        return
+    lines = "; ".join(f"{r.artifact} ({r.precision}): {', '.join(r.failures)}" for r in failed)
+    if force:
+        log.warning("parity gate missed but forced: %s", lines)
+        return
+    raise ParityError(
+        f"parity gate missed: {lines}. The artifacts were not kept; inspect parity.json, use more or other "
+        "calibration images, or pass --force to keep them anyway"
+    )
+
+
+def write_parity_json(path: str | os.PathLike, reports: Sequence[ParityReport], **context: Any) -> Path:
+    """Write ``{"context": ..., "reports": [...]}`` to ``path`` atomically."""
+    payload = {"context": context, "reports": [r.to_dict() for r in reports]}
+    return atomic_write_text(Path(path), json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def format_table(reports: Sequence[ParityReport]) -> str:
+    """A markdown table: cosine min/p1/median, top-1 agreement, recall@1/5/10 with change in points."""
+    head = "| artifact | precision | cos min | cos p1 | cos median | top-1 agr. | R@1 | R@5 | R@10 | gate |"
+    rows = [head, "|" + "---|" * 10]
+    for r in reports:
+        top1 = "-" if r.top1_agreement is None else f"{r.top1_agreement:.3f}"
+        recalls = []
+        for n in PARITY_NS:
+            if r.recall is None or r.recall_reference is None or n not in r.recall:
+                recalls.append("-")
+            else:
+                delta = 100 * (r.recall[n] - r.recall_reference[n])
+                recalls.append(f"{100 * r.recall[n]:.1f} ({delta:+.1f})")
+        rows.append(
+            f"| {r.artifact} | {r.precision} | {r.cosine_min:.5f} | {r.cosine_p1:.5f} | {r.cosine_median:.5f} "
+            f"| {top1} | {' | '.join(recalls)} | {'pass' if r.passed else 'FAIL'} |"
+        )
+    return "\n".join(rows)

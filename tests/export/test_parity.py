@@ -1,0 +1,87 @@
+"""The parity gate on seeded descriptors: cosine statistics, top-1 agreement, recall change, the gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from export.parity import (
+    THRESHOLDS,
+    ParityThresholds,
+    check_gate,
+    compare_images,
+    compare_retrieval,
+    descriptor_cosines,
+    format_table,
+    write_parity_json,
+)
+from runtime.errors import ConfigError, ParityError
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _world(seed=0, n=60, d=32):
+    """Database i and query i show the same place; positives are exact indices."""
+    rng = np.random.default_rng(seed)
+    places = rng.normal(size=(n, d))
+    db = _unit(places + 0.3 * rng.normal(size=(n, d)))
+    q = _unit(places + 0.3 * rng.normal(size=(n, d)))
+    positives = [np.array([i]) for i in range(n)]
+    return db, q, positives
+
+
+def test_identical_descriptors_pass_every_precision():
+    db, q, pos = _world()
+    for precision in ("fp32", "fp16", "int8"):
+        r = compare_retrieval("m.onnx", precision, (db, q), (db.copy(), q.copy()), pos, "world")
+        assert r.passed, r.failures
+        assert r.cosine_min == pytest.approx(1.0, abs=1e-6)
+        assert r.top1_agreement == 1.0
+        assert r.recall_change() == {1: 0.0, 5: 0.0, 10: 0.0}
+
+
+def test_perturbed_descriptors_fail_with_numbers():
+    db, q, pos = _world()
+    rng = np.random.default_rng(1)
+    noisy = (_unit(db + 0.5 * rng.normal(size=db.shape)), _unit(q + 0.5 * rng.normal(size=q.shape)))
+    r = compare_retrieval("model.int8.onnx", "int8", (db, q), noisy, pos, "world")
+    cos = descriptor_cosines(np.concatenate([db, q]), np.concatenate(noisy))
+    assert r.cosine_min == pytest.approx(cos.min()) and r.cosine_median == pytest.approx(np.median(cos))
+    assert r.cosine_median < 0.98 and not r.passed
+    assert any(f.startswith("median cosine") for f in r.failures)
+    assert r.recall[1] < r.recall_reference[1]
+    assert any(f.startswith("recall@1 dropped") for f in r.failures)
+    with pytest.raises(ParityError, match=r"model.int8.onnx \(int8\): .*median cosine"):
+        check_gate([r])
+    check_gate([r], force=True)  # forced: logged, not raised
+    table = format_table([r])
+    assert "FAIL" in table and f"{100 * r.recall[1]:.1f}" in table
+
+
+def test_nan_descriptors_fail():
+    db, _, _ = _world(n=10)
+    bad = db.copy()
+    bad[3] = np.nan
+    r = compare_images("m.onnx", "fp16", db, bad, "10 images")
+    assert "1 descriptors are NaN or infinite" in r.failures
+
+
+def test_thresholds_are_ordered_and_validated():
+    assert THRESHOLDS["fp32"].min_cosine >= THRESHOLDS["fp16"].min_cosine >= THRESHOLDS["int8"].min_cosine
+    assert THRESHOLDS["int8"].median_cosine >= 0.98 and THRESHOLDS["int8"].max_recall_drop <= 0.01
+    with pytest.raises(ConfigError, match="must be in"):
+        ParityThresholds(1.5, 0.9, 0.9, 0.9, 0.01)
+
+
+def test_parity_json(tmp_path):
+    db, q, pos = _world()
+    r = compare_retrieval("m.onnx", "fp32", (db, q), (db, q), pos, "world")
+    path = write_parity_json(tmp_path / "parity.json", [r], checkpoint="c.pt")
+    data = json.loads(path.read_text())
+    assert data["context"] == {"checkpoint": "c.pt"}
+    (rep,) = data["reports"]
+    assert rep["passed"] and rep["recall"]["1"] == r.recall[1] and rep["recall_change"]["5"] == 0.0
