@@ -1,0 +1,173 @@
+"""The backends a benchmark compares: the PyTorch reference and every exported artifact it is given.
+
+Each one becomes an *extractor*: ``infer(uint8 (N, H, W, 3)) -> float32 (N, D)`` with a label, a
+precision and a ``close()``. Exported models are opened through the runtime's own backends
+(``runtime.backends.open_backend``), so the benchmarks measure what robots run. What cannot run here
+(FP16 on a CPU provider without FP16 kernels, TensorRT without ``tensorrt``) is listed as skipped with
+the reason, never silently replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.card import ModelCard, read_onnx_card, read_sidecar
+from runtime.errors import ArtifactError
+from runtime.optional import available, require
+
+log = logging.getLogger(__name__)
+
+ONNX_SUFFIXES = (".onnx",)
+ENGINE_SUFFIXES = (".engine", ".plan")
+PRECISION_LABEL = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8 QDQ"}
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """The model card of an exported artifact (ONNX metadata or an engine's JSON sidecar)."""
+    path = Path(path)
+    if path.suffix.lower() in ENGINE_SUFFIXES:
+        return read_sidecar(path)
+    return read_onnx_card(path)
+
+
+def find_artifacts(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand folders into the ``.onnx`` / ``.engine`` / ``.plan`` files they hold (sorted, not recursive)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(
+                f for f in p.iterdir() if f.suffix.lower() in ONNX_SUFFIXES + ENGINE_SUFFIXES and f.is_file()
+            )
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise ArtifactError(
+                f"exported model '{p}' does not exist; pass .onnx/.engine files or the folder netvlad-export wrote"
+            )
+    return list(dict.fromkeys(found))
+
+
+@dataclass(frozen=True)
+class BackendPlan:
+    """One backend to benchmark: ``kind`` is ``pytorch``, ``onnxruntime`` or ``tensorrt``."""
+
+    label: str
+    kind: str
+    precision: str
+    path: Path | None = None
+    provider: str = "cpu"  # onnxruntime only: cpu or cuda
+    device: str = "cpu"  # pytorch only
+
+
+def plan_backends(
+    checkpoint: str | Path | None, artifacts: Iterable[str | Path], *, gpu: bool | None = None
+) -> tuple[list[BackendPlan], list[dict[str, str]]]:
+    """The backends to run (reference first) and the ones skipped, each with its reason.
+
+    ``gpu``: also plan ONNX Runtime's CUDA provider (default: when onnxruntime sees it).
+    """
+    plans: list[BackendPlan] = []
+    skipped: list[dict[str, str]] = []
+    if checkpoint is not None:
+        plans.append(BackendPlan("PyTorch FP32 (reference)", "pytorch", "fp32", Path(checkpoint)))
+    if gpu is None:
+        gpu = _ort_has_cuda()
+    files = find_artifacts(artifacts)
+    onnx_files = [f for f in files if f.suffix.lower() in ONNX_SUFFIXES]
+    engines = [f for f in files if f.suffix.lower() in ENGINE_SUFFIXES]
+    order = {"fp32": 0, "int8": 1, "fp16": 2}
+    cards = {f: read_card(f) for f in onnx_files}
+    for f in sorted(onnx_files, key=lambda f: (order.get(cards[f].precision, 9), f.name)):
+        precision = cards[f].precision
+        plans.append(BackendPlan(f"ORT CPU {PRECISION_LABEL[precision]}", "onnxruntime", precision, f, "cpu"))
+        if gpu:
+            plans.append(
+                BackendPlan(f"ORT CUDA {PRECISION_LABEL[precision]}", "onnxruntime", precision, f, "cuda")
+            )
+    if not gpu:
+        skipped.append(
+            {
+                "label": "ORT CUDA",
+                "reason": "onnxruntime has no CUDAExecutionProvider here (needs a CUDA device and onnxruntime-gpu)",
+            }
+        )
+    trt_ok = available("tensorrt")
+    for f in engines:
+        label = f"TensorRT {f.name}"
+        if not trt_ok:
+            skipped.append({"label": label, "reason": "needs tensorrt (pip install 'netvlad-kit[tensorrt]')"})
+        else:
+            plans.append(BackendPlan(label, "tensorrt", read_card(f).precision, f))
+    if not engines:
+        reason = (
+            "needs tensorrt (not installed here; TensorRT engines come from netvlad-export --engine on a GPU machine)"
+            if not trt_ok
+            else "no .engine file was given"
+        )
+        skipped.append({"label": "TensorRT FP16/INT8", "reason": reason})
+    return plans, skipped
+
+
+def _ort_has_cuda() -> bool:
+    if not available("onnxruntime"):
+        return False
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+class TorchExtractor:
+    """The PyTorch reference: ``DeployModel(load_model(checkpoint))`` in eval mode, no autograd."""
+
+    def __init__(self, checkpoint: str | Path, threads: int = 2, device: str = "cpu") -> None:
+        torch = require("torch", "the PyTorch reference")
+        from training.checkpoint import load_model
+        from training.model import DeployModel
+
+        if device == "cpu" and threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.device = device
+        self.place_model = load_model(checkpoint)
+        self.model = DeployModel(self.place_model).eval().to(device)
+        self.card = self.model.card()
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """``uint8 (N, H, W, 3)`` -> ``float32 (N, D)``."""
+        with self._torch.inference_mode():
+            x = self._torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+            out = self.model(x)
+            return out.float().cpu().numpy()
+
+    def close(self) -> None:
+        self.model = None
+
+
+def open_extractor(plan: BackendPlan, threads: int = 2):
+    """Open ``plan`` as an extractor (``.infer``, ``.card``, ``.close()``); a runtime backend for exports."""
+    if plan.kind == "pytorch":
+        return TorchExtractor(plan.path, threads=threads, device=plan.device)
+    from runtime.backends import open_backend
+
+    if plan.kind == "onnxruntime":
+        options = {"threads": threads} if plan.provider == "cpu" else {}
+        return open_backend(plan.path, backend=f"onnxruntime-{plan.provider}", **options)
+    return open_backend(plan.path, backend="tensorrt")
+
+
+def extract(extractor, images: np.ndarray, batch_size: int, progress=None) -> np.ndarray:
+    """Descriptors of ``images`` (uint8 NHWC) in batches of ``batch_size`` -> ``float32 (N, D)``."""
+    parts = []
+    bar = progress(total=len(images), desc="descriptors", unit="img") if progress else None
+    for start in range(0, len(images), batch_size):
+        parts.append(np.asarray(extractor.infer(images[start : start + batch_size]), dtype=np.float32))
+        if bar is not None:
+            bar.update(min(batch_size, len(images) - start))
+    if bar is not None:
+        bar.close()
+    return np.concatenate(parts)

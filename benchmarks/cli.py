@@ -1,0 +1,163 @@
+"""``netvlad-bench``: recall parity, per-stage latency and map search benchmarks.
+
+The commands only parse options and call one public function each; heavy packages (torch, faiss,
+onnxruntime) are imported when a command runs, so ``--help`` works on a bare install.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Benchmarks: recall parity and latency across backends, and map search at scale.",
+)
+
+VERBOSE = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-v: debug).")
+QUIET = typer.Option(False, "--quiet", "-q", help="Warnings and errors only.")
+
+
+def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise typer.BadParameter(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise typer.BadParameter(f"{what} must name at least one integer, got {text!r}")
+    return values
+
+
+def _run(fn, *args, **kwargs):
+    """Call ``fn``; a kit error becomes a one-line message and exit code 1 instead of a traceback."""
+    from runtime.errors import NetVLADKitError
+
+    try:
+        return fn(*args, **kwargs)
+    except NetVLADKitError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+
+
+def _print_markdown(result: dict) -> None:
+    files = result.get("files", {})
+    if "markdown" in files:
+        typer.echo(Path(files["markdown"]).read_text(encoding="utf-8"))
+        typer.echo("written: " + ", ".join(str(v) for v in files.values()), err=True)
+
+
+@app.command()
+def search(
+    out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for search.json and search.md."),
+    preset: str = typer.Option("default", help="default (10k-200k x 4096), full (to 1M), tiny (seconds)."),
+    sizes: str = typer.Option(None, help="Map sizes, e.g. 10000,100000,1000000 (overrides the preset)."),
+    dims: str = typer.Option(None, help="Descriptor dimensions, e.g. 4096,7168."),
+    model: Path = typer.Option(
+        None, help="An exported model (.onnx or engine): add its descriptor dimension to the sweep."
+    ),
+    nprobe: str = typer.Option(None, help="IVF lists visited per query, e.g. 8,32."),
+    pq_bytes: int = typer.Option(None, help="IVF-PQ code bytes per vector (default 64)."),
+    queries: int = typer.Option(None, help="Queries for recall."),
+    max_gib: float = typer.Option(None, help="Skip maps whose float32 database exceeds this (GiB)."),
+    threads: int = typer.Option(None, help="faiss threads (default 2)."),
+    seed: int = typer.Option(None, help="Seed of the synthetic descriptors."),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
+) -> None:
+    """Map size sweep: exact (IndexFlatIP) vs compressed (IVF-PQ) search latency, recall and memory."""
+    from benchmarks.search import SearchConfig, run_search
+    from runtime.console import configure_logging, progress
+
+    configure_logging(verbose, quiet)
+    dim_list = _ints(dims, "--dims")
+    if model is not None:
+        from benchmarks.artifacts import read_card
+
+        own = _run(read_card, model).descriptor_dim
+        base = dim_list or SearchConfig.preset(preset).dims
+        dim_list = tuple(dict.fromkeys((*base, own)))
+    cfg = _run(
+        SearchConfig.preset,
+        preset,
+        sizes=_ints(sizes, "--sizes"),
+        dims=dim_list,
+        nprobe=_ints(nprobe, "--nprobe"),
+        pq_bytes=pq_bytes,
+        num_queries=queries,
+        max_gib=max_gib,
+        threads=threads,
+        seed=seed,
+    )
+    _print_markdown(_run(run_search, cfg, out, progress=progress))
+
+
+@app.command()
+def parity(
+    checkpoint: Path = typer.Option(..., help="The PyTorch checkpoint the artifacts were exported from."),
+    models: list[Path] = typer.Option(
+        ..., "--models", help="Exported artifacts or folders holding them (.onnx, .engine); repeatable."
+    ),
+    dataset: str = typer.Option(..., help="Dataset: a synth/generic folder, 'nordland', ... (open_dataset)."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for parity.json/.md/.png."),
+    max_db: int = typer.Option(None, help="Use only the first N database images (with their queries)."),
+    max_queries: int = typer.Option(None, help="Use only the first N queries that have a positive."),
+    batch: int = typer.Option(16, help="Inference batch size."),
+    threads: int = typer.Option(2, help="CPU threads for PyTorch and ONNX Runtime."),
+    radius: float = typer.Option(25.0, help="Positive radius in metres."),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
+) -> None:
+    """The same query set through PyTorch FP32 and every exported backend: recall@N, cosine, top-1 agreement."""
+    from benchmarks.parity import ParityBenchConfig, run_parity
+    from runtime.console import configure_logging, progress
+
+    configure_logging(verbose, quiet)
+    cfg = _run(
+        ParityBenchConfig,
+        max_db=max_db,
+        max_queries=max_queries,
+        batch_size=batch,
+        threads=threads,
+        radius_m=radius,
+    )
+    _print_markdown(_run(run_parity, checkpoint, models, dataset, out, cfg, progress=progress))
+
+
+@app.command()
+def latency(
+    checkpoint: Path = typer.Option(
+        None, help="PyTorch checkpoint (adds PyTorch eager and the NetVLAD loop comparison)."
+    ),
+    models: list[Path] = typer.Option(
+        [], "--models", help="Exported artifacts or folders holding them (.onnx, .engine); repeatable."
+    ),
+    dataset: str = typer.Option(..., help="Dataset whose images are decoded and whose database is the map."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for latency.json/.md."),
+    batches: str = typer.Option("1,8", help="Batch sizes, e.g. 1,8,32."),
+    frames: int = typer.Option(40, help="Timed frames per backend and batch size."),
+    map_size: int = typer.Option(None, help="Places in the search map (default: the dataset's database)."),
+    threads: int = typer.Option(2, help="CPU threads for PyTorch, ONNX Runtime and faiss."),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
+) -> None:
+    """Per-stage latency (decode, preprocess, inference, search, end to end) per backend and batch size."""
+    from benchmarks.latency import LatencyConfig, run_latency
+    from runtime.console import configure_logging, progress
+
+    configure_logging(verbose, quiet)
+    cfg = _run(
+        LatencyConfig,
+        batch_sizes=_ints(batches, "--batches"),
+        frames=frames,
+        map_size=map_size,
+        threads=threads,
+    )
+    _print_markdown(_run(run_latency, checkpoint, models, dataset, out, cfg, progress=progress))
+
+
+if __name__ == "__main__":
+    app()

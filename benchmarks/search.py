@@ -1,0 +1,510 @@
+"""Map search benchmark (``netvlad-bench search``): exact against compressed FAISS indexes over map sizes.
+
+For each map size and descriptor dimension it builds, on seeded synthetic descriptors that look like a
+place-recognition map (clustered, L2-normalised, queries are noisy revisits of map places):
+
+- the exact index (``IndexFlatIP``, what the runtime uses by default) and
+- a compressed index (``IndexIVFPQ``: ``nlist`` inverted lists, ``m`` bytes per vector),
+
+and measures per-query latency at batch 1 and per batch at a larger batch (p50/p90/p99), the recall of the
+compressed index against exact search (does it return exact search's top-1 within its top-1 / top-10, and
+how much of exact top-10 it finds), recall of each against the true place, and index memory. Where faiss
+has a GPU, the exact search is also timed on it (FP16 flat); elsewhere that part is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.environment import machine_info, machine_line
+from benchmarks.report import markdown_table, write_report
+from benchmarks.timing import summarize_ms, time_calls
+from runtime.errors import ConfigError
+from runtime.optional import require
+
+log = logging.getLogger(__name__)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # the default: minutes on 2 CPU cores, ~3.3 GiB for the largest 4096-D map
+    "default": {"sizes": (10_000, 50_000, 200_000), "dims": (4096,)},
+    # the full sweep of the issue: 1M x 4096 float32 is 16 GiB for the exact index alone
+    "full": {"sizes": (10_000, 100_000, 1_000_000), "dims": (4096,), "max_gib": 20.0},
+    # seconds: what the tests and `make demo` use
+    "tiny": {
+        "sizes": (4_000,),
+        "dims": (256,),
+        "num_queries": 200,
+        "latency_queries": 20,
+        "batch_size": 16,
+        "num_modes": 32,
+        "pq_bytes": 32,
+        "nprobe": (4, 16),
+    },
+}
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What ``netvlad-bench search`` sweeps. Frozen and validated; build it from a preset with overrides."""
+
+    sizes: tuple[int, ...] = PRESETS["default"]["sizes"]  # map sizes (number of places)
+    dims: tuple[int, ...] = PRESETS["default"]["dims"]  # descriptor dimensions
+    num_queries: int = 500  # queries for recall (noisy revisits of random map places)
+    latency_queries: int = 50  # timed batch-1 searches per index
+    batch_size: int = 32  # the larger batch, timed per batch
+    k: int = 10  # neighbours retrieved
+    num_modes: int = 256  # scene types the places cluster around
+    query_noise: float = 1.0  # revisit noise relative to the place-specific part (higher is harder)
+    route_correlation: float = 0.9  # similarity of the place-specific parts of neighbouring places
+    pq_bytes: int = 64  # IVF-PQ code size (sub-quantisers of 8 bits); adjusted down to divide the dimension
+    nprobe: tuple[int, ...] = (8, 32)  # inverted lists visited per query
+    max_gib: float = 6.0  # skip (size, dim) whose float32 database exceeds this, with the reason
+    threads: int = 2  # faiss OpenMP threads
+    gpu: bool = True  # also time exact search on the GPU where faiss has one
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.sizes or any(int(s) < 1000 for s in self.sizes):
+            problems.append(f"sizes must be map sizes of at least 1000 places, got {self.sizes}")
+        if not self.dims or any(int(d) < 8 for d in self.dims):
+            problems.append(f"dims must be descriptor dimensions of at least 8, got {self.dims}")
+        for name in ("num_queries", "latency_queries", "batch_size", "k", "num_modes", "pq_bytes", "threads"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not self.nprobe or any(int(p) < 1 for p in self.nprobe):
+            problems.append(f"nprobe must be positive integers, got {self.nprobe}")
+        if self.query_noise < 0:
+            problems.append(f"query_noise must be >= 0, got {self.query_noise}")
+        if not 0 <= self.route_correlation < 1:
+            problems.append(f"route_correlation must be in [0, 1), got {self.route_correlation}")
+        if self.max_gib <= 0:
+            problems.append(f"max_gib must be > 0, got {self.max_gib}")
+        if problems:
+            raise ConfigError("invalid search benchmark config: " + "; ".join(problems))
+        object.__setattr__(self, "sizes", tuple(int(s) for s in self.sizes))
+        object.__setattr__(self, "dims", tuple(int(d) for d in self.dims))
+        object.__setattr__(self, "nprobe", tuple(int(p) for p in self.nprobe))
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> SearchConfig:
+        """A named preset (``default``, ``full``, ``tiny``) with ``overrides`` applied."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown search preset {name!r}; known presets: {', '.join(PRESETS)}")
+        values = dict(PRESETS[name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+# -- data ---------------------------------------------------------------------------------------------
+
+
+def _normalize_rows(x: np.ndarray) -> np.ndarray:
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
+
+
+def synthetic_map(
+    num_places: int,
+    dim: int,
+    num_queries: int,
+    *,
+    num_modes: int = 256,
+    query_noise: float = 1.0,
+    route_correlation: float = 0.9,
+    segment: int = 50,
+    seed: int = 0,
+    chunk: int = 50_000,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded descriptors shaped like a place-recognition map recorded along a route.
+
+    Places cluster around ``num_modes`` scene types (street, facade, vegetation ...): each stretch of
+    ``segment`` consecutive places shares one; on top, a place-specific part that drifts along the route
+    (an AR(1) walk with correlation ``route_correlation`` between neighbours, so adjacent places look
+    alike, as consecutive map images do), equal in energy to the scene part; rows L2-normalised. A query
+    revisits a random place with ``query_noise`` noise relative to the place-specific part, L2-normalised.
+    Returns ``db (N, D)`` float32, ``queries (M, D)`` float32 and ``true_place (M,)`` int64.
+    """
+    rng = np.random.default_rng(seed)
+    modes = rng.standard_normal((num_modes, dim), dtype=np.float32)  # (modes, D)
+    modes /= np.linalg.norm(modes, axis=1, keepdims=True)
+    segment_mode = rng.integers(0, num_modes, size=num_places // segment + 1)
+    rho = np.float32(route_correlation)
+    fresh = np.float32(math.sqrt(1.0 - route_correlation**2))
+    db = np.empty((num_places, dim), dtype=np.float32)
+    previous = rng.standard_normal(dim, dtype=np.float32) / np.float32(math.sqrt(dim))
+    for start in range(0, num_places, chunk):
+        n = min(chunk, num_places - start)
+        own = rng.standard_normal((n, dim), dtype=np.float32) / np.float32(math.sqrt(dim))  # (n, D), |.|~1
+        own *= fresh
+        for i in range(n):  # AR(1) along the route: own_i = rho * own_{i-1} + sqrt(1 - rho^2) * fresh_i
+            own[i] += rho * previous
+            previous = own[i]
+        own += modes[segment_mode[(start + np.arange(n)) // segment]]
+        db[start : start + n] = _normalize_rows(own)
+    true_place = rng.integers(0, num_places, size=num_queries).astype(np.int64)
+    noise = rng.standard_normal((num_queries, dim), dtype=np.float32) / np.float32(math.sqrt(dim))
+    # a place's own part has norm ~1/sqrt(2) after normalisation; scale the noise relative to it
+    queries = db[true_place] + np.float32(query_noise / math.sqrt(2.0)) * noise  # (M, D)
+    return db, _normalize_rows(queries), true_place
+
+
+# -- indexes ------------------------------------------------------------------------------------------
+
+
+def pq_subquantizers(dim: int, pq_bytes: int) -> int:
+    """The largest number of 8-bit sub-quantisers <= ``pq_bytes`` that divides ``dim``."""
+    for m in range(min(pq_bytes, dim), 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+def ivf_lists(num_places: int) -> int:
+    """Inverted lists for a map: a power of two near sqrt(N), at least 39 training points each."""
+    nlist = 2 ** round(math.log2(max(4.0, math.sqrt(num_places))))
+    while nlist > 4 and num_places < 39 * nlist:
+        nlist //= 2
+    return nlist
+
+
+def build_flat(db: np.ndarray):
+    """The exact inner-product index the runtime uses by default."""
+    faiss = require("faiss", "map search")
+    index = faiss.IndexFlatIP(db.shape[1])
+    index.add(db)
+    return index
+
+
+def build_ivfpq(db: np.ndarray, pq_bytes: int, seed: int = 0):
+    """An IVF-PQ inner-product index: nlist ~ sqrt(N) lists, ``pq_bytes`` 8-bit codes per vector."""
+    faiss = require("faiss", "map search")
+    n, dim = db.shape
+    nlist, m = ivf_lists(n), pq_subquantizers(dim, pq_bytes)
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.pq.cp.seed = seed
+    index.do_polysemous_training = False  # on by default, slow, and only helps polysemous (Hamming) search
+    # bounded training sample: 40 points per list (faiss wants 39), at least 64 per PQ centroid
+    rng = np.random.default_rng(seed)
+    train = db[np.sort(rng.choice(n, size=min(n, max(40 * nlist, 256 * 64)), replace=False))]
+    index.train(train)
+    index.add(db)
+    return index, {"nlist": nlist, "m": m, "nbits": 8, "train_points": len(train)}
+
+
+def index_bytes(index) -> int:
+    """Bytes of an index: exact for compressed indexes (serialised), computed for flat ones."""
+    faiss = require("faiss", "map search")
+    if isinstance(index, faiss.IndexFlat):
+        return int(index.ntotal) * int(index.d) * 4
+    return int(faiss.serialize_index(index).nbytes)
+
+
+def compressed_recall(exact_ids: np.ndarray, approx_ids: np.ndarray) -> dict[str, float]:
+    """Recall of an approximate index against exact search, the way faiss's benchmarks state it.
+
+    ``1-recall@1`` / ``1-recall@10``: exact top-1 found in the approximate top-1 / top-10;
+    ``10-recall@10``: the share of exact top-10 found in the approximate top-10.
+    """
+    k = min(10, exact_ids.shape[1], approx_ids.shape[1])
+    top1 = exact_ids[:, :1]
+    return {
+        "1-recall@1": float(np.mean(approx_ids[:, 0] == top1[:, 0])),
+        "1-recall@10": float(np.mean((approx_ids[:, :k] == top1).any(axis=1))),
+        "10-recall@10": float(
+            np.mean(
+                [len(np.intersect1d(a[:k], e[:k])) / k for a, e in zip(approx_ids, exact_ids, strict=True)]
+            )
+        ),
+    }
+
+
+def place_recall(ids: np.ndarray, true_place: np.ndarray) -> dict[str, float]:
+    """Recall@1/@10 against the place each query revisits."""
+    return {
+        "place-recall@1": float(np.mean(ids[:, 0] == true_place)),
+        "place-recall@10": float(np.mean((ids[:, :10] == true_place[:, None]).any(axis=1))),
+    }
+
+
+def time_search(index, queries: np.ndarray, k: int, batch: int, repeats: int) -> dict[str, Any]:
+    """p50/p90/p99 of ``index.search`` over ``repeats`` calls of ``batch`` queries (cycling through them)."""
+    position = [0]
+
+    def one_call() -> None:
+        start = position[0] % max(1, len(queries) - batch + 1)
+        index.search(queries[start : start + batch], k)
+        position[0] += batch
+
+    return summarize_ms(time_calls(one_call, repeats=repeats, warmup=1), items_per_sample=batch)
+
+
+# -- GPU ----------------------------------------------------------------------------------------------
+
+
+def gpu_search_unavailable() -> str | None:
+    """Why exact search cannot run on a GPU here (None when it can)."""
+    try:
+        faiss = require("faiss", "map search")
+    except ImportError as exc:
+        return str(exc)
+    if not hasattr(faiss, "StandardGpuResources"):
+        return "faiss has no GPU support here (faiss-cpu build; pip install 'netvlad-kit[gpu]' for faiss-gpu)"
+    if faiss.get_num_gpus() < 1:
+        return "faiss-gpu sees no CUDA device"
+    return None
+
+
+def gpu_flat_search(db: np.ndarray, queries: np.ndarray, k: int, batch: int, repeats: int) -> dict[str, Any]:
+    """faiss-gpu ``GpuIndexFlatIP`` with FP16 storage: ids and batch-1 / batch latency."""
+    faiss = require("faiss", "GPU map search")
+    resources = faiss.StandardGpuResources()
+    config = faiss.GpuIndexFlatConfig()
+    config.useFloat16 = True
+    index = faiss.GpuIndexFlatIP(resources, db.shape[1], config)
+    index.add(db)
+    try:
+        _, ids = index.search(queries, k)
+        return {
+            "ids": ids,
+            "batch1": time_search(index, queries, k, 1, repeats),
+            f"batch{batch}": time_search(index, queries, k, batch, max(5, repeats // 4)),
+            "bytes": int(db.shape[0]) * int(db.shape[1]) * 2,
+        }
+    finally:
+        index.reset()
+        del index, resources
+
+
+# -- the sweep ----------------------------------------------------------------------------------------
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def benchmark_one(
+    cfg: SearchConfig, size: int, dim: int, *, step: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Build, time and compare the exact and compressed indexes for one map size and dimension."""
+    step = step or (lambda _msg: None)
+    entry: dict[str, Any] = {"size": size, "dim": dim}
+    t0 = time.perf_counter()
+    step(f"{size:,} x {dim}: descriptors")
+    db, queries, true_place = synthetic_map(
+        size,
+        dim,
+        max(cfg.num_queries, cfg.latency_queries, cfg.batch_size),
+        num_modes=cfg.num_modes,
+        query_noise=cfg.query_noise,
+        route_correlation=cfg.route_correlation,
+        seed=cfg.seed,
+    )
+    entry["generate_s"] = time.perf_counter() - t0
+    recall_q, recall_truth = queries[: cfg.num_queries], true_place[: cfg.num_queries]
+
+    step(f"{size:,} x {dim}: exact index")
+    t0 = time.perf_counter()
+    flat = build_flat(db)
+    build_flat_s = time.perf_counter() - t0
+    _, exact_ids = flat.search(recall_q, cfg.k)
+    entry["exact"] = {
+        "index": "IndexFlatIP",
+        "build_s": build_flat_s,
+        "bytes": index_bytes(flat),
+        "batch1": time_search(flat, queries, cfg.k, 1, cfg.latency_queries),
+        f"batch{cfg.batch_size}": time_search(
+            flat, queries, cfg.k, cfg.batch_size, max(5, cfg.latency_queries // 4)
+        ),
+        **place_recall(exact_ids, recall_truth),
+    }
+    del flat
+
+    step(f"{size:,} x {dim}: IVF-PQ train + add")
+    t0 = time.perf_counter()
+    ivfpq, params = build_ivfpq(db, cfg.pq_bytes, cfg.seed)
+    build_s = time.perf_counter() - t0
+    compressed = {"index": f"IVF{params['nlist']},PQ{params['m']}", **params, "build_s": build_s}
+    compressed["bytes"] = index_bytes(ivfpq)
+    compressed["by_nprobe"] = {}
+    for nprobe in cfg.nprobe:
+        step(f"{size:,} x {dim}: IVF-PQ nprobe {nprobe}")
+        ivfpq.nprobe = min(nprobe, params["nlist"])
+        _, ids = ivfpq.search(recall_q, cfg.k)
+        compressed["by_nprobe"][str(nprobe)] = {
+            "batch1": time_search(ivfpq, queries, cfg.k, 1, cfg.latency_queries),
+            f"batch{cfg.batch_size}": time_search(
+                ivfpq, queries, cfg.k, cfg.batch_size, max(5, cfg.latency_queries // 4)
+            ),
+            **compressed_recall(exact_ids, ids),
+            **place_recall(ids, recall_truth),
+        }
+    entry["compressed"] = compressed
+    del ivfpq
+
+    if cfg.gpu:
+        reason = gpu_search_unavailable()
+        if reason:
+            entry["gpu"] = {"skipped": reason}
+        else:
+            step(f"{size:,} x {dim}: GPU flat FP16")
+            gpu = gpu_flat_search(db, queries, cfg.k, cfg.batch_size, cfg.latency_queries)
+            ids = gpu.pop("ids")[: cfg.num_queries]
+            entry["gpu"] = {"index": "GpuIndexFlatIP fp16", **gpu, **compressed_recall(exact_ids, ids)}
+    entry["peak_rss_gib"] = _peak_rss_gib()
+    return entry
+
+
+def run_search(
+    cfg: SearchConfig, out_dir: str | Path | None = None, *, progress: Callable | None = None
+) -> dict[str, Any]:
+    """Run the sweep; with ``out_dir`` write ``search.json`` and ``search.md`` there. Returns the results.
+
+    ``progress``: optional ``runtime.console.progress``-like factory for a bar over the sweep.
+    """
+    faiss = require("faiss", "map search")
+    faiss.omp_set_num_threads(cfg.threads)
+    result: dict[str, Any] = {
+        "benchmark": "search",
+        "config": dataclasses.asdict(cfg),
+        "machine": machine_info(),
+        "faiss_threads": cfg.threads,
+        "entries": [],
+        "skipped": [],
+    }
+    cells = [(s, d) for d in cfg.dims for s in cfg.sizes]
+    bar = progress(total=len(cells), desc="search sweep", unit="map") if progress else None
+    for size, dim in cells:
+        gib = size * dim * 4 / 2**30
+        if gib > cfg.max_gib:
+            reason = f"{size:,} x {dim} float32 needs {gib:.1f} GiB for the exact index alone, over --max-gib {cfg.max_gib}"
+            log.warning("skipping %s", reason)
+            result["skipped"].append({"size": size, "dim": dim, "reason": reason})
+        else:
+            t0 = time.perf_counter()
+            entry = benchmark_one(cfg, size, dim, step=lambda msg: log.info("search: %s", msg))
+            entry["total_s"] = time.perf_counter() - t0
+            result["entries"].append(entry)
+            ex = entry["exact"]["batch1"]["p50_ms"]
+            log.info(
+                "search: %s x %s done in %.0f s (exact batch-1 p50 %.2f ms)", size, dim, entry["total_s"], ex
+            )
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if out_dir is not None:
+        json_path, md_path = write_report(out_dir, "search", result, search_markdown(result))
+        result["files"] = {"json": str(json_path), "markdown": str(md_path)}
+    return result
+
+
+def search_markdown(result: dict[str, Any]) -> str:
+    """The search benchmark as Markdown: one row per index and map, ratios against exact search."""
+    cfg = result["config"]
+    batch = cfg["batch_size"]
+    lines = [
+        "# Map search: exact (IndexFlatIP) vs compressed (IVF-PQ)",
+        "",
+        machine_line(result["machine"]),
+        f"faiss threads: {result['faiss_threads']}; synthetic clustered L2-normalised descriptors "
+        f"({cfg['num_modes']} scene modes, neighbour correlation {cfg['route_correlation']}, query noise "
+        f"{cfg['query_noise']}, seed {cfg['seed']}); "
+        f"{cfg['num_queries']} recall queries, k = {cfg['k']}. Absolute times are from a shared machine: "
+        "compare rows of one run.",
+        "",
+    ]
+    rows = []
+    for e in result["entries"]:
+        ex = e["exact"]
+        base = ex["batch1"]["p50_ms"]
+        rows.append(
+            [
+                f"{e['size']:,}",
+                e["dim"],
+                ex["index"],
+                "—",
+                ex["bytes"] / 2**20,
+                ex["batch1"]["p50_ms"],
+                ex["batch1"]["p99_ms"],
+                ex[f"batch{batch}"]["per_item_p50_ms"],
+                "1.00x",
+                1.0,
+                1.0,
+                ex["place-recall@1"],
+            ]
+        )
+        for nprobe, r in e["compressed"]["by_nprobe"].items():
+            rows.append(
+                [
+                    f"{e['size']:,}",
+                    e["dim"],
+                    e["compressed"]["index"],
+                    nprobe,
+                    e["compressed"]["bytes"] / 2**20,
+                    r["batch1"]["p50_ms"],
+                    r["batch1"]["p99_ms"],
+                    r[f"batch{batch}"]["per_item_p50_ms"],
+                    f"{base / max(r['batch1']['p50_ms'], 1e-9):.1f}x",
+                    r["1-recall@1"],
+                    r["10-recall@10"],
+                    r["place-recall@1"],
+                ]
+            )
+        gpu = e.get("gpu", {})
+        if "batch1" in gpu:
+            rows.append(
+                [
+                    f"{e['size']:,}",
+                    e["dim"],
+                    gpu["index"],
+                    "—",
+                    gpu["bytes"] / 2**20,
+                    gpu["batch1"]["p50_ms"],
+                    gpu["batch1"]["p99_ms"],
+                    gpu[f"batch{batch}"]["per_item_p50_ms"],
+                    f"{base / max(gpu['batch1']['p50_ms'], 1e-9):.1f}x",
+                    gpu["1-recall@1"],
+                    gpu["10-recall@10"],
+                    "—",
+                ]
+            )
+    lines.append(
+        markdown_table(
+            [
+                "places",
+                "dim",
+                "index",
+                "nprobe",
+                "MiB",
+                "batch-1 p50 ms",
+                "batch-1 p99 ms",
+                f"batch-{batch} ms/query",
+                "speed-up vs exact (batch 1)",
+                "1-recall@1 vs exact",
+                "10-recall@10 vs exact",
+                "place recall@1",
+            ],
+            rows,
+            digits=3,
+        )
+    )
+    gpu_skips = {e.get("gpu", {}).get("skipped") for e in result["entries"]} - {None}
+    notes = [f"- GPU search skipped: {r}" for r in sorted(gpu_skips)]
+    notes += [f"- skipped {s['size']:,} x {s['dim']}: {s['reason']}" for s in result["skipped"]]
+    peak = max((e["peak_rss_gib"] for e in result["entries"]), default=0.0)
+    notes.append(f"- peak resident memory of the benchmark process: {peak:.1f} GiB")
+    lines += ["", *notes]
+    return "\n".join(lines)

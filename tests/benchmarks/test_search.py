@@ -1,0 +1,100 @@
+"""netvlad-bench search: real FAISS indexes on seeded synthetic maps; recall numbers, report files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.search import (
+    SearchConfig,
+    compressed_recall,
+    gpu_search_unavailable,
+    ivf_lists,
+    pq_subquantizers,
+    run_search,
+    synthetic_map,
+)
+from runtime.errors import ConfigError
+
+TEST_CFG = dict(
+    sizes=(4000,),
+    dims=(128,),
+    pq_bytes=16,
+    nprobe=(2, 16),
+    num_queries=300,
+    latency_queries=5,
+    batch_size=8,
+    threads=1,
+)
+
+
+def test_synthetic_map_is_seeded_normalised_and_route_correlated():
+    db, queries, truth = synthetic_map(2000, 64, 50, num_modes=8, seed=3)
+    db2, queries2, truth2 = synthetic_map(2000, 64, 50, num_modes=8, seed=3)
+    assert db.dtype == np.float32 and db.shape == (2000, 64) and queries.shape == (50, 64)
+    np.testing.assert_array_equal(db, db2)
+    np.testing.assert_array_equal(truth, truth2)
+    np.testing.assert_allclose(np.linalg.norm(db, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
+    neighbours = np.sum(db[1:] * db[:-1], axis=1).mean()
+    far = np.sum(db[1000:] * db[:-1000], axis=1).mean()
+    assert neighbours > 0.8 > 0.3 > far  # adjacent places look alike, distant ones do not
+
+
+def test_compressed_recall_counts_exact_top1_and_overlap():
+    exact = np.array([[0, 1, 2], [5, 6, 7]])
+    approx = np.array([[0, 9, 8], [6, 5, 4]])
+    r = compressed_recall(exact, approx)
+    assert r["1-recall@1"] == 0.5 and r["1-recall@10"] == 1.0
+    assert r["10-recall@10"] == pytest.approx((1 / 3 + 2 / 3) / 2)
+
+
+def test_index_shapes():
+    assert pq_subquantizers(4096, 64) == 64
+    assert pq_subquantizers(7168, 64) == 64
+    assert pq_subquantizers(100, 64) == 50
+    assert ivf_lists(10_000) == 128 and ivf_lists(1_000_000) == 1024
+    assert 39 * ivf_lists(4000) <= 4000
+
+
+def test_search_sweep_recall_bands_and_report(tmp_path):
+    result = run_search(SearchConfig.preset("tiny", **TEST_CFG), tmp_path)
+    (entry,) = result["entries"]
+    exact, compressed = entry["exact"], entry["compressed"]
+    assert exact["place-recall@1"] >= 0.97  # the seeded revisits are findable by exact search
+    assert compressed["index"] == "IVF64,PQ16"
+    assert exact["bytes"] == 4000 * 128 * 4
+    assert compressed["bytes"] < exact["bytes"] / 5  # 16-byte codes + ids + codebooks
+    low, high = compressed["by_nprobe"]["2"], compressed["by_nprobe"]["16"]
+    # IVF-PQ with 16 bytes per vector confuses neighbouring places: well below exact, far above chance
+    for r in (low, high):
+        assert 0.4 <= r["1-recall@1"] <= 0.9
+        assert r["1-recall@10"] >= 0.9
+    assert high["1-recall@10"] >= low["1-recall@10"]
+    for timing in (exact["batch1"], high["batch8"]):
+        assert timing["p50_ms"] > 0 and timing["p99_ms"] >= timing["p50_ms"]
+    reason = gpu_search_unavailable()
+    if reason:  # faiss-cpu: said so, with the reason
+        assert entry["gpu"] == {"skipped": reason}
+    else:
+        assert entry["gpu"]["1-recall@1"] >= 0.95 and entry["gpu"]["batch1"]["p50_ms"] > 0
+    data = json.loads((tmp_path / "search.json").read_text())
+    assert data["benchmark"] == "search" and data["machine"]["cores"] >= 1
+    assert "numpy" in data["machine"]["libraries"] and data["config"]["sizes"] == [4000]
+    md = (tmp_path / "search.md").read_text()
+    assert "IVF64,PQ16" in md and "IndexFlatIP" in md and "1-recall@1 vs exact" in md
+
+
+def test_search_skips_maps_over_the_memory_limit(tmp_path):
+    cfg = SearchConfig.preset("tiny", **{**TEST_CFG, "sizes": (4000, 1_000_000), "max_gib": 0.1})
+    result = run_search(cfg, None)
+    assert [e["size"] for e in result["entries"]] == [4000]
+    (skip,) = result["skipped"]
+    assert skip["size"] == 1_000_000 and "needs 0.5 GiB" in skip["reason"] and "--max-gib 0.1" in skip["reason"]
+
+
+def test_search_config_rejects_bad_values():
+    with pytest.raises(ConfigError, match="sizes must be map sizes of at least 1000 places, got \\(10,\\)"):
+        SearchConfig(sizes=(10,))
+    with pytest.raises(ConfigError, match="unknown search preset 'huge'; known presets: default, full, tiny"):
+        SearchConfig.preset("huge")
