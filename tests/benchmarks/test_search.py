@@ -30,7 +30,7 @@ TEST_CFG = dict(
 
 def test_synthetic_map_is_seeded_normalised_and_route_correlated():
     db, queries, truth = synthetic_map(2000, 64, 50, num_modes=8, seed=3)
-    db2, queries2, truth2 = synthetic_map(2000, 64, 50, num_modes=8, seed=3)
+    db2, _, truth2 = synthetic_map(2000, 64, 50, num_modes=8, seed=3)
     assert db.dtype == np.float32 and db.shape == (2000, 64) and queries.shape == (50, 64)
     np.testing.assert_array_equal(db, db2)
     np.testing.assert_array_equal(truth, truth2)
@@ -90,7 +90,9 @@ def test_search_skips_maps_over_the_memory_limit(tmp_path):
     result = run_search(cfg, None)
     assert [e["size"] for e in result["entries"]] == [4000]
     (skip,) = result["skipped"]
-    assert skip["size"] == 1_000_000 and "needs 0.5 GiB" in skip["reason"] and "--max-gib 0.1" in skip["reason"]
+    assert (
+        skip["size"] == 1_000_000 and "needs 0.5 GiB" in skip["reason"] and "--max-gib 0.1" in skip["reason"]
+    )
 
 
 def test_search_config_rejects_bad_values():
