@@ -41,6 +41,7 @@ class Frame:
     source: str  # e.g. "0003.png", "queries.mp4#17", "camera 0"
     index: int  # 0-based position among the frames delivered by the decoder (skipped ones not counted)
     decode_s: float  # seconds spent decoding this frame
+    decoded_at: float = 0.0  # time.perf_counter() when decoding finished (for end-to-end latency)
 
 
 @dataclass
@@ -134,7 +135,7 @@ class FrameSource:
                 if status == "lost":
                     self._reconnect()
                     continue
-                frame = Frame(image, timestamp, name, self.stats.decoded, decode_s)
+                frame = Frame(image, timestamp, name, self.stats.decoded, decode_s, time.perf_counter())
                 self.stats.decoded += 1
                 self._put(frame)
         except BaseException as exc:  # delivered to the consumer, raised there
@@ -161,7 +162,12 @@ class FrameSource:
     def __iter__(self) -> Iterator[Frame]:
         self.start()
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():  # closed from another thread
+                    return
+                continue
             if item is _END:
                 return
             if isinstance(item, BaseException):

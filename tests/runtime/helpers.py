@@ -1,4 +1,4 @@
-"""Test helpers for the runtime: a small but real ONNX place model, and a stand-in PlaceDataset.
+"""Test helpers for the runtime: a small but real ONNX place model, and a small geotagged world on disk.
 
 The model follows the kit's I/O contract exactly (uint8 NHWC RGB in, L2-normalised float32 (N, D) out,
 model card in metadata_props) so the real ONNX Runtime path is exercised:
@@ -8,9 +8,7 @@ image -> Cast -> NCHW -> AveragePool(p) -> Flatten -> minus its mean -> random p
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -75,42 +73,6 @@ def make_onnx_model(
     return path, card
 
 
-@dataclass(frozen=True)
-class StandInDataset:
-    """The PlaceDataset contract (runtime.datasets), enough for building maps in tests."""
-
-    name: str
-    root: Path
-    db_images: tuple[str, ...]
-    db_utm: np.ndarray
-    q_images: tuple[str, ...]
-    q_utm: np.ndarray
-    db_heading: np.ndarray | None = None
-    q_heading: np.ndarray | None = None
-    db_time: np.ndarray | None = None
-    q_time: np.ndarray | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_db(self) -> int:
-        return len(self.db_images)
-
-    @property
-    def num_queries(self) -> int:
-        return len(self.q_images)
-
-    def image_path(self, split: str, index: int) -> Path:
-        return self.root / (self.db_images if split == "database" else self.q_images)[index]
-
-    def read_image(self, split: str, index: int) -> np.ndarray:
-        image = cv2.imread(str(self.image_path(split, index)), cv2.IMREAD_COLOR)
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-    def positives(self, radius_m: float = 25.0) -> list[np.ndarray]:
-        d = np.linalg.norm(self.q_utm[:, None, :] - self.db_utm[None, :, :], axis=2)
-        return [np.argsort(row, kind="stable")[: np.count_nonzero(row <= radius_m)] for row in d]
-
-
 def place_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A smooth random colour image (a 'place'); BGR uint8."""
     small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
@@ -143,13 +105,6 @@ def make_stand_in_world(root: Path, places: int = 40, spacing_m: float = 30.0, s
             writer.writerow(["image", "easting", "northing"])
             for name, (e, n) in zip(names, coords, strict=True):
                 writer.writerow([name, f"{e:.2f}", f"{n:.2f}"])
-    return StandInDataset(
-        name="standin",
-        root=root,
-        db_images=tuple(db),
-        db_utm=utm,
-        q_images=tuple(q),
-        q_utm=q_utm,
-        db_time=np.arange(places, dtype=np.float64),
-        info={"source": "standin"},
-    )
+    from runtime.datasets import load_generic
+
+    return load_generic(root)

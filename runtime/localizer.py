@@ -1,0 +1,347 @@
+"""The embedding API: frames in, :class:`Localization` s out, against a map of geotagged images.
+
+    from runtime.localizer import Localizer
+    from runtime.sources import open_source
+
+    with Localizer.open("model.onnx", "maps/city") as localizer, open_source("walk.mp4") as source:
+        for loc in localizer.run(source):
+            print(loc.position, loc.confidence, loc.unknown)
+
+Units: positions are UTM easting/northing in metres (the map's zone); similarities are cosine
+similarities of L2-normalised descriptors in [-1, 1]; times are seconds. Frames are ``uint8`` arrays
+``(H, W, 3)`` (BGR from OpenCV by default; ``color="RGB"`` otherwise), any size: they are resized to the
+model card's input (:mod:`runtime.preprocess`).
+
+:meth:`Localizer.run` overlaps the stages: the source decodes in its own thread, a feeder thread
+preprocesses, an inference thread runs the model, and the caller's thread searches the map, so the
+end-to-end rate approaches the inference-only rate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.backends import Backend, open_backend
+from runtime.errors import ConfigError
+from runtime.map import PlaceMap, open_map
+from runtime.preprocess import Preprocessor
+from runtime.sources import Frame
+from runtime.temporal import TemporalConfig, TemporalFilter
+
+log = logging.getLogger(__name__)
+_END = object()
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """``top_k``: places reported per frame. ``unknown_threshold``: None = the map's calibrated value.
+    ``position_radius_m``: places within this distance of the best match are averaged (weighted by
+    similarity) into the position. ``temporal``: a :class:`TemporalConfig` to filter sequences, or None.
+    ``queue_size``: frames in flight between pipeline stages. ``keep_frames``: attach each frame to its
+    Localization (for overlays; costs memory while held)."""
+
+    top_k: int = 5
+    unknown_threshold: float | None = None
+    position_radius_m: float = 25.0
+    temporal: TemporalConfig | None = None
+    queue_size: int = 2
+    keep_frames: bool = False
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.queue_size < 1 or self.position_radius_m <= 0:
+            raise ConfigError(
+                f"invalid localizer config {self}: top_k, queue_size >= 1, position_radius_m > 0"
+            )
+
+
+@dataclass(frozen=True)
+class PlaceMatch:
+    """One candidate place: its map id, cosine similarity, image (relative to the map's dataset root)
+    and UTM position (metres)."""
+
+    place_id: int
+    similarity: float
+    image: str
+    easting: float
+    northing: float
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Seconds per stage for one frame; ``total`` is the latency from the start of decoding to the result."""
+
+    decode: float = 0.0
+    preprocess: float = 0.0
+    inference: float = 0.0
+    search: float = 0.0
+    total: float = 0.0
+
+
+@dataclass(frozen=True)
+class Localization:
+    """Where one frame was taken, according to the map.
+
+    ``matches``: top-k places, best first (after the temporal filter when it is on). ``position``: UTM
+    (easting, northing) in metres. ``confidence``: 0 at the unknown-place threshold, 1 at the map's typical
+    genuine-match similarity. ``unknown``: the best similarity is below the threshold (position is still the
+    best guess). ``frame``: the BGR frame when ``keep_frames`` was set, else None.
+    """
+
+    index: int
+    source: str
+    timestamp: float
+    matches: tuple[PlaceMatch, ...]
+    position: tuple[float, float]
+    confidence: float
+    unknown: bool
+    times: StageTimes
+    filtered: bool = False
+    frame: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def best(self) -> PlaceMatch:
+        return self.matches[0]
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-able dict (one JSONL line of ``netvlad-run --jsonl``)."""
+        return {
+            "index": self.index,
+            "source": self.source,
+            "timestamp": round(self.timestamp, 6),
+            "easting": round(self.position[0], 3),
+            "northing": round(self.position[1], 3),
+            "confidence": round(self.confidence, 4),
+            "unknown": self.unknown,
+            "filtered": self.filtered,
+            "matches": [
+                {
+                    "id": m.place_id,
+                    "similarity": round(m.similarity, 5),
+                    "image": m.image,
+                    "easting": round(m.easting, 3),
+                    "northing": round(m.northing, 3),
+                }
+                for m in self.matches
+            ],
+            "times_ms": {k: round(v * 1000, 3) for k, v in vars(self.times).items()},
+        }
+
+
+class Localizer:
+    """A model backend + a map. Owns both when made by :meth:`open`; use it in a ``with`` block."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        place_map: PlaceMap,
+        config: LocalizerConfig | None = None,
+        owns_backend: bool = False,
+    ) -> None:
+        self.backend = backend
+        self.map = place_map
+        self.config = config or LocalizerConfig()
+        self.preprocess = Preprocessor(backend.card)
+        self._owns_backend = owns_backend
+        self.threshold = (
+            self.map.unknown_threshold
+            if self.config.unknown_threshold is None
+            else self.config.unknown_threshold
+        )
+        self._full = max(self.map.confidence_full, self.threshold + 1e-3)
+        self._stop = threading.Event()
+
+    @classmethod
+    def open(
+        cls,
+        model: str | Path,
+        map_path: str | Path,
+        backend: str = "auto",
+        config: LocalizerConfig | None = None,
+        override_map_check: bool = False,
+        **backend_options: Any,
+    ) -> Localizer:
+        """Open ``model`` (.onnx/.engine/.plan) and the map at ``map_path``, checking they belong together."""
+        engine = open_backend(model, backend, **backend_options)
+        try:
+            place_map = open_map(map_path, engine.card, model_name=str(model), override=override_map_check)
+        except BaseException:
+            engine.close()
+            raise
+        return cls(engine, place_map, config, owns_backend=True)
+
+    # -- one frame ---------------------------------------------------------------------------------
+    def localize(
+        self,
+        frame: np.ndarray,
+        color: str = "BGR",
+        timestamp: float = 0.0,
+        source: str = "frame",
+        index: int = 0,
+    ) -> Localization:
+        """Localise one frame ``uint8 (H, W, 3)`` synchronously (no temporal filter)."""
+        t0 = time.perf_counter()
+        image = self.preprocess(frame, color)
+        t1 = time.perf_counter()
+        descriptor = self.backend.infer(image[None])  # (1, D)
+        t2 = time.perf_counter()
+        times = {"decode": 0.0, "preprocess": t1 - t0, "inference": t2 - t1}
+        meta = Frame(frame, timestamp, source, index, 0.0, t0)
+        return self._finish(meta, descriptor, times, None, keep=frame if self.config.keep_frames else None)
+
+    def _finish(
+        self,
+        frame: Frame,
+        descriptor: np.ndarray,
+        times: dict,
+        temporal: TemporalFilter | None,
+        keep: np.ndarray | None,
+    ) -> Localization:
+        t0 = time.perf_counter()
+        k = self.config.top_k if temporal is None else max(self.config.top_k, temporal.config.candidates)
+        sims, ids = self.map.search(descriptor, k)
+        sims, ids = sims[0], ids[0]
+        raw_best = float(sims[0])
+        if temporal is not None:
+            order, _posterior = temporal.update(sims, ids)
+            by_id = dict(zip(ids.tolist(), sims.tolist(), strict=True))
+            ids = order[: self.config.top_k]
+            sims = np.asarray([by_id[i] for i in ids.tolist()], dtype=np.float32)
+        else:
+            keep_valid = ids >= 0
+            ids, sims = ids[keep_valid][: self.config.top_k], sims[keep_valid][: self.config.top_k]
+        places = self.map.places
+        matches = tuple(
+            PlaceMatch(int(i), float(s), places.images[i], float(places.utm[i, 0]), float(places.utm[i, 1]))
+            for i, s in zip(ids.tolist(), sims.tolist(), strict=True)
+        )
+        position = self._position(ids, sims)
+        best = float(sims[0])
+        confidence = float(np.clip((best - self.threshold) / (self._full - self.threshold), 0.0, 1.0))
+        now = time.perf_counter()
+        times["search"] = now - t0
+        times["total"] = frame.decode_s + (now - frame.decoded_at)
+        return Localization(
+            frame.index,
+            frame.source,
+            frame.timestamp,
+            matches,
+            position,
+            confidence,
+            raw_best < self.threshold,
+            StageTimes(**times),
+            temporal is not None,
+            keep,
+        )
+
+    def _position(self, ids: np.ndarray, sims: np.ndarray) -> tuple[float, float]:
+        """Similarity-weighted mean of the matches within position_radius_m of the best one (metres)."""
+        utm = self.map.places.utm[ids]  # (k, 2)
+        near = np.linalg.norm(utm - utm[0], axis=1) <= self.config.position_radius_m
+        weights = np.clip(sims[near].astype(np.float64), 1e-6, None)
+        e, n = (utm[near] * weights[:, None]).sum(axis=0) / weights.sum()
+        return float(e), float(n)
+
+    # -- a stream ----------------------------------------------------------------------------------
+    def run(
+        self, frames: Iterable[Frame], temporal: bool | TemporalConfig | None = None
+    ) -> Iterator[Localization]:
+        """Localise a stream of :class:`~runtime.sources.Frame` (e.g. a FrameSource), pipelined, in order.
+
+        ``temporal``: True (default TemporalConfig), a TemporalConfig, or None/False (the config's). Closing
+        the generator (or breaking out of the loop) stops the pipeline threads; the source is not closed.
+        """
+        temporal_config = (
+            self.config.temporal
+            if temporal is None
+            else (TemporalConfig() if temporal is True else (temporal or None))
+        )
+        tracker = TemporalFilter(self.map.places.utm, temporal_config) if temporal_config else None
+        stop = threading.Event()
+        prepared: queue.Queue = queue.Queue(maxsize=self.config.queue_size)
+        inferred: queue.Queue = queue.Queue(maxsize=self.config.queue_size)
+
+        def put(q: queue.Queue, item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def feeder() -> None:
+            try:
+                for frame in frames:
+                    t0 = time.perf_counter()
+                    image = self.preprocess(frame.image, "BGR")
+                    if not put(prepared, (frame, image, time.perf_counter() - t0)):
+                        return
+                put(prepared, _END)
+            except BaseException as exc:
+                put(prepared, exc)
+
+        def inference() -> None:
+            while True:
+                item = prepared.get()
+                if item is _END or isinstance(item, BaseException):
+                    put(inferred, item)
+                    return
+                frame, image, pre_s = item
+                try:
+                    t0 = time.perf_counter()
+                    descriptor = self.backend.infer(image[None])  # (1, D)
+                    infer_s = time.perf_counter() - t0
+                except BaseException as exc:
+                    put(inferred, exc)
+                    return
+                if not put(inferred, (frame, descriptor, pre_s, infer_s)):
+                    return
+
+        threads = [
+            threading.Thread(target=feeder, name="localizer feeder", daemon=True),
+            threading.Thread(target=inference, name="localizer inference", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        try:
+            while True:
+                item = inferred.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                frame, descriptor, pre_s, infer_s = item
+                times = {"decode": frame.decode_s, "preprocess": pre_s, "inference": infer_s}
+                yield self._finish(
+                    frame, descriptor, times, tracker, frame.image if self.config.keep_frames else None
+                )
+        finally:
+            stop.set()
+            for q in (prepared, inferred):  # unblock producers
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        q.get_nowait()
+            for t in threads:
+                t.join(timeout=2.0)
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the backend if this localizer opened it; idempotent."""
+        if self._owns_backend:
+            self.backend.close()
+
+    def __enter__(self) -> Localizer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

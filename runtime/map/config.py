@@ -1,0 +1,75 @@
+"""The map's build settings (frozen, validated, with presets)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from runtime.errors import ConfigError
+
+SPLITS = ("database", "all")
+INDEX_TYPES = ("flat", "ivfpq")
+GPU_CHOICES = ("auto", "yes", "no")
+
+
+@dataclass(frozen=True)
+class MapConfig:
+    """How a map is built.
+
+    ``split``: which images become places: the dataset's ``database`` split, or ``all`` (database then
+    queries). ``index``: ``flat`` (exact inner product, the default) or ``ivfpq`` (compressed, approximate;
+    for maps of hundreds of thousands of places; its recall against exact search is measured at build
+    time). ``nlist``/``pq_m``/``pq_bits``: IVF-PQ sizes (None: chosen from the map size and dimension).
+    ``faiss_threads``: OpenMP threads for faiss (None: its default, one per core).
+    ``unknown_percentile``: the "unknown place" threshold is this percentile of the best similarity of a
+    map image to places farther than ``radius_m`` (what a query from an unmapped place would score).
+    """
+
+    split: str = "database"
+    index: str = "flat"
+    batch_size: int = 16
+    nlist: int | None = None
+    pq_m: int | None = None
+    pq_bits: int | None = None
+    nprobe: int = 16
+    gpu: str = "auto"
+    radius_m: float = 25.0
+    unknown_percentile: float = 90.0
+    calibration_samples: int = 2000
+    read_workers: int = 2
+    faiss_threads: int | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.split not in SPLITS:
+            problems.append(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.index not in INDEX_TYPES:
+            problems.append(f"index must be one of {INDEX_TYPES}, got {self.index!r}")
+        if self.gpu not in GPU_CHOICES:
+            problems.append(f"gpu must be one of {GPU_CHOICES}, got {self.gpu!r}")
+        for name in ("batch_size", "nprobe", "calibration_samples", "read_workers"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("nlist", "pq_m"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        if self.pq_bits is not None and not 1 <= self.pq_bits <= 16:
+            problems.append(f"pq_bits must be in 1..16 or None, got {self.pq_bits}")
+        if self.radius_m <= 0:
+            problems.append(f"radius_m must be > 0, got {self.radius_m}")
+        if not 0 <= self.unknown_percentile <= 100:
+            problems.append(f"unknown_percentile must be in [0, 100], got {self.unknown_percentile}")
+        if problems:
+            raise ConfigError("invalid map config: " + "; ".join(problems))
+
+    @classmethod
+    def preset(cls, name: str, **changes) -> MapConfig:
+        """``exact`` (flat inner product) or ``compressed`` (IVF-PQ)."""
+        presets = {"exact": {}, "compressed": {"index": "ivfpq"}}
+        if name not in presets:
+            raise ConfigError(f"unknown map preset {name!r}; choose one of {sorted(presets)}")
+        return cls(**{**presets[name], **changes})
+
+    def replace(self, **changes) -> MapConfig:
+        return dataclasses.replace(self, **changes)

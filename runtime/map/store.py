@@ -1,0 +1,135 @@
+"""Opening a map: :func:`open_map` checks it against the model that will query it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.card import ModelCard
+from runtime.errors import ArtifactError, MapMismatchError
+from runtime.map.build import INDEX_FILE, MAP_FORMAT_VERSION, META_FILE, PLACES_FILE
+from runtime.map.index import faiss_module, search, set_threads, to_gpu, use_gpu
+from runtime.map.places import Places
+
+log = logging.getLogger(__name__)
+
+
+def read_map_meta(path: str | Path) -> dict[str, Any]:
+    """``map.json`` of the map at ``path`` (ArtifactError if missing or unreadable)."""
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise ArtifactError(
+            f"'{path}' is not a netvlad-kit map (no {META_FILE}); build one with: "
+            "netvlad-map build --model MODEL --dataset DIR --out MAP"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"'{meta_path}' is not valid JSON ({exc}); rebuild the map") from exc
+    version = meta.get("format_version")
+    if version != MAP_FORMAT_VERSION:
+        raise ArtifactError(
+            f"map '{path}' has format version {version!r}; this netvlad-kit reads version {MAP_FORMAT_VERSION}; "
+            "rebuild it with netvlad-map build"
+        )
+    return meta
+
+
+class PlaceMap:
+    """An opened map: FAISS index + places + metadata. Thread-safe for searching."""
+
+    def __init__(self, path: Path, meta: dict, index, places: Places) -> None:
+        self.path = path
+        self.meta = meta
+        self.index = index
+        self.places = places
+
+    @property
+    def descriptor_dim(self) -> int:
+        return int(self.meta["descriptor_dim"])
+
+    @property
+    def unknown_threshold(self) -> float:
+        """Similarity below which a frame is an unknown place (calibrated at build time)."""
+        return float(self.meta["unknown_threshold"])
+
+    @property
+    def confidence_full(self) -> float:
+        """Similarity at which confidence reaches 1 (median genuine similarity on the map)."""
+        return float(self.meta["calibration"]["confidence_full"])
+
+    @property
+    def dataset_root(self) -> Path:
+        return Path(self.meta["dataset"]["root"])
+
+    def __len__(self) -> int:
+        return len(self.places)
+
+    def search(self, descriptors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``descriptors (M, D) float32`` -> ``(similarities (M, k) float32, place ids (M, k) int64)``."""
+        return search(self.index, descriptors, k)
+
+    def image_path(self, place_id: int) -> Path:
+        return self.dataset_root / self.places.images[place_id]
+
+
+def open_map(
+    path: str | Path,
+    card: ModelCard | None = None,
+    model_name: str = "the model",
+    override: bool = False,
+    gpu: str = "auto",
+    threads: int | None = 1,
+) -> PlaceMap:
+    """Open the map at ``path``; with ``card``, check it was built by the same weights and dimension.
+
+    A mismatch raises MapMismatchError naming the map, both models and the rebuild command, unless
+    ``override`` (then it only logs a warning; a dimension mismatch is always an error). ``threads``:
+    faiss's OpenMP threads (process-wide; 1 suits one query at a time beside inference; None: leave as is).
+    """
+    path = Path(path)
+    meta = read_map_meta(path)
+    if card is not None:
+        built = meta["model"]["fingerprint"]
+        dim = int(meta["descriptor_dim"])
+        if built != card.weights_fingerprint or dim != card.descriptor_dim:
+            message = (
+                f"map '{path}' was built with model {built} ({dim}-D) but '{model_name}' is "
+                f"{card.weights_fingerprint} ({card.descriptor_dim}-D); rebuild it with: netvlad-map build "
+                f"--model {model_name} --dataset {meta['dataset']['root']} --out {path} --overwrite"
+            )
+            if not override or dim != card.descriptor_dim:
+                raise MapMismatchError(message)
+            log.warning("%s (overridden: results may be meaningless)", message)
+    for name in (INDEX_FILE, PLACES_FILE):
+        if not (path / name).is_file():
+            raise ArtifactError(
+                f"map '{path}' is incomplete: '{name}' is missing; rebuild it with netvlad-map build"
+            )
+    faiss = faiss_module()
+    set_threads(threads)
+    try:
+        index = faiss.read_index(str(path / INDEX_FILE))
+    except RuntimeError as exc:
+        raise ArtifactError(
+            f"'{path / INDEX_FILE}' cannot be read by faiss ({exc}); rebuild the map"
+        ) from exc
+    places = Places.read_csv(path / PLACES_FILE)
+    if (
+        index.ntotal != len(places)
+        or index.ntotal != int(meta["count"])
+        or index.d != int(meta["descriptor_dim"])
+    ):
+        raise ArtifactError(
+            f"map '{path}' is inconsistent: index has {index.ntotal} x {index.d}-D, places.csv {len(places)} rows, "
+            f"map.json {meta['count']} x {meta['descriptor_dim']}-D; rebuild it with netvlad-map build"
+        )
+    if use_gpu(gpu):
+        index = to_gpu(index)
+    log.info("opened map '%s': %d places, %s", path, len(places), meta["index"]["factory"])
+    return PlaceMap(path, meta, index, places)

@@ -1,0 +1,138 @@
+"""Maps (real FAISS indexes) and the Localizer (real ONNX Runtime) on a small geotagged world on disk."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from runtime.errors import ArtifactError, ConfigError, MapMismatchError
+from runtime.localizer import Localizer, LocalizerConfig
+from runtime.map import MapConfig, build_map, open_map, read_map_meta
+from runtime.recall import rank_database, recall_at_n
+from runtime.sources import ImageFolderSource
+from tests.runtime.helpers import make_onnx_model, make_stand_in_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    model, card = make_onnx_model(root / "model.onnx")
+    dataset = make_stand_in_world(root / "data", places=40)
+    map_dir = build_map(model, dataset, root / "map")
+    return {"root": root, "model": model, "card": card, "dataset": dataset, "map": map_dir}
+
+
+def test_map_files_and_metadata(world):
+    meta = read_map_meta(world["map"])
+    card = world["card"]
+    assert meta["count"] == 40 and meta["descriptor_dim"] == 64 and meta["metric"] == "inner_product"
+    assert meta["model"]["fingerprint"] == card.weights_fingerprint
+    assert meta["index"]["type"] == "flat" and meta["dataset"]["split"] == "database"
+    # the calibrated threshold separates the impostors: above the median impostor similarity
+    cal = meta["calibration"]
+    assert cal["impostor_similarity"]["p50"] < meta["unknown_threshold"] <= cal["impostor_similarity"]["p99"]
+    lines = (world["map"] / "places.csv").read_text().splitlines()
+    assert lines[0] == "id,image,easting,northing,heading,time,split"
+    assert lines[2] == "1,database/0001.png,500030.000,5000000.000,,,database"
+    opened = open_map(world["map"], card)
+    assert len(opened) == 40 and opened.image_path(3).is_file()
+
+
+def test_map_is_written_atomically_and_not_overwritten(world, tmp_path):
+    with pytest.raises(FileExistsError, match="already exists"):
+        build_map(world["model"], world["dataset"], world["map"])
+    # a failing build leaves no directory behind
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(world["model"].read_bytes()[:100])
+    with pytest.raises(ArtifactError):
+        build_map(broken, world["dataset"], tmp_path / "map")
+    assert not (tmp_path / "map").exists()
+
+
+def test_map_of_another_model_is_refused(world, tmp_path):
+    other, other_card = make_onnx_model(tmp_path / "other.onnx", seed=1)
+    expected = (
+        f"map '{world['map']}' was built with model {world['card'].weights_fingerprint} (64-D) but "
+        f"'{other}' is {other_card.weights_fingerprint} (64-D); rebuild it with: netvlad-map build "
+        f"--model {other} --dataset {world['dataset'].root.resolve()} --out {world['map']} --overwrite"
+    )
+    with pytest.raises(MapMismatchError, match=re.escape(expected)):
+        Localizer.open(other, world["map"])
+    with Localizer.open(other, world["map"], override_map_check=True) as localizer:
+        assert localizer.map.descriptor_dim == 64
+    wide, _ = make_onnx_model(tmp_path / "wide.onnx", dim=32)
+    with pytest.raises(MapMismatchError, match=r"\(64-D\) but .* \(32-D\)"):
+        Localizer.open(wide, world["map"], override_map_check=True)
+
+
+def test_localizer_finds_the_places(world):
+    dataset = world["dataset"]
+    with Localizer.open(world["model"], world["map"], config=LocalizerConfig(top_k=3)) as localizer:
+        with ImageFolderSource(dataset.root / "queries") as source:
+            results = list(localizer.run(source))
+        assert [r.index for r in results] == list(range(40))
+        assert all(r.best.place_id == i for i, r in enumerate(results))
+        assert all(not r.unknown and 0 < r.confidence <= 1 for r in results)
+        first = results[0]
+        assert first.position == pytest.approx((500000.0, 5000000.0), abs=1e-6)
+        assert first.times.inference > 0 and first.times.total >= first.times.inference
+        record = json.loads(json.dumps(first.to_record()))
+        assert record["matches"][0]["image"] == "database/0000.png" and len(record["matches"]) == 3
+        # localize() agrees with run() and with exact numpy ranking of the same descriptors
+        image = dataset.read_image("queries", 5)[:, :, ::-1]  # BGR
+        single = localizer.localize(image)
+        assert [m.place_id for m in single.matches] == [m.place_id for m in results[5].matches]
+        assert single.best.similarity == pytest.approx(results[5].best.similarity, abs=1e-5)
+        # a frame from nowhere in the map is an unknown place
+        noise = np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+        assert localizer.localize(noise).unknown
+        expected = "a frame must be uint8 (0-255), got float64 (96, 128, 3)"
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            localizer.localize(np.zeros((96, 128, 3)))
+        with pytest.raises(ConfigError, match=re.escape("got shape (96, 128, 2)")):
+            localizer.localize(np.zeros((96, 128, 2), np.uint8))
+
+
+def test_compressed_index_reports_its_recall(world, tmp_path):
+    dataset = make_stand_in_world(tmp_path / "data", places=300, spacing_m=30.0, seed=4, size=(48, 64))
+    out = build_map(
+        world["model"],
+        dataset,
+        tmp_path / "ivf",
+        MapConfig(index="ivfpq", pq_m=16, nprobe=4, faiss_threads=1),
+    )
+    meta = read_map_meta(out)
+    assert meta["index"]["factory"].startswith("IVF") and "PQ16" in meta["index"]["factory"]
+    recall = meta["index"]["recall_vs_exact"]
+    assert recall["queries"] == 300 and recall["recall_at_10"] >= 0.8
+    exact = build_map(world["model"], dataset, tmp_path / "flat", MapConfig(split="all", faiss_threads=1))
+    assert read_map_meta(exact)["count"] == 600
+    # the compressed map still localises most queries at the right place
+    with Localizer.open(world["model"], out) as localizer:
+        hits = sum(
+            localizer.localize(dataset.read_image("queries", i), color="RGB").best.place_id == i
+            for i in range(0, 300, 10)
+        )
+    assert hits >= 25
+
+
+def test_recall_from_the_localizer_equals_exact_ranking(world):
+    from runtime.backends import open_backend
+    from runtime.map import extract_descriptors
+
+    dataset = world["dataset"]
+    with open_backend(world["model"]) as backend:
+        db = extract_descriptors(backend, lambda i: dataset.read_image("database", i), dataset.num_db)
+        q = extract_descriptors(backend, lambda i: dataset.read_image("queries", i), dataset.num_queries)
+    expected = recall_at_n(rank_database(db, q, 5), dataset.positives(25.0), (1, 5))
+    with Localizer.open(world["model"], world["map"], config=LocalizerConfig(top_k=5)) as localizer:
+        ranked = np.array(
+            [
+                [m.place_id for m in localizer.localize(dataset.read_image("queries", i), "RGB").matches]
+                for i in range(dataset.num_queries)
+            ]
+        )
+    assert recall_at_n(ranked, dataset.positives(25.0), (1, 5)) == expected
