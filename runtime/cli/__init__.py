@@ -1,0 +1,1 @@
+"""Command-line entry points (typer): ``netvlad-map`` and ``netvlad-run``. They parse and call one function."""

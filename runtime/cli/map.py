@@ -1,0 +1,65 @@
+"""``netvlad-map``: build a map from a model and a geotagged dataset; show a map; score a run's JSONL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from runtime.console import configure_logging, progress
+
+app = typer.Typer(
+    help="Build and inspect netvlad-kit maps (FAISS index + geotagged places).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def build(
+    model: Path = typer.Option(..., help="Model file: .onnx, .engine or .plan (with its card)."),
+    dataset: str = typer.Option(..., help="Dataset: a folder with database.csv/queries.csv, 'nordland', ..."),
+    out: Path = typer.Option(..., help="Map directory to write (atomically)."),
+    split: str = typer.Option("database", help="Images that become places: 'database' or 'all'."),
+    index: str = typer.Option(
+        "flat", help="'flat' (exact inner product) or 'ivfpq' (compressed, approximate)."
+    ),
+    backend: str = typer.Option("auto", help="Inference backend (auto: from the model's suffix)."),
+    batch_size: int = typer.Option(16, help="Images per inference batch."),
+    nprobe: int = typer.Option(16, help="IVF lists searched per query (ivfpq)."),
+    overwrite: bool = typer.Option(
+        False, help="Replace an existing map (only once the new one is complete)."
+    ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Extract descriptors of the dataset's images and write the map."""
+    from runtime.map import MapConfig, build_map
+
+    configure_logging(verbose, quiet)
+    config = MapConfig(split=split, index=index, batch_size=batch_size, nprobe=nprobe, overwrite=overwrite)
+    path = build_map(model, dataset, out, config, progress=progress, backend=backend)
+    typer.echo(str(path))
+
+
+@app.command()
+def info(map_path: Path = typer.Argument(..., metavar="MAP", help="A map directory.")) -> None:
+    """Print a map's metadata (map.json)."""
+    from runtime.map import read_map_meta
+
+    typer.echo(json.dumps(read_map_meta(map_path), indent=2))
+
+
+@app.command()
+def recall(
+    jsonl: Path = typer.Option(..., help="JSONL written by netvlad-run --jsonl."),
+    dataset: str = typer.Option(..., help="The dataset whose queries were localised."),
+    radius: float = typer.Option(25.0, help="A match within this many metres of the query is correct."),
+) -> None:
+    """Recall@N of a netvlad-run JSONL against the dataset's query positions."""
+    from runtime.evaluate import recall_from_jsonl
+
+    configure_logging(quiet=True)
+    result = recall_from_jsonl(jsonl, dataset, radius_m=radius)
+    typer.echo(json.dumps(result, indent=2))

@@ -1,0 +1,88 @@
+"""``netvlad-run``: localise a camera, a video, an image folder or an RTSP stream against a map."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from runtime.console import configure_logging
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command(help="Localise frames against a map; one JSONL record per frame, a live status line.")
+def main(
+    model: Path = typer.Option(..., help="Model file: .onnx, .engine or .plan."),
+    map_path: Path = typer.Option(..., "--map", help="Map directory built by netvlad-map build."),
+    camera: int = typer.Option(None, help="Camera index (e.g. 0)."),
+    video: Path = typer.Option(None, help="Video file."),
+    images: Path = typer.Option(None, help="Folder of images (sorted by name)."),
+    rtsp: str = typer.Option(None, help="RTSP (or HTTP) stream URL."),
+    backend: str = typer.Option("auto", help="auto, onnxruntime[-cpu|-cuda|-tensorrt] or tensorrt."),
+    threads: int = typer.Option(None, help="Inference threads (ONNX Runtime; default: one per core)."),
+    jsonl: Path = typer.Option(None, help="Write one JSON record per frame here."),
+    show: bool = typer.Option(False, help="Show the overlay in a window (needs a GUI OpenCV)."),
+    save_video: Path = typer.Option(None, help="Write the overlay video here (.mp4 or .avi)."),
+    temporal: bool = typer.Option(False, help="Filter positions over time (for sequences)."),
+    top_k: int = typer.Option(5, help="Places reported per frame."),
+    threshold: float = typer.Option(None, help="Unknown-place similarity threshold (default: the map's)."),
+    override_map_check: bool = typer.Option(False, help="Use a map built by another model (not advised)."),
+    max_frames: int = typer.Option(None, help="Stop after this many frames."),
+    loop: int = typer.Option(1, help="Replay a video or folder this many times (soak test)."),
+    summary: Path = typer.Option(None, help="Write the run summary (FPS, latencies, memory) as JSON here."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    from runtime.atomic import atomic_write_text
+    from runtime.errors import NetVLADKitError
+    from runtime.session import RunConfig, run_session
+
+    configure_logging(verbose, quiet)
+    tty = sys.stderr.isatty()
+
+    def status(line: str) -> None:
+        if quiet:
+            return
+        sys.stderr.write(("\r\033[K" + line) if tty else line + "\n")
+        sys.stderr.flush()
+
+    try:
+        config = RunConfig(
+            model=model,
+            map=map_path,
+            camera=camera,
+            video=video,
+            images=images,
+            rtsp=rtsp,
+            backend=backend,
+            threads=threads,
+            jsonl=jsonl,
+            save_video=save_video,
+            show=show,
+            temporal=temporal,
+            top_k=top_k,
+            unknown_threshold=threshold,
+            override_map_check=override_map_check,
+            max_frames=max_frames,
+            loop=loop,
+        )
+        result = run_session(config, on_status=status)
+    except NetVLADKitError as exc:
+        if tty:
+            sys.stderr.write("\n")
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if tty:
+        sys.stderr.write("\n")
+    if summary:
+        atomic_write_text(summary, result.to_json() + "\n")
+    lat = result.latency_ms
+    typer.echo(
+        f"{result.frames} frames in {result.seconds:.1f} s: {result.fps:.1f} FPS end to end | "
+        + " | ".join(f"{s} p50 {lat[s]['p50']:.1f} ms p99 {lat[s]['p99']:.1f} ms" for s in lat)
+        + f" | dropped {result.dropped} corrupt {result.corrupt} unknown {result.unknown}"
+        + (" | interrupted" if result.interrupted else ""),
+        err=True,
+    )

@@ -1,0 +1,84 @@
+"""Recall@N of a localisation run, from its JSONL (``netvlad-run --jsonl``) against the dataset's queries.
+
+Each JSONL record names its frame (``source``: an image file name such as ``000123.png``, or
+``video.mp4#17`` for frame 17 of a video, taken as query 17) and its top matches with their UTM positions.
+A query is found at N when one of its first N matches lies within ``radius_m`` of the query's position,
+which is exactly the protocol's definition (positives = database images within 25 m) when the map was
+built from the dataset's database split. Queries without any database image within ``radius_m`` are left
+out, as in the training evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import DatasetError
+from runtime.recall import recall_at_n
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSONL file (a torn last line, from a killed run, is ignored)."""
+    records = []
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise DatasetError(f"{path}:{number} is not valid JSON ({exc})") from exc
+    return records
+
+
+def query_index(source: str, by_name: dict[str, int]) -> int | None:
+    if "#" in source:
+        return int(source.rsplit("#", 1)[1])
+    return by_name.get(Path(source).name)
+
+
+def recall_from_jsonl(
+    jsonl: str | Path, dataset, ns: Sequence[int] = (1, 5, 10), radius_m: float = 25.0
+) -> dict:
+    """``{"recall": {N: fraction}, "queries": counted, "records": read, "unmatched": frames not a query}``."""
+    if not hasattr(dataset, "q_images"):
+        from runtime.datasets import open_dataset
+
+        dataset = open_dataset(dataset)
+    records = read_jsonl(jsonl)
+    by_name = {Path(name).name: i for i, name in enumerate(dataset.q_images)}
+    has_positive = np.array([len(p) > 0 for p in dataset.positives(radius_m)])
+    k = min((len(r["matches"]) for r in records), default=0)
+    ns = [n for n in ns if n <= k]
+    ranked, positives, unmatched, seen = [], [], 0, set()
+    for record in records:
+        qi = query_index(record["source"], by_name)
+        if qi is None or qi >= dataset.num_queries:
+            unmatched += 1
+            continue
+        if not has_positive[qi] or qi in seen:
+            continue
+        seen.add(qi)
+        where = np.array([[m["easting"], m["northing"]] for m in record["matches"][:k]])  # (k, 2)
+        near = np.linalg.norm(where - dataset.q_utm[qi], axis=1) <= radius_m
+        ranked.append(np.arange(k))
+        positives.append(np.flatnonzero(near))
+    if not ranked:
+        raise DatasetError(
+            f"no record of '{jsonl}' names a query of dataset '{dataset.name}' with a positive"
+        )
+    # queries whose matches are all far get an impossible positive (index k): they count as misses
+    positives = [p if len(p) else np.array([k]) for p in positives]
+    recall = recall_at_n(np.stack(ranked), positives, ns)
+    return {
+        "recall": recall,
+        "queries": len(ranked),
+        "records": len(records),
+        "unmatched": unmatched,
+        "radius_m": radius_m,
+    }

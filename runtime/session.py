@@ -1,0 +1,249 @@
+"""One localisation run, as ``netvlad-run`` does it: a source, a Localizer, and the outputs.
+
+:func:`run_session` opens everything from a :class:`RunConfig`, localises every frame, writes one JSONL
+record per frame (flushed per line), renders the overlay to a video and/or a window, reports a status line
+through a callback, and on Ctrl-C (KeyboardInterrupt) or any error stops cleanly: outputs already written
+are flushed and closed, the source and backend are released. It returns a :class:`RunSummary` with the
+throughput, per-stage p50/p99 latencies and resident memory over the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import ConfigError
+from runtime.localizer import Localization, Localizer, LocalizerConfig
+from runtime.sources import CameraSource, FrameSource, ImageFolderSource, RtspSource, VideoFileSource
+from runtime.temporal import TemporalConfig
+
+log = logging.getLogger(__name__)
+STAGES = ("decode", "preprocess", "inference", "search", "total")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What to localise, against what, and where the results go. Exactly one source must be given."""
+
+    model: Path
+    map: Path
+    camera: int | None = None
+    video: Path | None = None
+    images: Path | None = None
+    rtsp: str | None = None
+    backend: str = "auto"
+    threads: int | None = None
+    jsonl: Path | None = None
+    save_video: Path | None = None
+    show: bool = False
+    temporal: bool = False
+    top_k: int = 5
+    unknown_threshold: float | None = None
+    override_map_check: bool = False
+    max_frames: int | None = None
+    loop: int = 1  # replay a file source this many times (soak tests)
+
+    def __post_init__(self) -> None:
+        given = [n for n in ("camera", "video", "images", "rtsp") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ConfigError(
+                f"give exactly one source (--camera, --video, --images or --rtsp), got {len(given)}: {given}"
+            )
+        if self.loop < 1 or (self.max_frames is not None and self.max_frames < 1):
+            raise ConfigError(f"loop and max_frames must be >= 1, got {self.loop} and {self.max_frames}")
+        if self.loop > 1 and (self.camera is not None or self.rtsp is not None):
+            raise ConfigError("--loop replays files; it cannot be used with a camera or a stream")
+
+    def open_source(self) -> FrameSource:
+        if self.camera is not None:
+            return CameraSource(self.camera)
+        if self.rtsp is not None:
+            return RtspSource(self.rtsp)
+        if self.video is not None:
+            return VideoFileSource(self.video)
+        return ImageFolderSource(self.images)
+
+
+@dataclass
+class RunSummary:
+    frames: int = 0
+    seconds: float = 0.0
+    fps: float = 0.0
+    dropped: int = 0
+    corrupt: int = 0
+    unknown: int = 0
+    interrupted: bool = False
+    temporal: bool = False
+    latency_ms: dict = field(default_factory=dict)  # stage -> {"p50", "p99", "mean"}
+    rss_mb: list = field(default_factory=list)  # resident memory sampled every `rss_every` frames
+    backend: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def resident_mb() -> float:
+    """This process's resident memory in MiB (Linux /proc; 0 elsewhere)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return 0.0
+
+
+def run_session(
+    config: RunConfig,
+    on_status: Callable[[str], None] | None = None,
+    status_every_s: float = 0.5,
+    rss_every: int = 500,
+) -> RunSummary:
+    """Run ``config`` to the end of the source, ``max_frames``, Ctrl-C or an error (re-raised after cleanup)."""
+    summary = RunSummary(temporal=config.temporal)
+    loc_config = LocalizerConfig(
+        top_k=config.top_k,
+        unknown_threshold=config.unknown_threshold,
+        temporal=TemporalConfig() if config.temporal else None,
+        keep_frames=bool(config.save_video or config.show),
+    )
+    options = {} if config.threads is None else {"threads": config.threads}
+    stages: dict[str, list[float]] = {s: [] for s in STAGES}
+    with contextlib.ExitStack() as stack:
+        localizer = stack.enter_context(
+            Localizer.open(
+                config.model, config.map, config.backend, loc_config, config.override_map_check, **options
+            )
+        )
+        summary.backend = localizer.backend.describe()
+        jsonl = None
+        if config.jsonl:
+            Path(config.jsonl).parent.mkdir(parents=True, exist_ok=True)
+            jsonl = stack.enter_context(open(config.jsonl, "w", encoding="utf-8", buffering=1))
+        overlay = writer = None
+        if config.save_video or config.show:
+            from runtime.overlay import Overlay
+
+            overlay = Overlay(localizer.map)
+        if config.save_video:
+            writer = stack.enter_context(_VideoWriter(config.save_video, overlay.size))
+        sources: list[FrameSource] = []
+        start = time.perf_counter()
+        last_status = start
+        try:
+            for loc in localizer.run(_frames(config, sources)):
+                summary.frames += 1
+                summary.unknown += loc.unknown
+                for s in STAGES:
+                    stages[s].append(getattr(loc.times, s))
+                if jsonl is not None:
+                    jsonl.write(json.dumps(loc.to_record()) + "\n")
+                now = time.perf_counter()
+                fps = summary.frames / max(now - start, 1e-9)
+                if overlay is not None:
+                    image = overlay.render(loc, loc.frame, fps)
+                    if writer is not None:
+                        writer.write(image)
+                    if config.show and _show(image):
+                        break
+                if summary.frames % rss_every == 1:
+                    summary.rss_mb.append(round(resident_mb(), 1))
+                if on_status is not None and now - last_status >= status_every_s:
+                    last_status = now
+                    on_status(_status(loc, fps, sources))
+                if config.max_frames is not None and summary.frames >= config.max_frames:
+                    break
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            log.warning("interrupted after %d frames; outputs flushed", summary.frames)
+        finally:
+            for source in sources:  # stops a decoder the feeder thread may still be reading
+                source.close()
+            summary.seconds = time.perf_counter() - start
+            summary.fps = summary.frames / max(summary.seconds, 1e-9)
+            summary.dropped = sum(s.stats.dropped for s in sources)
+            summary.corrupt = sum(s.stats.corrupt for s in sources)
+            summary.rss_mb.append(round(resident_mb(), 1))
+            summary.latency_ms = {
+                s: {
+                    "p50": _ms(v, 50),
+                    "p99": _ms(v, 99),
+                    "mean": round(float(np.mean(v)) * 1000, 3) if v else 0.0,
+                }
+                for s, v in stages.items()
+            }
+    if config.show:
+        with contextlib.suppress(Exception):
+            import cv2
+
+            cv2.destroyAllWindows()
+    return summary
+
+
+def _frames(config: RunConfig, sources: list) -> Iterator:
+    """Frames of the source, ``config.loop`` times; runs in the localizer's feeder thread."""
+    for _ in range(config.loop):
+        source = config.open_source()
+        sources.append(source)
+        try:
+            yield from source
+        finally:
+            source.close()
+
+
+def _ms(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)) * 1000, 3) if values else 0.0
+
+
+def _status(loc: Localization, fps: float, sources: list) -> str:
+    where = "unknown place" if loc.unknown else f"E {loc.position[0]:.1f} N {loc.position[1]:.1f}"
+    dropped = sum(s.stats.dropped for s in sources)
+    return (
+        f"{fps:5.1f} FPS | frame {loc.index} | {where} | conf {loc.confidence:.2f} | "
+        f"best {loc.best.image} ({loc.best.similarity:.3f}) | dropped {dropped}"
+    )
+
+
+def _show(image: np.ndarray) -> bool:
+    """Show ``image`` in a window; True when the user pressed q or Esc."""
+    import cv2
+
+    try:
+        cv2.imshow("netvlad-run", image)
+        key = cv2.waitKey(1) & 0xFF
+    except cv2.error as exc:
+        raise ConfigError(
+            "--show needs an OpenCV build with GUI support (pip install opencv-python, not the headless "
+            f"build) and a display; use --save-video FILE instead ({str(exc).strip()[:120]})"
+        ) from exc
+    return key in (ord("q"), 27)
+
+
+class _VideoWriter:
+    """cv2.VideoWriter with a context manager; the codec follows the suffix (.mp4 -> mp4v, else MJPG)."""
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float = 10.0) -> None:
+        import cv2
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix.lower() == ".mp4" else "MJPG"))
+        self._writer = cv2.VideoWriter(str(path), fourcc, fps, size)
+        if not self._writer.isOpened():
+            raise ConfigError(
+                f"cannot write video '{path}'; use a .mp4 or .avi file name in a writable folder"
+            )
+
+    def write(self, image: np.ndarray) -> None:
+        self._writer.write(image)
+
+    def __enter__(self) -> _VideoWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._writer.release()
