@@ -79,10 +79,19 @@ def place_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
-def make_stand_in_world(root: Path, places: int = 40, spacing_m: float = 30.0, seed: int = 0, size=(96, 128)):
+def make_stand_in_world(
+    root: Path,
+    places: int = 40,
+    spacing_m: float = 30.0,
+    seed: int = 0,
+    size=(96, 128),
+    noise: int = 20,
+    distract: float = 0.0,
+):
     """A route of ``places`` distinct places along a line; database and query images per place, CSVs too.
 
-    Queries are the place image with noise and a small shift, so a pooled-pixel model recognises them.
+    Queries are the place image with noise and a small shift, so a pooled-pixel model recognises them;
+    ``distract`` blends a random unrelated scene into each query (0: none, 1: only the distractor).
     """
     rng = np.random.default_rng(seed)
     h, w = size
@@ -93,7 +102,10 @@ def make_stand_in_world(root: Path, places: int = 40, spacing_m: float = 30.0, s
     for i in range(places):
         image = place_image(rng, h, w)
         cv2.imwrite(str(root / "database" / f"{i:04d}.png"), image)
-        noisy = np.clip(image.astype(np.int16) + rng.integers(-20, 21, image.shape), 0, 255).astype(np.uint8)
+        seen = image.astype(np.float64)
+        if distract:  # blend in an unrelated scene: some queries become ambiguous
+            seen = (1 - distract) * seen + distract * place_image(rng, h, w)
+        noisy = np.clip(seen + rng.integers(-noise, noise + 1, image.shape), 0, 255).astype(np.uint8)
         noisy = np.roll(noisy, 3, axis=1)
         cv2.imwrite(str(root / "queries" / f"{i:04d}.png"), noisy)
         db.append(f"database/{i:04d}.png")
