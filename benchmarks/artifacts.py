@@ -84,11 +84,10 @@ def plan_backends(
     cards = {f: read_card(f) for f in onnx_files}
     for f in sorted(onnx_files, key=lambda f: (order.get(cards[f].precision, 9), f.name)):
         precision = cards[f].precision
-        plans.append(BackendPlan(f"ORT CPU {PRECISION_LABEL[precision]}", "onnxruntime", precision, f, "cpu"))
+        what = f"{PRECISION_LABEL[precision]} ({f.name})"
+        plans.append(BackendPlan(f"ORT CPU {what}", "onnxruntime", precision, f, "cpu"))
         if gpu:
-            plans.append(
-                BackendPlan(f"ORT CUDA {PRECISION_LABEL[precision]}", "onnxruntime", precision, f, "cuda")
-            )
+            plans.append(BackendPlan(f"ORT CUDA {what}", "onnxruntime", precision, f, "cuda"))
     if not gpu:
         skipped.append(
             {

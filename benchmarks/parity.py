@@ -163,11 +163,11 @@ def run_parity(
     result["total_s"] = time.perf_counter() - t0
     if out_dir is not None:
         out_dir = Path(out_dir)
-        files = {}
+        result["files"] = {}
         if cfg.plot:
-            files["plot"] = str(plot_recall_curves(result, out_dir / "parity_recall.png"))
+            result["files"]["plot"] = str(plot_recall_curves(result, out_dir / "parity_recall.png"))
         json_path, md_path = write_report(out_dir, "parity", result, parity_markdown(result))
-        result["files"] = {"json": str(json_path), "markdown": str(md_path), **files}
+        result["files"].update(json=str(json_path), markdown=str(md_path))
     return result
 
 
