@@ -88,8 +88,8 @@ class SynthConfig:
 
 
 PRESETS: dict[str, SynthConfig] = {
-    # tests: ~1.2 km loop, 240 database + 120 query images, seconds to generate
-    "tiny": SynthConfig(name="tiny", route_length_m=1200.0, db_spacing_m=5.0, query_spacing_m=10.0),
+    # tests: a ~1 km loop, ~190 database + ~95 query images, seconds to generate
+    "tiny": SynthConfig(name="tiny", route_length_m=960.0, db_spacing_m=5.0, query_spacing_m=10.0),
     # ~5 km loop, 1,000 database + 1,000 query images
     "small": SynthConfig(name="small", route_length_m=5000.0, db_spacing_m=5.0, query_spacing_m=5.0),
     # ~20 km loop, 4,000 database + 2,000 query images

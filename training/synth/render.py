@@ -14,6 +14,10 @@ from training.synth.city import BUILDING_LINE_M, ROAD_HALF_M, CityPlan
 from training.synth.config import SynthConfig
 
 VIEW_DISTANCE_M = 260.0
+GROUND_PALETTE = np.array(
+    [[0.30, 0.30, 0.32], [0.62, 0.60, 0.56], [0.28, 0.45, 0.20], [0.75, 0.74, 0.70], [0.85, 0.85, 0.80]],
+    dtype=np.float32,
+)
 WALL_LAYERS = 3
 
 
@@ -34,7 +38,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], blur: int) -
         h, w = shape
         noise = cv2.GaussianBlur(np.tile(noise, (3, 3)), (0, 0), blur)[h : 2 * h, w : 2 * w]
     noise -= noise.min()
-    return (noise / max(float(noise.max()), 1e-6)).astype(np.float64)
+    return (noise / max(float(noise.max()), 1e-6)).astype(np.float32)
 
 
 class Renderer:
@@ -50,6 +54,7 @@ class Renderer:
         self.col_angle = -np.arctan(x / self.focal)  # (W,) left columns look left (counter-clockwise)
         self.col_cos = np.cos(self.col_angle)
         self.rows = np.arange(self.h, dtype=np.float64) + 0.5  # (H,)
+        self.seed = cfg.seed
         rng = np.random.default_rng([cfg.seed, 0x7E7])
         self.wall_noise = _smooth_noise(rng, (64, 64), 1)
         self.ground_noise = _smooth_noise(rng, (128, 128), 2)
@@ -58,12 +63,20 @@ class Renderer:
         self.seg_len = np.linalg.norm(self.seg_vec, axis=1)
         self.seg_mid = (f.p0 + f.p1) / 2
         self.seg_normal = np.stack([self.seg_vec[:, 1], -self.seg_vec[:, 0]], axis=1) / self.seg_len[:, None]
-        self.clouds = {}
-
-    def _cloud_tile(self, seed: int) -> np.ndarray:
-        if seed not in self.clouds:
-            self.clouds[seed] = _smooth_noise(np.random.default_rng([seed, 0xC10D]), (48, 360), 4)
-        return self.clouds[seed]
+        style = city.facades.style
+        self.style_names = sorted(style)
+        # one (S, F) float32 matrix: a single gather per frame fetches every style parameter
+        self.style = np.concatenate(
+            [np.asarray(style[k], dtype=np.float32).reshape(len(self.seg_len), -1) for k in self.style_names],
+            axis=1,
+        )
+        self.style_cols: dict[str, slice] = {}
+        col = 0
+        for k in self.style_names:
+            width = np.asarray(style[k]).reshape(len(self.seg_len), -1).shape[1]
+            self.style_cols[k] = slice(col, col + width) if width > 1 else col
+            col += width
+        self.cache: dict = {}
 
     # -- the public call ---------------------------------------------------------------------------
     def render(
@@ -80,8 +93,8 @@ class Renderer:
         pos = np.asarray(position, dtype=np.float64)
         theta = yaw + self.col_angle  # (W,)
         ray = np.stack([np.cos(theta), np.sin(theta)], axis=1)  # (W, 2)
-        img = np.empty((self.h, self.w, 3), dtype=np.float64)
-        zbuf = np.full((self.h, self.w), np.inf)
+        img = np.empty((self.h, self.w, 3), dtype=np.float32)
+        zbuf = np.full((self.h, self.w), np.inf, dtype=np.float32)
         self._sky(img, theta, lighting)
         self._ground(img, zbuf, pos, ray, lighting)
         self._walls(img, zbuf, pos, yaw, ray, lighting)
@@ -91,62 +104,74 @@ class Renderer:
         return self._finish(img, zbuf, lighting, rng, noise_scale)
 
     # -- scene parts -------------------------------------------------------------------------------
+    def _sky_panorama(self, light: Lighting) -> np.ndarray:
+        """Sky for every azimuth (1 degree columns): float32 ``(H_sky, 360, 3)``, cached per condition."""
+        key = ("sky", light.name)
+        if key not in self.cache:
+            r0 = math.ceil(self.horizon)
+            elev = np.clip((self.horizon - self.rows[:r0]) / self.focal, 0, None)  # (Hs,) tan(elevation)
+            t = np.clip(elev / 0.8, 0, 1)[:, None, None]
+            top, hor = np.array(light.sky_top), np.array(light.sky_horizon)
+            sky = hor * (1 - t) + top * t  # (Hs, 1, 3)
+            tile = _smooth_noise(np.random.default_rng([light.cloud_seed, 0xC10D]), (48, 360), 4)
+            v = np.clip((elev * 60).astype(np.int64), 0, tile.shape[0] - 1)
+            cloud = (
+                np.clip(tile[v] * 1.6 - 0.7, 0, 1)[..., None] * (elev > 0.02)[:, None, None]
+            )  # (Hs, 360, 1)
+            cloud_colour = np.array(light.sky_horizon) * 1.1
+            self.cache[key] = (sky * (1 - 0.5 * cloud) + cloud_colour * 0.5 * cloud).astype(np.float32)
+        return self.cache[key]
+
     def _sky(self, img: np.ndarray, theta: np.ndarray, light: Lighting) -> None:
-        elev = np.clip((self.horizon - self.rows) / self.focal, 0, None)  # (H,) tan(elevation)
-        t = np.clip(elev / 0.8, 0, 1)[:, None, None]
-        top, hor = np.array(light.sky_top), np.array(light.sky_horizon)
-        img[:] = hor * (1 - t) + top * t
-        tile = self._cloud_tile(light.cloud_seed)
+        pano = self._sky_panorama(light)
         az = (np.degrees(theta) % 360).astype(np.int64)  # (W,)
-        v = np.clip((elev * 60).astype(np.int64), 0, tile.shape[0] - 1)  # (H,)
-        cloud = np.clip(tile[v[:, None], az[None, :]] * 1.6 - 0.7, 0, 1)[..., None]  # (H, W, 1)
-        cloud *= (elev > 0.02)[:, None, None]
-        cloud_colour = np.array(light.sky_horizon) * 1.1
-        img[:] = img * (1 - 0.6 * cloud) + cloud_colour * 0.6 * cloud
+        img[: pano.shape[0]] = pano[:, az]
 
     def _ground(self, img, zbuf, pos, ray, light: Lighting) -> None:
         r0 = math.ceil(self.horizon)
         rows = self.rows[r0:]
-        dperp = self.cam_h * self.focal / (rows - self.horizon)  # (Hg,) perpendicular depth
-        dist = dperp[:, None] / self.col_cos[None, :]  # (Hg, W) along each ray
-        gx = pos[0] + dist * ray[None, :, 0]
-        gy = pos[1] + dist * ray[None, :, 1]
-        block = self.city.block_m
-        lx = np.mod(gx - self.city.origin[0], block)
-        ly = np.mod(gy - self.city.origin[1], block)
+        dperp = (self.cam_h * self.focal / (rows - self.horizon)).astype(
+            np.float32
+        )  # (Hg,) perpendicular depth
+        dist = dperp[:, None] / self.col_cos[None, :].astype(np.float32)  # (Hg, W) along each ray
+        local = pos - self.city.origin  # small numbers: float32 keeps centimetres
+        block = np.float32(self.city.block_m)
+        lx = np.mod(np.float32(local[0]) + dist * ray[None, :, 0].astype(np.float32), block)  # (Hg, W)
+        ly = np.mod(np.float32(local[1]) + dist * ray[None, :, 1].astype(np.float32), block)
         dv = np.minimum(lx, block - lx)  # distance to the nearest north-south street centreline
         dh = np.minimum(ly, block - ly)  # ... east-west
         dn = np.minimum(dv, dh)
-        gnoise = self.ground_noise[(gy * 4).astype(np.int64) % 128, (gx * 4).astype(np.int64) % 128]
-        colour = np.empty((*dist.shape, 3))
-        road = dn < ROAD_HALF_M
-        walk = (dn >= ROAD_HALF_M) & (dn < BUILDING_LINE_M)
-        grass = dn >= BUILDING_LINE_M
-        colour[road] = np.array([0.30, 0.30, 0.32])
-        colour[walk] = np.array([0.62, 0.60, 0.56])
-        colour[grass] = np.array([0.28, 0.45, 0.20])
-        colour *= (0.85 + 0.3 * gnoise)[..., None]
-        kerb = (dn >= ROAD_HALF_M) & (dn < ROAD_HALF_M + 0.25)
-        colour[kerb] = np.array([0.75, 0.74, 0.70])
-        paving = walk & ((np.mod(gx, 1.5) < 0.08) | (np.mod(gy, 1.5) < 0.08))
-        colour[paving] *= 0.8
-        inter_h = dv < BUILDING_LINE_M  # on an east-west street but inside an intersection
-        inter_v = dh < BUILDING_LINE_M
-        dash_h = (dh < 0.12) & ~inter_h & (np.mod(gx, 6.0) < 3.0)
-        dash_v = (dv < 0.12) & ~inter_v & (np.mod(gy, 6.0) < 3.0)
-        zebra_h = (
-            inter_v & ~inter_h & (dv < BUILDING_LINE_M + 3) & (dh < ROAD_HALF_M) & (np.mod(gy, 1.0) < 0.5)
+        # ground classes: 0 road, 1 sidewalk, 2 grass, 3 kerb, 4 road marking
+        cls = np.where(dn < ROAD_HALF_M, 0, np.where(dn < BUILDING_LINE_M, 1, 2)).astype(np.int8)
+        cls[(dn >= ROAD_HALF_M) & (dn < ROAD_HALF_M + 0.25)] = 3
+        in_box_v, in_box_h = dv < BUILDING_LINE_M, dh < BUILDING_LINE_M  # inside an intersection box
+        dash = ((dh < 0.12) & ~in_box_v & (np.mod(lx, 6.0) < 3.0)) | (
+            (dv < 0.12) & ~in_box_h & (np.mod(ly, 6.0) < 3.0)
         )
-        zebra_v = (
-            inter_h & ~inter_v & (dh < BUILDING_LINE_M + 3) & (dv < ROAD_HALF_M) & (np.mod(gx, 1.0) < 0.5)
+        zebra_ew = (
+            (dh < ROAD_HALF_M)
+            & (dv >= BUILDING_LINE_M)
+            & (dv < BUILDING_LINE_M + 3)
+            & (np.mod(ly, 1.0) < 0.5)
         )
-        zebra_h &= (dv > ROAD_HALF_M) & (dv < ROAD_HALF_M + 3)
-        zebra_v &= (dh > ROAD_HALF_M) & (dh < ROAD_HALF_M + 3)
-        colour[dash_h | dash_v | zebra_h | zebra_v] = np.array([0.85, 0.85, 0.80])
-        if light.night:
-            colour *= (1.0 + 6.0 * np.exp(-dist / 10.0) * (np.abs(self.col_angle) < 0.5))[..., None]
-        img[r0:] = colour
-        zbuf[r0:] = np.broadcast_to(dperp[:, None], dist.shape)
+        zebra_ns = (
+            (dv < ROAD_HALF_M)
+            & (dh >= BUILDING_LINE_M)
+            & (dh < BUILDING_LINE_M + 3)
+            & (np.mod(lx, 1.0) < 0.5)
+        )
+        cls[dash | zebra_ew | zebra_ns] = 4
+        colour = GROUND_PALETTE[cls]  # (Hg, W, 3)
+        gnoise = self.ground_noise[(ly * 4).astype(np.int64) % 128, (lx * 4).astype(np.int64) % 128]
+        shade = 0.85 + 0.3 * gnoise
+        paving = (cls == 1) & ((np.mod(lx, 1.5) < 0.08) | (np.mod(ly, 1.5) < 0.08))
+        shade[paving] *= 0.8
+        if light.night:  # headlights
+            shade *= 1.0 + 6.0 * np.exp(-dist / 10.0) * np.exp(-((self.col_angle / 0.35) ** 2)).astype(
+                np.float32
+            )
+        img[r0:] = colour * shade[..., None]
+        zbuf[r0:] = dperp[:, None]
 
     def _visible_segments(self, pos: np.ndarray, yaw: float) -> np.ndarray:
         rel = self.seg_mid - pos
@@ -181,99 +206,94 @@ class Renderer:
         tk = np.take_along_axis(tk, order, axis=1)
         uk = np.take_along_axis(u, near, axis=1)
         seg_all = vis[near]  # (W, k) global segment ids
+        dpk = (tk * self.col_cos[:, None]).astype(np.float32)  # (W, k) perpendicular depth, inf = no hit
+        heights = facades.height[seg_all].astype(np.float32)  # (W, k)
+        elev = ((self.horizon - self.rows) / self.focal).astype(np.float32)[:, None]  # (H, 1)
+        owner = np.full((self.h, self.w), -1, dtype=np.int8)
+        for layer in range(k):  # nearest first: a pixel belongs to the first wall that covers it
+            z = self.cam_h + elev * dpk[None, :, layer]  # (H, W) height of the ray at that wall
+            covered = (z >= 0) & (z <= heights[None, :, layer]) & (owner < 0)
+            owner[covered] = layer
+        rr, cc = np.nonzero(owner >= 0)
+        if rr.size == 0:
+            return
+        layer = owner[rr, cc]
+        s = seg_all[cc, layer]
+        dp = dpk[cc, layer]
+        z = (self.cam_h + elev[rr, 0] * dp).astype(np.float32)
+        um = (uk[cc, layer] * self.seg_len[s]).astype(np.float32)
+        colour = self._facade_colour(s, um, z, light)
         sun = math.radians(90.0 - light.sun_azimuth_deg)
         sun_dir = np.array([math.cos(sun), math.sin(sun)])
-        for layer in range(k - 1, -1, -1):
-            hit = np.isfinite(tk[:, layer])
-            if not hit.any():
-                continue
-            seg = seg_all[:, layer]
-            dp = np.where(hit, tk[:, layer] * self.col_cos, np.inf)  # (W,) perpendicular depth
-            z = self.cam_h + (self.horizon - self.rows[:, None]) * dp[None, :] / self.focal  # (H, W) height
-            mask = hit[None, :] & (z >= 0) & (z <= facades.height[seg][None, :])
-            rr, cc = np.nonzero(mask)
-            if rr.size == 0:
-                continue
-            s = seg[cc]
-            um = uk[cc, layer] * self.seg_len[s]
-            colour = self._facade_colour(s, um, z[rr, cc], light)
-            normal = (
-                self.seg_normal[s]
-                * np.sign(np.sum(self.seg_normal[s] * (pos - self.seg_mid[s]), axis=1))[:, None]
-            )
-            shade = 1.0 + light.sun_weight * 0.35 * (normal @ sun_dir) - 0.1 * light.sun_weight
-            img[rr, cc] = colour * shade[:, None]
-            zbuf[rr, cc] = dp[cc]
+        facing = np.sign(
+            (self.seg_normal * (pos - self.seg_mid)).sum(axis=1)
+        )  # (S,) normal towards the camera
+        seg_shade = 1.0 + light.sun_weight * (0.35 * facing * (self.seg_normal @ sun_dir) - 0.1)
+        colour *= seg_shade.astype(np.float32)[s][:, None]
+        img[rr, cc] = colour
+        zbuf[rr, cc] = dp
 
     def _facade_colour(self, s: np.ndarray, u: np.ndarray, z: np.ndarray, light: Lighting) -> np.ndarray:
-        st = self.city.facades.style
-        length = self.seg_len[s]
-        height = self.city.facades.height[s]
-        colour = st["wall"][s].copy()
+        """Facade colour at ``u`` metres along segment ``s`` and height ``z``: float32 ``(P, 3)``."""
+        params = self.style[s]  # (P, F)
+        c = self.style_cols
+
+        def p(name: str) -> np.ndarray:
+            return params[:, c[name]]
+
+        length = self.seg_len[s].astype(np.float32)
+        height = self.city.facades.height[s].astype(np.float32)
+        colour = p("wall").copy()
         tex = self.wall_noise[(z * 8).astype(np.int64) % 64, (u * 8).astype(np.int64) % 64]
-        colour *= (1 + st["texture"][s] * (tex - 0.5) * 2)[:, None]
+        colour *= (1 + p("texture") * (tex - 0.5) * 2)[:, None]
         course = np.floor(z * 4)
-        mortar = (st["brick"][s] > 0) & (((z * 4) % 1 < 0.14) | (((u * 2 + 0.5 * course) % 1) < 0.06))
+        mortar = (p("brick") > 0) & (((z * 4) % 1 < 0.14) | (((u * 2 + 0.5 * course) % 1) < 0.06))
         colour[mortar] *= 0.78
-        floor_h = st["floor_h"][s]
+        floor_h = p("floor_h")
         floor = np.floor(z / floor_h)
         fz = (z / floor_h) % 1
-        fu = ((u - st["win_offset"][s]) / st["win_pitch"][s]) % 1
+        fu = ((u - p("win_offset")) / p("win_pitch")) % 1
+        half_w, half_h = p("win_w") / 2, p("win_h") / 2
         inside = (u > 0.7) & (u < length - 0.7)
-        upper = (floor >= 1) & (z < height - 0.9)
-        window = (
-            upper & inside & (np.abs(fu - 0.5) < st["win_w"][s] / 2) & (np.abs(fz - 0.5) < st["win_h"][s] / 2)
-        )
-        frame = (
-            upper
-            & inside
-            & (np.abs(fu - 0.5) < st["win_w"][s] / 2 + 0.04)
-            & (np.abs(fz - 0.5) < st["win_h"][s] / 2 + 0.04)
-        )
-        colour[frame & ~window] = st["trim"][s][frame & ~window] * 1.1
-        glass = st["glass"][s] * (0.8 + 0.5 * fz[:, None])  # a sky reflection gradient
-        colour[window] = glass[window]
-        balcony = (st["balcony"][s] > 0) & upper & inside & (fz < 0.12)
-        colour[balcony] = st["accent"][s][balcony] * 0.7
+        upper = (floor >= 1) & (z < height - 0.9) & inside
+        dx, dz = np.abs(fu - 0.5), np.abs(fz - 0.5)
+        frame = upper & (dx < half_w + 0.04) & (dz < half_h + 0.04)
+        window = frame & (dx < half_w) & (dz < half_h)
+        trim = p("trim")
+        border = frame & ~window
+        colour[border] = trim[border] * 1.1
+        glass = p("glass")
+        colour[window] = glass[window] * (0.8 + 0.5 * fz[window, None])  # a sky reflection gradient
+        balcony = (p("balcony") > 0) & upper & (fz < 0.12)
+        colour[balcony] = p("accent")[balcony] * 0.7
         ground = floor < 1
-        shop = (st["shop"][s] > 0) & ground & inside
+        is_shop = p("shop") > 0
+        shop = is_shop & ground & inside
         shop_glass = shop & (z > 0.5) & (z < 2.5) & ((u % 4.0) > 0.35)
-        colour[shop_glass] = st["glass"][s][shop_glass] * 1.3 + 0.05
+        colour[shop_glass] = glass[shop_glass] * 1.3 + 0.05
         sign = shop & (z > 2.65) & (z < 3.3) & (z < floor_h - 0.1)
-        colour[sign] = st["sign"][s][sign]
-        letter_cell = np.floor(u * 2.5)
-        letters = (
-            sign
-            & (z > 2.8)
-            & (z < 3.15)
-            & ((u * 2.5) % 1 < 0.7)
-            & (_hash(st["sign_seed"][s], letter_cell) < 0.75)
-        )
-        colour[letters] = 1.0 - st["sign"][s][letters] * 0.9
-        door = (st["shop"][s] == 0) & ground & (np.abs(u - st["door_u"][s] * length) < 0.7) & (z < 2.3)
-        colour[door] = st["accent"][s][door] * 0.55
-        low_window = (
-            (st["shop"][s] == 0)
-            & ground
-            & inside
-            & ~door
-            & (np.abs(fu - 0.5) < st["win_w"][s] / 2)
-            & (z > 0.9)
-            & (z < 2.2)
-        )
-        colour[low_window] = st["glass"][s][low_window]
+        sign_colour = p("sign")
+        colour[sign] = sign_colour[sign]
+        letters = sign & (z > 2.8) & (z < 3.15) & ((u * 2.5) % 1 < 0.7)
+        li = np.flatnonzero(letters)
+        li = li[_hash(p("sign_seed")[li], np.floor(u[li] * 2.5)) < 0.75]
+        colour[li] = 1.0 - sign_colour[li] * 0.9
+        door = ~is_shop & ground & (np.abs(u - p("door_u") * length) < 0.7) & (z < 2.3)
+        colour[door] = p("accent")[door] * 0.55
+        low_window = ~is_shop & ground & inside & ~door & (dx < half_w) & (z > 0.9) & (z < 2.2)
+        colour[low_window] = glass[low_window]
         cornice = z > height - 0.6
-        colour[cornice] = st["trim"][s][cornice]
+        colour[cornice] = trim[cornice]
         edge = (u < 0.2) | (u > length - 0.2)
         colour[edge] *= 0.65
         if light.night:
-            lit = window & (
-                _hash(s.astype(np.float64), floor, np.floor((u - st["win_offset"][s]) / st["win_pitch"][s]))
-                < 0.45
-            )
-            colour[lit] = np.array([1.0, 0.82, 0.5]) * 3.2
-            colour[shop_glass] = np.array([1.0, 0.9, 0.7]) * 3.0
-            colour[sign | letters] *= 3.0
+            wi = np.flatnonzero(window)
+            column = np.floor((u[wi] - p("win_offset")[wi]) / p("win_pitch")[wi])
+            wi = wi[_hash(s[wi].astype(np.float64), floor[wi], column) < 0.45]
+            colour[wi] = np.array([1.0, 0.82, 0.5], dtype=np.float32) * 3.2
+            colour[shop_glass] = np.array([1.0, 0.9, 0.7], dtype=np.float32) * 3.0
+            colour[sign] *= 3.0
+            colour[li] *= 3.0
         return colour
 
     def _box(self, img, zbuf, depth, lat0, lat1, z0, z1, colour, shape=None) -> None:
@@ -368,20 +388,40 @@ class Renderer:
             self._box(img, zbuf, d, lt - w / 2, lt + w / 2, 0, h * 0.82, colour)
             self._box(img, zbuf, d, lt - w * 0.25, lt + w * 0.25, h * 0.82, h, np.array([0.85, 0.65, 0.5]))
 
+    def _noise_bank(self) -> np.ndarray:
+        """A few seeded standard-normal fields, sliced at random offsets per image (cheaper than drawing)."""
+        if "noise" not in self.cache:
+            rng = np.random.default_rng([self.seed, 0x5E5])
+            self.cache["noise"] = rng.standard_normal((4, self.h + 64, self.w + 64, 3), dtype=np.float32)
+        return self.cache["noise"]
+
     def _finish(self, img, zbuf, light: Lighting, rng, noise_scale: float) -> np.ndarray:
         import cv2
 
-        img = img * (light.exposure * np.array(light.cast))
-        grey = img.mean(axis=2, keepdims=True)
-        img = grey + (img - grey) * light.saturation
-        finite = np.isfinite(zbuf)
-        keep = np.where(finite, np.exp(-np.where(finite, zbuf, 0) / light.haze_m), 1.0)[..., None]
-        img = img * keep + np.array(light.haze) * (1 - keep)
-        img = np.clip(img * 255.0, 0, 255).astype(np.float32)
+        img *= (light.exposure * np.array(light.cast)).astype(np.float32)
+        if light.saturation != 1.0:
+            grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None]
+            img -= grey
+            img *= np.float32(light.saturation)
+            img += grey
+        keep = np.exp(-zbuf / np.float32(light.haze_m))[..., None]  # sky (inf depth) -> 0
+        keep[~np.isfinite(zbuf)] = 1.0  # the sky keeps its own colour
+        haze = np.array(light.haze, dtype=np.float32)
+        img -= haze
+        img *= keep
+        img += haze
+        img *= 255.0
         if light.blur > 0:
             img = cv2.GaussianBlur(img, (0, 0), light.blur)
         sigma = light.noise_sigma * noise_scale
         if sigma > 0 and rng is not None:
-            img += rng.normal(0.0, sigma, (*img.shape[:2], 1)).astype(np.float32)
-            img += rng.normal(0.0, sigma * 0.3, img.shape).astype(np.float32)
+            bank = self._noise_bank()
+            k, dy, dx = (
+                int(rng.integers(0, bank.shape[0])),
+                int(rng.integers(0, 64)),
+                int(rng.integers(0, 64)),
+            )
+            field = bank[k, dy : dy + self.h, dx : dx + self.w]  # (H, W, 3)
+            img += field[..., :1] * np.float32(sigma)  # luminance noise
+            img += field * np.float32(sigma * 0.3)  # colour noise
         return np.clip(img + 0.5, 0, 255).astype(np.uint8)

@@ -31,6 +31,11 @@ class Traversal:
     conditions: tuple[str, ...]
 
 
+def _truncated_normal(rng: np.random.Generator, limit: float, n: int) -> np.ndarray:
+    """``n`` draws of N(0, (limit / 3.5)^2) clipped to +-``limit``."""
+    return np.clip(rng.normal(0.0, limit / 3.5, n), -limit, limit) if limit > 0 else np.zeros(n)
+
+
 def compass_heading(yaw: np.ndarray) -> np.ndarray:
     """Renderer yaw (radians, counter-clockwise from east) -> compass heading (degrees clockwise from north)."""
     return np.mod(90.0 - np.degrees(yaw), 360.0)
@@ -71,12 +76,10 @@ class SynthWorld:
         else:
             phase = rng.uniform(0.25, 0.75) * cfg.db_spacing_m  # queries fall between database images
             arc = phase + np.arange(0.0, length - 1e-6, cfg.query_spacing_m)
-            lateral = np.clip(
-                DRIVE_LANE_M + rng.uniform(-cfg.max_lateral_m, cfg.max_lateral_m, arc.size),
-                -ROAD_HALF_M + 0.5,
-                ROAD_HALF_M - 0.5,
-            )
-            yaw_offset = np.radians(rng.uniform(-cfg.max_yaw_deg, cfg.max_yaw_deg, arc.size))
+            # viewpoint change: truncated normals, most revisits close to the lane, a few at the limits
+            lateral = DRIVE_LANE_M + _truncated_normal(rng, cfg.max_lateral_m, arc.size)
+            lateral = np.clip(lateral, -ROAD_HALF_M + 0.5, ROAD_HALF_M - 0.5)
+            yaw_offset = np.radians(_truncated_normal(rng, cfg.max_yaw_deg, arc.size))
             n_cond = len(cfg.conditions)
             conditions = tuple(cfg.conditions[k * n_cond // arc.size] for k in range(arc.size))
             epoch = QUERY_EPOCH_S
