@@ -8,6 +8,13 @@ Contract used by export, runtime and benchmarks::
 """
 
 from training.model.backbones import BACKBONES, Backbone, build_backbone
+from training.model.clusters import (
+    ClusterInit,
+    fit_clusters,
+    initialize_netvlad,
+    refit_centroids,
+    sample_local_descriptors,
+)
 from training.model.netvlad import NetVLAD, l2_normalize, netvlad_loop_reference
 from training.model.place import DeployModel, ModelConfig, PlaceModel, build_model, normalize_images
 from training.model.whitening import PCAWhitening, fit_pca_whitening
@@ -15,6 +22,7 @@ from training.model.whitening import PCAWhitening, fit_pca_whitening
 __all__ = [
     "BACKBONES",
     "Backbone",
+    "ClusterInit",
     "DeployModel",
     "ModelConfig",
     "NetVLAD",
@@ -22,8 +30,12 @@ __all__ = [
     "PlaceModel",
     "build_backbone",
     "build_model",
+    "fit_clusters",
     "fit_pca_whitening",
+    "initialize_netvlad",
     "l2_normalize",
     "netvlad_loop_reference",
     "normalize_images",
+    "refit_centroids",
+    "sample_local_descriptors",
 ]

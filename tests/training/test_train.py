@@ -1,0 +1,189 @@
+"""The training run end to end on a micro synthetic world: files, metrics, exact resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import requires_torch
+
+pytestmark = requires_torch
+torch = pytest.importorskip("torch")
+
+from runtime.errors import ArtifactError, ConfigError, DatasetError  # noqa: E402
+from training.checkpoint import load_checkpoint, load_model  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.train import main as train_main  # noqa: E402
+from training.train import train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def micro_world(tmp_path_factory) -> Path:
+    from training.synth import SynthConfig, generate
+
+    cfg = SynthConfig(
+        route_length_m=400.0, db_spacing_m=4.0, query_spacing_m=8.0, height=48, width=64, write_video=False
+    )
+    return generate(cfg, tmp_path_factory.mktemp("world") / "micro")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def _cfg(world: Path, **changes) -> TrainConfig:
+    return TrainConfig.preset("tiny", dataset=str(world), kmeans_iterations=5, **changes)
+
+
+@pytest.fixture(scope="module")
+def full_run(micro_world, cache_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "full"
+    train(_cfg(micro_world, max_steps=4), out, cache_dir=cache_dir)
+    return out
+
+
+def _events(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_run_writes_checkpoints_metrics_and_a_whitened_model(full_run):
+    names = {p.name for p in full_run.iterdir()}
+    assert {"run.json", "metrics.jsonl", "last.pt", "best.pt", "model.pt", "summary.json"} <= names
+    events = _events(full_run)
+    kinds = [e["event"] for e in events]
+    assert kinds[:2] == ["init", "init"] and kinds[-1] == "final"
+    assert [e["which"] for e in events[:2]] == ["random", "kmeans"]
+    assert kinds.count("refresh") >= 2  # refreshed every 8 queries
+    for e in events[:2]:
+        for split in ("val", "test"):
+            report = e[split]
+            assert set(report["recall"]) == {"1", "5", "10", "20"}
+            assert report["descriptor_dim"] == 896 and report["resolution"] == "64x96"
+            assert len(report["fingerprint"]) == 16 and report["split"] == split
+    # the k-means initialisation already retrieves most places on the held-out stretch
+    assert events[1]["test"]["recall"]["5"] >= 0.6
+    summary = json.loads((full_run / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["descriptor_dim"] == 16
+    assert summary["whitened"]["test"]["descriptor_dim"] == 16
+    model = load_model(full_run / "model.pt")
+    assert model.config.whitening_dim == 16 and model.fingerprint() == summary["fingerprint"]
+    assert model.provenance["centroids"]["source"].startswith("k-means")
+    assert model.provenance["whitening"]["split"] == "train"
+    refresh = next(e for e in events if e["event"] == "refresh")
+    assert refresh["images_per_s"] > 0 and refresh["cache_mb"] > 0
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(full_run, micro_world, cache_dir, tmp_path):
+    out = tmp_path / "interrupted"
+    train(_cfg(micro_world, max_steps=2), out, cache_dir=cache_dir)
+    assert load_checkpoint(out / "last.pt")["training_state"]["step"] == 2
+    train(_cfg(micro_world, max_steps=4), out, resume=True, cache_dir=cache_dir)
+    resumed, uninterrupted = load_checkpoint(out / "last.pt"), load_checkpoint(full_run / "last.pt")
+    assert resumed["training_state"]["step"] == uninterrupted["training_state"]["step"] == 4
+    for key, value in uninterrupted["model_state"].items():
+        assert torch.equal(resumed["model_state"][key], value), key
+    a, b = resumed["training_state"], uninterrupted["training_state"]
+    assert torch.equal(a["miner"]["memory"], b["miner"]["memory"])
+    assert torch.equal(a["miner"]["db_cache"], b["miner"]["db_cache"])
+    assert a["rng_numpy"] == b["rng_numpy"] and a["pos"] == b["pos"]
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+    assert load_model(out / "model.pt").fingerprint() == load_model(full_run / "model.pt").fingerprint()
+
+
+def test_out_dir_holding_another_run(full_run, micro_world):
+    with pytest.raises(
+        ConfigError,
+        match=rf"output folder '{full_run}' already holds a training run \(run.json, best.pt, last.pt, model.pt\); "
+        "pass --resume to continue it or choose another --out",
+    ):
+        train(_cfg(micro_world), full_run)
+
+
+def test_resume_with_other_settings_is_refused(full_run, micro_world, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(full_run, out)
+    with pytest.raises(
+        ConfigError, match=r"started with other settings \(lr differ\); only epochs, max_steps"
+    ):
+        train(_cfg(micro_world, lr=0.5), out, resume=True)
+
+
+def test_resume_from_corrupt_or_foreign_checkpoint(micro_world, tmp_path):
+    out = tmp_path / "bad"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"PK\x03\x04 definitely not a checkpoint")
+    with pytest.raises(ArtifactError, match=r"checkpoint '.*last\.pt' cannot be read .*truncated, corrupt"):
+        train(_cfg(micro_world), out, resume=True)
+    torch.save({"model": {"w": torch.zeros(1)}}, out / "last.pt")
+    with pytest.raises(ArtifactError, match=r"is not a netvlad-kit checkpoint .*found \['model'\]"):
+        train(_cfg(micro_world), out, resume=True)
+    (out / "last.pt").unlink()
+    with pytest.raises(ArtifactError, match=r"cannot resume: '.*last\.pt' does not exist"):
+        train(_cfg(micro_world), out, resume=True)
+
+
+def test_dataset_without_any_positive(micro_world, tmp_path):
+    from runtime.datasets import load_generic
+    from runtime.datasets.generic import write_split_csv
+
+    world = load_generic(micro_world)
+    far = tmp_path / "far"
+    far.mkdir()
+    for sub in ("database", "queries"):
+        (far / sub).symlink_to(micro_world / sub)
+    write_split_csv(far / "database.csv", world.db_images, world.db_utm)
+    write_split_csv(far / "queries.csv", world.q_images, world.q_utm + np.array([5000.0, 0.0]))
+    with pytest.raises(
+        DatasetError,
+        match=r"dataset 'far:train': none of its \d+ queries has a database image within 10 m \(a potential "
+        r"positive\) and 4 database images beyond 25 m",
+    ):
+        train(_cfg(far), tmp_path / "out", cache_dir=tmp_path / "cache")
+
+
+def test_unknown_backbone_on_the_command_line(tmp_path, capsys):
+    code = train_main(["--out", str(tmp_path / "o"), "--backbone", "alexnet"])
+    assert code == 2
+    assert (
+        "unknown backbone 'alexnet'; known backbones: efficientnet_lite0, resnet18, resnet50, vgg16"
+        in capsys.readouterr().err
+    )
+
+
+def test_config_validation_and_presets():
+    cfg = TrainConfig.preset("default")
+    assert (cfg.margin, cfg.num_neg_samples, cfg.num_neg_keep, cfg.pos_radius_m, cfg.neg_radius_m) == (
+        0.1,
+        1000,
+        10,
+        10.0,
+        25.0,
+    )
+    assert cfg.model.backbone == "efficientnet_lite0" and cfg.dataset is None and cfg.synth_preset == "small"
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="num_neg_keep \\(20\\) must not exceed num_neg_samples \\(10\\)"):
+        TrainConfig(num_neg_samples=10, num_neg_keep=20)
+    with pytest.raises(
+        ConfigError, match="unknown training preset 'fast'; known presets: paper, default, tiny"
+    ):
+        TrainConfig.preset("fast")
+    with pytest.raises(AttributeError):
+        cfg.lr = 1.0  # frozen
+
+
+def test_help_works():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "training.train", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--resume" in out and "--out" in out

@@ -1,0 +1,474 @@
+"""The training run: k-means init, weakly supervised triplet training, validation, PCA-whitening.
+
+Use :func:`training.train.train` (or ``python -m training.train``); this module holds the machinery.
+Output folder::
+
+    run.json        the TrainConfig and the dataset of this run
+    metrics.jsonl   one JSON object per event: init / refresh / step / epoch / final
+    last.pt         latest checkpoint with the full training state (--resume continues from it)
+    best.pt         the model with the best validation recall@5 (no whitening)
+    model.pt        best.pt + PCA-whitening: the deliverable that export takes
+    summary.json    final recall figures (val/test, raw and whitened), throughput, peak memory
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.atomic import atomic_write_text
+from runtime.datasets import PlaceDataset
+from runtime.errors import ArtifactError, ConfigError
+from training.checkpoint import load_checkpoint, model_from_payload, save_checkpoint
+from training.config import TrainConfig
+from training.data import Split, load_or_compute_frozen, split_along_route
+from training.evaluate import describe, recall_from_descriptors
+from training.loss import triplet_ranking_loss
+from training.mining import TripletMiner
+from training.model import PlaceModel, build_model, fit_clusters, fit_pca_whitening, initialize_netvlad
+from training.model.clusters import sample_local_descriptors
+from training.train_steps import descriptors_from_frozen
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+BUDGET_FIELDS = ("epochs", "max_steps", "max_train_seconds", "patience")
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far (Linux ru_maxrss is in KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class Metrics:
+    """Appends one JSON object per line to ``metrics.jsonl`` (flushed at once: a crash loses nothing)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, event: str, **values: Any) -> None:
+        record = {"event": event, "time": round(time.time(), 3), **values}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=float) + "\n")
+
+
+def check_out_dir(out_dir: Path, resume: bool) -> None:
+    """A fresh run needs an output folder without another run in it; a resumed one needs its last.pt."""
+    if resume:
+        if not (out_dir / "last.pt").is_file():
+            raise ArtifactError(
+                f"cannot resume: '{out_dir / 'last.pt'}' does not exist; start a new run without --resume"
+            )
+        return
+    held = sorted(p.name for p in (out_dir.iterdir() if out_dir.is_dir() else []) if p.suffix == ".pt")
+    if (out_dir / RUN_FILE).exists() or held:
+        found = ", ".join([RUN_FILE] * (out_dir / RUN_FILE).exists() + held)
+        raise ConfigError(
+            f"output folder '{out_dir}' already holds a training run ({found}); pass --resume to continue it "
+            "or choose another --out"
+        )
+
+
+def resolve_dataset(cfg: TrainConfig, data_dir: Path, progress: Callable | None = None) -> PlaceDataset:
+    """``cfg.dataset`` through open_dataset, or the synthetic world (generated under ``data_dir`` if missing)."""
+    from runtime.datasets import load_generic, open_dataset
+
+    if cfg.dataset is not None:
+        return open_dataset(cfg.dataset)
+    from training.synth import SynthConfig, generate
+
+    world = data_dir / f"synth-{cfg.synth_preset}-seed{cfg.synth_seed}"
+    if not (world / "database.csv").is_file():
+        log.info(
+            "generating the synthetic '%s' world (seed %d) in %s", cfg.synth_preset, cfg.synth_seed, world
+        )
+        generate(
+            SynthConfig.preset(cfg.synth_preset, seed=cfg.synth_seed),
+            world,
+            overwrite=True,
+            progress=progress,
+        )
+    return load_generic(world)
+
+
+class Trainer:
+    """One training run; :meth:`run` does everything. State for --resume: :meth:`state_dict`."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out_dir: Path,
+        resume: bool = False,
+        cache_dir: Path | None = None,
+        progress: Callable | None = None,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        check_out_dir(self.out_dir, resume)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.resume_payload = None
+        if resume:
+            self.resume_payload = load_checkpoint(self.out_dir / "last.pt")
+            state = self.resume_payload.get("training_state")
+            if not isinstance(state, dict) or "config" not in state:
+                raise ArtifactError(
+                    f"'{self.out_dir / 'last.pt'}' has no training state and cannot be resumed; it is a model-only "
+                    "checkpoint. Start a new run in another --out"
+                )
+            stored = TrainConfig.from_dict(state["config"])
+            differing = [
+                k
+                for k in stored.to_dict()
+                if k not in BUDGET_FIELDS and stored.to_dict()[k] != cfg.to_dict()[k]
+            ]
+            if differing:
+                raise ConfigError(
+                    f"--resume: the run in '{self.out_dir}' was started with other settings ({', '.join(differing)} "
+                    f"differ); only {', '.join(BUDGET_FIELDS)} may change when resuming"
+                )
+        self.cfg = cfg
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.out_dir / "cache"
+        self.progress = progress
+        self.metrics = Metrics(self.out_dir / "metrics.jsonl")
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        )
+        self.amp = bool(cfg.amp and self.device.type == "cuda")
+        torch.set_num_threads(cfg.threads)
+
+    # -- setup -----------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.cfg
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.dataset = resolve_dataset(cfg, self.cache_dir, self.progress)
+        self.splits: dict[str, Split] = split_along_route(self.dataset, cfg.split_fractions)
+        self.model: PlaceModel = build_model(cfg.model).to(self.device)
+        frozen = load_or_compute_frozen(
+            self.model, self.dataset, self.cache_dir, cfg.batch_size, self.progress
+        )
+        self.frozen = {
+            name: {
+                "database": frozen["database"][torch.from_numpy(s.db_indices)],
+                "queries": frozen["queries"][torch.from_numpy(s.q_indices)],
+            }
+            for name, s in self.splits.items()
+        }
+        train = self.splits["train"].dataset
+        self.miner = TripletMiner(
+            train,
+            cfg.pos_radius_m,
+            cfg.neg_radius_m,
+            cfg.num_neg_samples,
+            cfg.num_neg_keep,
+            cfg.margin,
+            cfg.cache_refresh_queries,
+        )
+        params = self.model.trainable_parameters()
+        if cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(
+                params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step_epochs, cfg.lr_gamma)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.step = 0
+        self.epoch = 0
+        self.perm: np.ndarray | None = None  # this epoch's query order
+        self.pos = 0  # next position in perm
+        self.best_recall5 = -1.0
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.train_seconds = 0.0
+        self.images_seen = 0
+
+    def _kmeans_init(self) -> None:
+        cfg = self.cfg
+        frozen_db = self.frozen["train"]["database"]
+        order = self.rng.permutation(len(frozen_db))
+
+        def batches():
+            for start in range(0, len(order), cfg.batch_size):
+                idx = torch.from_numpy(order[start : start + cfg.batch_size])
+                with torch.inference_mode():
+                    yield self.model.backbone_trainable(frozen_db[idx].to(self.device, torch.float32)).cpu()
+
+        descriptors = sample_local_descriptors(
+            batches(), cfg.kmeans_per_image, cfg.kmeans_descriptors, cfg.seed
+        )
+        init = fit_clusters(descriptors, cfg.model.num_clusters, cfg.seed, cfg.kmeans_iterations)
+        initialize_netvlad(
+            self.model, init, source=f"k-means on {self.splits['train'].dataset.name} database"
+        )
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def split_descriptors(self, split: str, model: PlaceModel | None = None, dtype=torch.float32):
+        model = model or self.model
+        f = self.frozen[split]
+        run = lambda x: descriptors_from_frozen(model, x, self.cfg.batch_size, dtype, self.device, self.amp)  # noqa: E731
+        return run(f["database"]), run(f["queries"])
+
+    def evaluate(self, split: str, model: PlaceModel | None = None) -> dict[str, Any]:
+        model = model or self.model
+        ds = self.splits[split].dataset
+        if ds.num_db == 0 or ds.num_queries == 0:
+            return {}
+        started = time.perf_counter()
+        db, q = self.split_descriptors(split, model)
+        recall, dropped = recall_from_descriptors(db.numpy(), q.numpy(), ds)
+        return describe(model, ds, split, recall, dropped, time.perf_counter() - started).to_dict()
+
+    def refresh_cache(self) -> None:
+        started = time.perf_counter()
+        db, q = self.split_descriptors("train", dtype=torch.float16)
+        self.miner.refresh(db, q)
+        seconds = time.perf_counter() - started
+        images = len(db) + len(q)
+        self.metrics.write(
+            "refresh",
+            step=self.step,
+            images=images,
+            seconds=round(seconds, 3),
+            images_per_s=round(images / max(seconds, 1e-9), 1),
+            cache_mb=round((db.numel() + q.numel()) * 2 / 1e6, 2),
+            interval_queries=self.miner.refresh_every,
+        )
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "miner": self.miner.state_dict(),
+            "rng_numpy": self.rng.bit_generator.state,
+            "rng_torch": torch.get_rng_state(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "perm": None if self.perm is None else torch.from_numpy(self.perm),
+            "pos": self.pos,
+            "best_recall5": self.best_recall5,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "train_seconds": self.train_seconds,
+            "images_seen": self.images_seen,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.miner.load_state_dict(state["miner"])
+        self.rng.bit_generator.state = state["rng_numpy"]
+        torch.set_rng_state(state["rng_torch"])
+        self.step, self.epoch, self.pos = int(state["step"]), int(state["epoch"]), int(state["pos"])
+        self.perm = None if state["perm"] is None else state["perm"].numpy().copy()
+        self.best_recall5, self.best_epoch = float(state["best_recall5"]), int(state["best_epoch"])
+        self.bad_epochs = int(state["bad_epochs"])
+        self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
+
+    def save_last(self) -> None:
+        save_checkpoint(self.out_dir / "last.pt", self.model, training_state=self.state_dict())
+
+    # -- training --------------------------------------------------------------------------------------
+    def train_step(self, tuples) -> float:
+        cfg = self.cfg
+        frozen = self.frozen["train"]
+        k = cfg.num_neg_keep
+        q_idx = torch.tensor([t.query for t in tuples])
+        db_idx = torch.from_numpy(
+            np.stack([np.concatenate([[t.positive], t.negatives]) for t in tuples])
+        )  # (B, 1+k)
+        images = torch.cat(
+            [frozen["queries"][q_idx], frozen["database"][db_idx.flatten()]]
+        )  # (B + B(1+k), C, h, w)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=self.device.type, enabled=self.amp):
+            desc = self.model.head(images.to(self.device, torch.float32)).float()  # (B(2+k), D)
+        b = len(tuples)
+        query, rest = desc[:b], desc[b:].view(b, 1 + k, -1)  # (B, D), (B, 1+k, D)
+        loss = triplet_ranking_loss(query, rest[:, 0], rest[:, 1:], cfg.margin)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        self.images_seen += images.shape[0]
+        return float(loss.detach())
+
+    def budget_exhausted(self) -> bool:
+        cfg = self.cfg
+        if cfg.max_steps is not None and self.step >= cfg.max_steps:
+            return True
+        return cfg.max_train_seconds is not None and self.train_seconds >= cfg.max_train_seconds
+
+    def run_epoch(self) -> bool:
+        """Train until the end of the epoch (True) or until the budget is spent (False)."""
+        cfg = self.cfg
+        if self.perm is None:
+            self.perm = self.rng.permutation(self.miner.trainable_queries)
+            self.pos = 0
+        bar = (
+            self.progress(total=len(self.perm), desc=f"epoch {self.epoch + 1}", unit="query")
+            if self.progress
+            else None
+        )
+        if bar is not None:
+            bar.update(self.pos)
+        losses, window_start, window_images = [], time.perf_counter(), 0
+        while self.pos < len(self.perm):
+            if self.budget_exhausted():
+                if bar is not None:
+                    bar.close()
+                return False
+            started = time.perf_counter()
+            batch = []
+            while self.pos < len(self.perm) and len(batch) < cfg.batch_tuples:
+                if self.miner.needs_refresh():
+                    self.refresh_cache()
+                t = self.miner.mine(int(self.perm[self.pos]), self.rng)
+                self.pos += 1
+                if bar is not None:
+                    bar.update(1)
+                if t is not None:
+                    batch.append(t)
+            if batch:
+                losses.append(self.train_step(batch))
+                window_images += len(batch) * (2 + cfg.num_neg_keep)
+            self.train_seconds += time.perf_counter() - started
+            if batch and self.step % 10 == 0:
+                elapsed = time.perf_counter() - window_start
+                self.metrics.write(
+                    "step",
+                    step=self.step,
+                    epoch=self.epoch,
+                    loss=round(float(np.mean(losses)), 5),
+                    lr=self.optimizer.param_groups[0]["lr"],
+                    images_per_s=round(window_images / max(elapsed, 1e-9), 1),
+                    skipped_queries=self.miner.skipped,
+                )
+                losses, window_start, window_images = [], time.perf_counter(), 0
+            if batch and self.step % cfg.checkpoint_every_steps == 0:
+                self.save_last()
+        if bar is not None:
+            bar.close()
+        return True
+
+    def end_epoch(self) -> bool:
+        """Scheduler, validation, best checkpoint, early stopping; True to go on."""
+        cfg = self.cfg
+        self.epoch += 1
+        self.perm, self.pos = None, 0
+        lr_before = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        lr_after = self.optimizer.param_groups[0]["lr"]
+        if lr_after < lr_before:
+            self.miner.scale_refresh_interval(lr_before / lr_after)
+        val = self.evaluate("val") if self.epoch % cfg.eval_every_epochs == 0 else {}
+        recall5 = float(val.get("recall", {}).get("5", -1.0)) if val else -1.0
+        improved = recall5 > self.best_recall5
+        if improved:
+            self.best_recall5, self.best_epoch, self.bad_epochs = recall5, self.epoch, 0
+            save_checkpoint(self.out_dir / "best.pt", self.model)
+        elif val:
+            self.bad_epochs += 1
+        self.metrics.write(
+            "epoch", epoch=self.epoch, step=self.step, lr=lr_after, val=val, best=improved,
+            train_seconds=round(self.train_seconds, 1), peak_memory_mb=round(peak_memory_mb(), 1),
+        )  # fmt: skip
+        self.save_last()
+        if self.bad_epochs >= cfg.patience:
+            log.info("early stopping: no better validation recall@5 for %d epochs", self.bad_epochs)
+            return False
+        return self.epoch < cfg.epochs
+
+    def finalize(self) -> Path:
+        """PCA-whitening on the best model, final recall figures, model.pt and summary.json."""
+        cfg = self.cfg
+        best_path = self.out_dir / "best.pt"
+        if self.best_epoch < 0:  # stopped before the first validation: the current model is the best
+            save_checkpoint(best_path, self.model)
+        best = model_from_payload(load_checkpoint(best_path), str(best_path)).to(self.device)
+        summary: dict[str, Any] = {"best_epoch": self.best_epoch, "steps": self.step, "epochs": self.epoch}
+        summary["raw"] = {s: self.evaluate(s, best) for s in ("val", "test")}
+        final = best
+        if cfg.whitening_dim is not None:
+            db, q = self.split_descriptors("train", best)
+            sample = torch.cat([db, q]).numpy()
+            if len(sample) > cfg.whitening_images:
+                sample = sample[self.rng.choice(len(sample), cfg.whitening_images, replace=False)]
+            dim = min(cfg.whitening_dim, len(sample) - 1)
+            if dim < cfg.whitening_dim:
+                log.warning(
+                    "PCA-whitening: only %d training descriptors, so %d-D instead of the configured %d-D",
+                    len(sample), dim, cfg.whitening_dim,
+                )  # fmt: skip
+            weight, bias = fit_pca_whitening(sample, dim)
+            final = best.with_whitening(weight, bias)
+            final.provenance["whitening"] = {"dim": dim, "fitted_on": len(sample), "split": "train"}
+            summary["whitened"] = {s: self.evaluate(s, final) for s in ("val", "test")}
+        path = save_checkpoint(self.out_dir / "model.pt", final.cpu())
+        summary.update(
+            model=str(path), fingerprint=final.fingerprint(), descriptor_dim=final.descriptor_dim,
+            train_seconds=round(self.train_seconds, 1), images_seen=self.images_seen,
+            train_images_per_s=round(self.images_seen / max(self.train_seconds, 1e-9), 1),
+            peak_memory_mb=round(peak_memory_mb(), 1), skipped_queries=self.miner.skipped,
+        )  # fmt: skip
+        self.metrics.write("final", **summary)
+        atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+        return path
+
+    def run(self) -> Path:
+        self._setup()
+        if self.resume_payload is not None:
+            self.model.load_state_dict(self.resume_payload["model_state"])
+            self.model.provenance = dict(self.resume_payload.get("provenance") or {})
+            self.load_state_dict(self.resume_payload["training_state"])
+            log.info("resumed at epoch %d, step %d from %s", self.epoch, self.step, self.out_dir / "last.pt")
+        else:
+            atomic_write_text(
+                self.out_dir / RUN_FILE,
+                json.dumps({"config": self.cfg.to_dict(), "dataset": repr(self.dataset)}, indent=2) + "\n",
+            )
+            self.metrics.write("init", which="random", val=self.evaluate("val"), test=self.evaluate("test"))
+            self._kmeans_init()
+            self.metrics.write(
+                "init", which="kmeans", val=self.evaluate("val"), test=self.evaluate("test"),
+                centroids=self.model.provenance.get("centroids"),
+            )  # fmt: skip
+            self.save_last()
+        going = not self.budget_exhausted() and self.epoch < self.cfg.epochs
+        while going:
+            if not self.run_epoch():
+                self.save_last()
+                log.info("training budget spent at step %d (%.0f s)", self.step, self.train_seconds)
+                break
+            going = self.end_epoch()
+        return self.finalize()
+
+
+def run_training(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    cache_dir: str | Path | None = None,
+    progress: Callable | None = None,
+) -> Path:
+    """Train per ``cfg`` into ``out_dir``; returns the path of the final model (``model.pt``)."""
+    trainer = Trainer(cfg, Path(out_dir), resume, Path(cache_dir) if cache_dir else None, progress)
+    return trainer.run()
+
+
+__all__ = ["Trainer", "check_out_dir", "run_training"]
