@@ -1,0 +1,94 @@
+"""``netvlad-export``: parse the command line, build an :class:`ExportConfig`, call :func:`run_export`.
+
+Imports nothing heavy at module level, so ``--help`` works without torch or TensorRT.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from export.config import INT8_TARGETS, BatchRange, ExportConfig
+from runtime.errors import NetVLADKitError
+
+log = logging.getLogger("netvlad-export")
+
+app = typer.Typer(
+    add_completion=False,
+    help="Turn a trained checkpoint into deployable artifacts (ONNX, FP16, INT8 QDQ, TensorRT engines), "
+    "each checked against the FP32 PyTorch model by the parity gate (parity.json).",
+)
+
+
+@app.command()
+def main(
+    checkpoint: Path = typer.Argument(..., help="checkpoint written by python -m training.train (best.pt)"),
+    onnx: bool = typer.Option(
+        True, "--onnx", help="FP32 ONNX model.onnx (always written; the others derive from it)"
+    ),
+    fp16: bool = typer.Option(
+        False, "--fp16", help="also model.fp16.onnx: FP16 backbone, float32 head and I/O"
+    ),
+    int8: bool = typer.Option(False, "--int8", help="also INT8 QDQ models calibrated on --calib"),
+    calib: str | None = typer.Option(
+        None, "--calib", help="calibration images: a folder of images or a dataset (its database images)"
+    ),
+    calib_images: int = typer.Option(256, "--calib-images", help="use at most this many calibration images"),
+    int8_target: list[str] = typer.Option(
+        list(INT8_TARGETS),
+        "--int8-target",
+        help="tensorrt: model.int8.onnx (symmetric); cpu: model.int8-cpu.onnx (uint8, fastest on ONNX Runtime CPU)",
+    ),
+    engine: bool = typer.Option(
+        False, "--engine", help="also TensorRT engines (needs tensorrt and a CUDA GPU)"
+    ),
+    batch: str = typer.Option("1:8:32", "--batch", help="engine batch range MIN:OPT:MAX"),
+    val: str | None = typer.Option(
+        None,
+        "--val",
+        help="validation dataset for the parity gate's recall (default: --calib when a dataset)",
+    ),
+    val_limit: int = typer.Option(500, "--val-limit", help="at most this many database images and queries"),
+    out: Path = typer.Option(Path("export"), "--out", help="output folder"),
+    force: bool = typer.Option(False, "--force", help="keep artifacts that miss a parity gate"),
+    threads: int = typer.Option(2, "--threads", help="CPU threads for ONNX Runtime during parity"),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="more log output"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings and errors only"),
+) -> None:
+    """Export CHECKPOINT into --out: model.onnx [+ model.fp16.onnx] [+ model.int8*.onnx] [+ *.engine] + parity.json."""
+    from runtime.console import configure_logging, progress
+
+    configure_logging(verbose, quiet)
+    try:
+        cfg = ExportConfig(
+            batch=BatchRange.parse(batch),
+            fp16=fp16,
+            int8=int8,
+            engine=engine,
+            calibration=calib,
+            calibration_images=calib_images,
+            int8_targets=tuple(int8_target),
+            validation=val,
+            validation_limit=val_limit,
+            force=force,
+            threads=threads,
+        )
+        from export.pipeline import run_export
+
+        result = run_export(checkpoint, out, cfg, progress=progress)
+    except NetVLADKitError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    from export.parity import format_table
+
+    typer.echo(format_table(result.reports))
+    for path in result.artifacts.values():
+        typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {result.parity_json}")
+
+
+if __name__ == "__main__":  # python -m export.cli
+    sys.exit(app())

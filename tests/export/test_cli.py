@@ -1,0 +1,184 @@
+"""netvlad-export end to end (real checkpoint, real ONNX Runtime), and every bad input with its message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from export.cli import app
+from tests.conftest import requires_torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def _error(result) -> str:
+    assert result.exit_code == 1, result.output
+    return " ".join(result.output.split())  # un-wrap
+
+
+def test_help_works_without_torch_or_tensorrt():
+    code = textwrap.dedent(
+        """
+        import sys
+        blocked = {"torch", "tensorrt", "onnx", "onnxruntime", "onnxscript", "cuda", "faiss", "scipy"}
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in blocked:
+                    raise ImportError(f"{name} is blocked")
+        sys.meta_path.insert(0, Block())
+        sys.argv = ["netvlad-export", "--help"]
+        from export.cli import app
+        try:
+            app()
+        except SystemExit as exc:
+            assert exc.code in (0, None), exc.code
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    for option in ("--fp16", "--int8", "--calib", "--engine", "--batch", "--out", "--force"):
+        assert option in out.stdout
+
+
+@pytest.fixture(scope="module")
+def place_dir(tmp_path_factory):
+    """A small generic-format dataset: 12 places, database and query image of each, 40 m apart."""
+    import cv2
+
+    from export.images import fixed_images
+    from runtime.card import ModelCard
+    from runtime.datasets import write_split_csv
+
+    root = tmp_path_factory.mktemp("places")
+    card = ModelCard("x", 80, 120, 8, 112, 896, "0123456789abcdef")
+    base = fixed_images(card, 12, seed=21)
+    rng = np.random.default_rng(0)
+    for split in ("database", "queries"):
+        (root / split).mkdir()
+        for i, image in enumerate(base):
+            noisy = (
+                np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+                if split == "queries"
+                else image
+            )
+            cv2.imwrite(str(root / split / f"{i:02d}.png"), noisy[:, :, ::-1])
+        utm = np.stack([500000.0 + 40.0 * np.arange(12), np.full(12, 5000000.0)], axis=1)
+        write_split_csv(root / f"{split}.csv", [f"{split}/{i:02d}.png" for i in range(12)], utm)
+    return root
+
+
+@requires_torch
+@pytest.mark.slow
+def test_export_onnx_fp16_int8_with_parity(tiny_checkpoint, tiny_model, place_dir, tmp_path):
+    out = tmp_path / "artifacts"
+    args = [str(tiny_checkpoint), "--fp16", "--int8", "--int8-target", "cpu", "--calib", str(place_dir)]
+    result = runner.invoke(app, [*args, "--calib-images", "8", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["model.fp16.onnx", "model.int8-cpu.onnx", "model.onnx", "parity.json"]
+    data = json.loads((out / "parity.json").read_text())
+    assert data["context"]["weights_fingerprint"] == tiny_model.fingerprint()
+    reports = {r["artifact"]: r for r in data["reports"]}
+    assert set(reports) == {"model.onnx", "model.fp16.onnx", "model.int8-cpu.onnx"}
+    for r in reports.values():
+        assert r["passed"] and r["num_images"] == 24 and r["recall"] is not None
+    assert reports["model.onnx"]["cosine_min"] >= 0.9999
+    assert reports["model.int8-cpu.onnx"]["cosine_median"] >= 0.98
+    assert "| model.int8-cpu.onnx | int8 |" in result.output
+    # the same model again into the same folder is fine (same fingerprint)
+    again = runner.invoke(app, [str(tiny_checkpoint), "--out", str(out), "--quiet"])
+    assert again.exit_code == 0, again.output
+
+
+@requires_torch
+def test_bad_checkpoints(tmp_path):
+    import torch
+
+    out = tmp_path / "out"
+    missing = tmp_path / "nope.pt"
+    msg = _error(runner.invoke(app, [str(missing), "--out", str(out)]))
+    assert msg == (
+        f"error: checkpoint '{missing}' does not exist or is not a file; train one with: python -m "
+        "training.train --out DIR (it writes DIR/best.pt and DIR/last.pt)"
+    )
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00not a zip" * 10)
+    msg = _error(runner.invoke(app, [str(corrupt), "--out", str(out)]))
+    assert msg.startswith(f"error: checkpoint '{corrupt}' cannot be read (")
+    assert "it is truncated, corrupt or not a netvlad-kit checkpoint" in msg
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 3}, foreign)
+    msg = _error(runner.invoke(app, [str(foreign), "--out", str(out)]))
+    assert msg == (
+        f"error: '{foreign}' is not a netvlad-kit checkpoint (expected a dict with format "
+        "'netvlad-kit.checkpoint', found ['epoch', 'state_dict']); train one with: python -m training.train "
+        "--out DIR (it writes DIR/best.pt and DIR/last.pt)"
+    )
+    assert not out.exists()
+
+
+def test_bad_batch_range_and_missing_calibration(tmp_path):
+    out = tmp_path / "out"
+    msg = _error(runner.invoke(app, ["x.pt", "--batch", "8:4:2", "--out", str(out)]))
+    assert msg == (
+        "error: batch range must satisfy min <= opt <= max, got min=8 opt=4 max=2; write it as MIN:OPT:MAX, "
+        "for example --batch 1:8:32"
+    )
+    msg = _error(runner.invoke(app, ["x.pt", "--batch", "1:a", "--out", str(out)]))
+    assert msg == "error: batch range '1:a' is not MIN:OPT:MAX with integers, for example --batch 1:8:32"
+    msg = _error(runner.invoke(app, ["x.pt", "--int8", "--out", str(out)]))
+    assert msg == (
+        "error: invalid export config: int8 needs a calibration set: --calib DIR_OR_DATASET (map or training images)"
+    )
+    assert not out.exists()
+
+
+@requires_torch
+def test_empty_calibration_set_writes_nothing(tiny_checkpoint, tmp_path):
+    empty = tmp_path / "calib"
+    empty.mkdir()
+    out = tmp_path / "out"
+    msg = _error(
+        runner.invoke(app, [str(tiny_checkpoint), "--int8", "--calib", str(empty), "--out", str(out)])
+    )
+    assert msg == (
+        f"error: calibration set '{empty}' holds no images (looked for .png, .jpg, .jpeg, .bmp, .webp files, "
+        "recursively); name a folder of map or training images, or a dataset folder with database.csv"
+    )
+    assert not out.exists()
+
+
+@requires_torch
+def test_output_folder_of_another_model(tiny_checkpoint, tiny_onnx, tiny_model, tmp_path):
+    import shutil
+
+    import torch
+
+    from training.checkpoint import save_checkpoint
+
+    other = tiny_model.__class__(tiny_model.config, pretrained=False)
+    other.load_state_dict(tiny_model.state_dict())
+    with torch.no_grad():
+        other.netvlad.centroids.add_(0.01)
+    other_ckpt = save_checkpoint(tmp_path / "other.pt", other)
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(tiny_onnx, out / "model.onnx")
+    before = sorted(p.name for p in out.iterdir())
+    msg = _error(runner.invoke(app, [str(other_ckpt), "--out", str(out)]))
+    assert msg == (
+        f"error: output folder '{out}' holds artifacts of another model: 'model.onnx' has weights fingerprint "
+        f"{tiny_model.fingerprint()}, this checkpoint is {other.fingerprint()}; choose another --out, or "
+        "delete the old artifacts first"
+    )
+    assert sorted(p.name for p in out.iterdir()) == before
