@@ -97,13 +97,13 @@ def latlon_to_utm(lat: np.ndarray, lon: np.ndarray, where: str) -> tuple[np.ndar
     bad = np.flatnonzero((lat < -80.0) | (lat > 84.0))
     if bad.size:
         raise DatasetError(
-            f"{where}, row {int(bad[0]) + 2}: latitude {lat[bad[0]]!r} is out of range; UTM covers "
+            f"{where}, row {int(bad[0]) + 2}: latitude {float(lat[bad[0]])!r} is out of range; UTM covers "
             "-80 to 84 degrees (is lat swapped with lon?)"
         )
     bad = np.flatnonzero((lon < -180.0) | (lon > 180.0))
     if bad.size:
         raise DatasetError(
-            f"{where}, row {int(bad[0]) + 2}: longitude {lon[bad[0]]!r} is out of range; expected -180 to 180 degrees"
+            f"{where}, row {int(bad[0]) + 2}: longitude {float(lon[bad[0]])!r} is out of range; expected -180 to 180 degrees"
         )
     easting, northing, zone_numbers, zone_letters = [], [], [], []
     for la, lo in zip(lat, lon, strict=True):
