@@ -174,14 +174,22 @@ def load_dbstruct(
     return dataset
 
 
-def load_pittsburgh(mat_path: str | Path, images_root: str | Path | None = None) -> PlaceDataset:
+def load_pittsburgh(
+    mat_path: str | Path, images_root: str | Path | None = None, queries_subdir: str = "queries_real"
+) -> PlaceDataset:
     """Pittsburgh 30k / 250k (e.g. ``datasets/pitts30k_test.mat``); see :func:`load_dbstruct`."""
-    return load_dbstruct(mat_path, images_root, source="pittsburgh")
+    return load_dbstruct(mat_path, images_root, queries_subdir, source="pittsburgh")
 
 
-def load_tokyo247(mat_path: str | Path, images_root: str | Path | None = None) -> PlaceDataset:
-    """Tokyo 24/7 (``datasets/tokyo247.mat``); rank 12 x N and apply :func:`keep_first_per_panorama`."""
-    dataset = load_dbstruct(mat_path, images_root, source="tokyo247")
+def load_tokyo247(
+    mat_path: str | Path, images_root: str | Path | None = None, queries_subdir: str = "queries_real"
+) -> PlaceDataset:
+    """Tokyo 24/7 (``datasets/tokyo247.mat``); rank 12 x N and apply :func:`keep_first_per_panorama`.
+
+    ``queries_subdir``: where the query images lie under ``images_root`` (releases differ: pass "" when
+    ``qImage`` already holds the path relative to the root).
+    """
+    dataset = load_dbstruct(mat_path, images_root, queries_subdir, source="tokyo247")
     if dataset.num_db % CUTOUTS_PER_PANORAMA:
         raise DatasetError(
             f"'{mat_path}': Tokyo 24/7 lists {CUTOUTS_PER_PANORAMA} cut-outs per panorama, but the database has "

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 Split = Literal["database", "queries"]
 SPLITS: tuple[str, ...] = ("database", "queries")
+POTENTIAL_POSITIVE_M = 10.0  # training positives: within 10 m
+DEFINITE_NEGATIVE_M = 25.0  # training negatives: beyond 25 m; evaluation positives: within 25 m
 
 
 def _as_positions(values: Any, what: str) -> np.ndarray:
@@ -51,7 +53,7 @@ def neighbours_within(db_utm: np.ndarray, q_utm: np.ndarray, radius_m: float) ->
     return result
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: identity equality, hashable
 class PlaceDataset:
     """Geotagged database and query images of one place-recognition dataset.
 
@@ -140,6 +142,16 @@ class PlaceDataset:
         if key not in self._cache:
             self._cache[key] = neighbours_within(self.db_utm, self.q_utm, float(radius_m))
         return self._cache[key]
+
+    def potential_positives(self) -> list[np.ndarray]:
+        """Training positives (PROTOCOL.md): per query, database indices within 10 m, nearest first."""
+        return self.positives(POTENTIAL_POSITIVE_M)
+
+    def definite_negatives(self, query_index: int) -> np.ndarray:
+        """Training negatives (PROTOCOL.md): database indices farther than 25 m from query ``query_index``."""
+        mask = np.ones(self.num_db, dtype=bool)
+        mask[self.positives(DEFINITE_NEGATIVE_M)[query_index]] = False
+        return np.flatnonzero(mask)
 
     def without_unmatched_queries(self, radius_m: float = 25.0) -> PlaceDataset:
         """A copy without the queries that have no database image within ``radius_m`` (count logged)."""

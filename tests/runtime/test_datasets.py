@@ -61,6 +61,10 @@ def test_generic_positions_positives_and_unmatched_queries(generic_dir, caplog):
     assert ds.positives(10.0)[0].tolist() == [0, 1, 2]
     assert ds.positives(25.0)[1].tolist() == [2, 3, 1, 4, 0, 5, 6, 7]
     assert ds.positives(25.0)[2].tolist() == []
+    assert ds.potential_positives()[0].tolist() == [0, 1, 2]
+    assert ds.definite_negatives(1).tolist() == [8, 9] and ds.definite_negatives(2).tolist() == list(
+        range(10)
+    )
     with caplog.at_level(logging.INFO, logger="runtime.datasets.place"):
         kept = ds.without_unmatched_queries(25.0)
     assert kept.num_queries == 2 and kept.q_images == ("q/0.png", "q/1.png")

@@ -68,7 +68,8 @@ def test_tokyo247_cutouts_and_panorama_nms(tmp_path):
         tmp_path / "tokyo247.mat", db, utm_db, ["q0.jpg"], [[386001.0, 3949000.0]],
         extra={"dbTimeStamp": np.arange(36.0), "qTimeStamp": np.array([5.0])},
     )  # fmt: skip
-    ds = load_tokyo247(mat)
+    ds = load_tokyo247(mat, queries_subdir="")
+    assert ds.q_images == ("q0.jpg",)
     assert ds.info["source"] == "tokyo247" and ds.info["cutouts_per_panorama"] == 12
     assert ds.db_time[-1] == 35.0 and ds.q_time.tolist() == [5.0]
     assert panorama_ids(36)[[0, 11, 12, 35]].tolist() == [0, 0, 1, 2]
