@@ -34,17 +34,20 @@ import numpy as np
 from runtime.backends import Backend, open_backend
 from runtime.errors import ConfigError
 from runtime.map import PlaceMap, open_map
+from runtime.map.calibrate import distinctiveness
 from runtime.preprocess import Preprocessor
 from runtime.sources import Frame
 from runtime.temporal import TemporalConfig, TemporalFilter
 
 log = logging.getLogger(__name__)
 _END = object()
+SEARCH_CANDIDATES = 32  # places searched per frame: enough to find the best one away from the top match
 
 
 @dataclass(frozen=True)
 class LocalizerConfig:
-    """``top_k``: places reported per frame. ``unknown_threshold``: None = the map's calibrated value.
+    """``top_k``: places reported per frame. ``unknown_threshold``: distinctiveness ratio above which a frame
+    is an unknown place; None = the map's calibrated value.
     ``position_radius_m``: places within this distance of the best match are averaged (weighted by
     similarity) into the position. ``temporal``: a :class:`TemporalConfig` to filter sequences, or None.
     ``queue_size``: frames in flight between pipeline stages. ``keep_frames``: attach each frame to its
@@ -92,9 +95,11 @@ class Localization:
     """Where one frame was taken, according to the map.
 
     ``matches``: top-k places, best first (after the temporal filter when it is on). ``position``: UTM
-    (easting, northing) in metres. ``confidence``: 0 at the unknown-place threshold, 1 at the map's typical
-    genuine-match similarity. ``unknown``: the best similarity is below the threshold (position is still the
-    best guess). ``frame``: the BGR frame when ``keep_frames`` was set, else None.
+    (easting, northing) in metres. ``distinctiveness``: ``s2 / s1``, the best similarity farther than the
+    map's radius from the reported place over the reported place's own (0: unambiguous, 1: no evidence;
+    :mod:`runtime.map.calibrate`). ``unknown``: distinctiveness above the map's calibrated threshold (the
+    position is still the best guess). ``confidence``: 1 at half the threshold or below, 0 at the threshold.
+    ``frame``: the BGR frame when ``keep_frames`` was set, else None.
     """
 
     index: int
@@ -106,6 +111,7 @@ class Localization:
     unknown: bool
     times: StageTimes
     filtered: bool = False
+    distinctiveness: float = 0.0
     frame: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -123,6 +129,7 @@ class Localization:
             "confidence": round(self.confidence, 4),
             "unknown": self.unknown,
             "filtered": self.filtered,
+            "distinctiveness": round(self.distinctiveness, 4),
             "matches": [
                 {
                     "id": m.place_id,
@@ -157,7 +164,8 @@ class Localizer:
             if self.config.unknown_threshold is None
             else self.config.unknown_threshold
         )
-        self._full = max(self.map.confidence_full, self.threshold + 1e-3)
+        self._full = min(self.map.confidence_full, self.threshold - 1e-3)
+        self._radius = float(self.map.meta["calibration"]["radius_m"])
         self._stop = threading.Event()
 
     @classmethod
@@ -207,26 +215,25 @@ class Localizer:
         keep: np.ndarray | None,
     ) -> Localization:
         t0 = time.perf_counter()
-        k = self.config.top_k if temporal is None else max(self.config.top_k, temporal.config.candidates)
+        k = max(self.config.top_k, SEARCH_CANDIDATES, temporal.config.candidates if temporal else 0)
         sims, ids = self.map.search(descriptor, k)
-        sims, ids = sims[0], ids[0]
-        raw_best = float(sims[0])
+        valid = ids[0] >= 0
+        sims, ids = sims[0][valid], ids[0][valid]  # (k,), best first
         if temporal is not None:
             order, _posterior = temporal.update(sims, ids)
             by_id = dict(zip(ids.tolist(), sims.tolist(), strict=True))
-            ids = order[: self.config.top_k]
-            sims = np.asarray([by_id[i] for i in ids.tolist()], dtype=np.float32)
+            top_ids = order[: self.config.top_k]
+            top_sims = np.asarray([by_id[i] for i in top_ids.tolist()], dtype=np.float32)
         else:
-            keep_valid = ids >= 0
-            ids, sims = ids[keep_valid][: self.config.top_k], sims[keep_valid][: self.config.top_k]
+            top_ids, top_sims = ids[: self.config.top_k], sims[: self.config.top_k]
         places = self.map.places
         matches = tuple(
             PlaceMatch(int(i), float(s), places.images[i], float(places.utm[i, 0]), float(places.utm[i, 1]))
-            for i, s in zip(ids.tolist(), sims.tolist(), strict=True)
+            for i, s in zip(top_ids.tolist(), top_sims.tolist(), strict=True)
         )
-        position = self._position(ids, sims)
-        best = float(sims[0])
-        confidence = float(np.clip((best - self.threshold) / (self._full - self.threshold), 0.0, 1.0))
+        ratio = self._distinctiveness(int(top_ids[0]), float(top_sims[0]), ids, sims)
+        confidence = float(np.clip((self.threshold - ratio) / (self.threshold - self._full), 0.0, 1.0))
+        position = self._position(top_ids, top_sims)
         now = time.perf_counter()
         times["search"] = now - t0
         times["total"] = frame.decode_s + (now - frame.decoded_at)
@@ -237,11 +244,20 @@ class Localizer:
             matches,
             position,
             confidence,
-            raw_best < self.threshold,
+            ratio > self.threshold,
             StageTimes(**times),
             temporal is not None,
+            ratio,
             keep,
         )
+
+    def _distinctiveness(self, best_id: int, best_sim: float, ids: np.ndarray, sims: np.ndarray) -> float:
+        """``s2 / s1``: the best similarity farther than the map's radius from the reported place, over its own."""
+        utm = self.map.places.utm
+        away = np.linalg.norm(utm[ids] - utm[best_id], axis=1) > self._radius  # (k,)
+        # none of the candidates is far away: the last one bounds s2 from above (a conservative ratio)
+        s2 = float(sims[away][0]) if away.any() else float(sims[-1])
+        return distinctiveness(best_sim, s2)
 
     def _position(self, ids: np.ndarray, sims: np.ndarray) -> tuple[float, float]:
         """Similarity-weighted mean of the matches within position_radius_m of the best one (metres)."""

@@ -47,7 +47,9 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        """Open the engine at ``path`` (its card from the JSON sidecar). ``threads`` is accepted and ignored
+        (CPU threads are an ONNX Runtime option), so callers can pass the same options to every backend."""
         path = check_model_file(path, "TensorRT engine")
         card = read_sidecar(path)  # ModelCardError when the sidecar is missing (checked before imports)
         super().__init__(path, card)

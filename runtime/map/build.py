@@ -161,7 +161,7 @@ def _build(engine: Backend, dataset, out: Path, config: MapConfig, progress) -> 
         descriptors, places.utm, config.radius_m, config.unknown_percentile, config.calibration_samples
     )
     log.info(
-        "unknown-place threshold %.4f (p%g of impostor similarities)",
+        "unknown-place threshold: distinctiveness ratio %.4f (flags %g%% of unmapped places)",
         calibration["unknown_threshold"],
         config.unknown_percentile,
     )

@@ -21,8 +21,8 @@ class MapConfig:
     for maps of hundreds of thousands of places; its recall against exact search is measured at build
     time). ``nlist``/``pq_m``/``pq_bits``: IVF-PQ sizes (None: chosen from the map size and dimension).
     ``faiss_threads``: OpenMP threads for faiss (None: its default, one per core).
-    ``unknown_percentile``: the "unknown place" threshold is this percentile of the best similarity of a
-    map image to places farther than ``radius_m`` (what a query from an unmapped place would score).
+    ``unknown_percentile``: the share (%) of unmapped-place frames the "unknown place" threshold flags,
+    calibrated on the map (:mod:`runtime.map.calibrate`).
     """
 
     split: str = "database"

@@ -55,12 +55,13 @@ class PlaceMap:
 
     @property
     def unknown_threshold(self) -> float:
-        """Similarity below which a frame is an unknown place (calibrated at build time)."""
+        """Distinctiveness ratio above which a frame is an unknown place (calibrated at build time,
+        see :mod:`runtime.map.calibrate`)."""
         return float(self.meta["unknown_threshold"])
 
     @property
     def confidence_full(self) -> float:
-        """Similarity at which confidence reaches 1 (median genuine similarity on the map)."""
+        """Distinctiveness ratio at or below which confidence is 1."""
         return float(self.meta["calibration"]["confidence_full"])
 
     @property
