@@ -15,6 +15,8 @@ from runtime.datasets import open_dataset
 from runtime.datasets.baseline import raw_pixel_recall
 from runtime.errors import ConfigError
 from training.synth import CONDITIONS, SynthConfig, SynthWorld, generate
+from training.synth.difficulty import baseline_recall, dataset_baseline_recall
+from training.synth.difficulty import main as difficulty_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SEED = 0
@@ -143,6 +145,7 @@ def test_difficulty_raw_pixel_baseline(tiny_dir):
     assert recall["night"][1] < recall["day"][1]
 
 
+@pytest.mark.slow
 def test_config_validation_and_atomic_output(tmp_path):
     with pytest.raises(
         ConfigError, match=r"unknown condition\(s\) snow; choose from day, dusk, overcast, fog, night"
@@ -165,6 +168,18 @@ def test_config_validation_and_atomic_output(tmp_path):
     assert set(ds.info["extra_columns"]["queries"]["condition"]) == {"night"}
     assert not (out / "queries.mp4").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # no temporary leftovers
+    # PNG is lossless: the in-memory difficulty measure equals the one on the written files
+    in_memory = baseline_recall(SynthWorld(cfg), ns=(1, 5))
+    assert in_memory == dataset_baseline_recall(str(out), ns=(1, 5))
+    assert set(in_memory) == {"all", "night"} and 0.0 <= in_memory["all"][1] <= in_memory["all"][5] <= 1.0
+
+
+@pytest.mark.slow
+def test_difficulty_command_prints_recall_per_condition(tiny_dir, capsys):
+    difficulty_main([str(tiny_dir)])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["all", *CONDITIONS]
+    assert lines[0].split()[1:3] == ["R@1", f"{raw_pixel_recall(open_dataset(tiny_dir))['all'][1]:.3f}"]
 
 
 def test_help_works():

@@ -47,3 +47,28 @@ def baseline_recall(
         idx = np.flatnonzero(labels == label)
         result[label] = recall_at_n(ranked[idx], [positives[i] for i in idx], ns)
     return result
+
+
+def dataset_baseline_recall(spec: str, ns: Sequence[int] = (1, 5, 10, 20)) -> dict[str, dict[int, float]]:
+    """Raw-pixel recall@N of any dataset spec (``open_dataset``), per query ``condition`` where present."""
+    from runtime.datasets import open_dataset
+    from runtime.datasets.baseline import raw_pixel_recall
+
+    dataset = open_dataset(spec)
+    groups = dataset.info.get("extra_columns", {}).get("queries", {}).get("condition")
+    return raw_pixel_recall(dataset, ns=ns, query_groups=groups)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m training.synth.difficulty SPEC``: print the raw-pixel baseline's recall@1/5/10/20."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m training.synth.difficulty", description=main.__doc__)
+    parser.add_argument("spec", help="a dataset folder, 'nordland', 'aligned:DB,Q' or a .mat file")
+    args = parser.parse_args(argv)
+    for group, recall in dataset_baseline_recall(args.spec).items():
+        print(f"{group:10s} " + "  ".join(f"R@{n} {value:.3f}" for n, value in recall.items()))
+
+
+if __name__ == "__main__":
+    main()
