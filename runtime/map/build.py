@@ -22,7 +22,7 @@ from runtime.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
-MAP_FORMAT_VERSION = 1
+MAP_FORMAT_VERSION = 2  # 2: unknown_threshold is a distinctiveness ratio (1: a similarity)
 INDEX_FILE, PLACES_FILE, META_FILE = "index.faiss", "places.csv", "map.json"
 
 

@@ -80,3 +80,48 @@ def test_filter_unit_behaviour():
     assert ids.tolist() == [9, 3]
     with pytest.raises(ConfigError, match="invalid temporal config"):
         TemporalConfig(temperature=0)
+
+
+def test_temporal_filter_on_nordland_winter_against_summer(nordland_dir, tmp_path):
+    """Real data: the first 400 places of Nordland, winter queries against the summer map."""
+    import dataclasses
+    from pathlib import Path
+
+    from runtime.datasets import load_nordland
+
+    full = load_nordland(nordland_dir)
+    n = 400
+    keep = [i for i, name in enumerate(full.q_images) if int(Path(name).stem.split("-")[-1]) < n * 10]
+    dataset = dataclasses.replace(
+        full,
+        db_images=full.db_images[:n],
+        db_utm=full.db_utm[:n],
+        db_time=None,
+        db_heading=None,
+        q_images=tuple(full.q_images[i] for i in keep),
+        q_utm=full.q_utm[keep],
+        q_time=None,
+        q_heading=None,
+    )
+    model, _ = make_onnx_model(tmp_path / "model.onnx", height=32, width=64, pool=4, dim=128)
+    map_dir = build_map(model, dataset, tmp_path / "map", MapConfig(faiss_threads=1))
+    frames = [
+        Frame(
+            dataset.read_image("queries", i)[:, :, ::-1],
+            float(i),
+            dataset.q_images[i],
+            i,
+            0.0,
+            time.perf_counter(),
+        )
+        for i in range(dataset.num_queries)
+    ]
+    positives = dataset.positives(25.0)
+    order = list(range(len(frames)))
+    with Localizer.open(model, map_dir) as localizer:
+        plain = recall_at_1(list(localizer.run(frames)), positives, order)
+        filtered = recall_at_1(
+            list(localizer.run(frames, temporal=TemporalConfig(temperature=0.05))), positives, order
+        )
+    print(f"nordland[:{n}] recall@1 single-frame {plain:.3f}, temporal {filtered:.3f}")
+    assert filtered >= plain + 0.05
