@@ -206,3 +206,23 @@ def test_overlay_frame_of_unknown_place_renders(built):
         loc = localizer.localize(noise)
         image = Overlay(localizer.map).render(loc, noise, fps=12.0)
     assert loc.unknown and image.shape == (240, 880, 3)
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_thousands_of_frames(built, tmp_path):
+    root, model, dataset = built
+    video = tmp_path / "loop.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (128, 96))
+    for i in range(100):
+        writer.write(cv2.imread(str(dataset.root / "queries" / f"{i % 30:04d}.png")))
+    writer.release()
+    summary = run_session(
+        RunConfig(
+            model=model, map=root / "map", video=video, loop=30, temporal=True, jsonl=tmp_path / "soak.jsonl"
+        ),
+        rss_every=500,
+    )
+    assert summary.frames == 3000 and summary.dropped == 0
+    # resident memory after warm-up (frame 501) vs at the end: no growth per frame
+    assert len(summary.rss_mb) == 7
+    assert summary.rss_mb[-1] - summary.rss_mb[1] < 15.0, summary.rss_mb
