@@ -182,12 +182,21 @@ def test_difficulty_command_prints_recall_per_condition(tiny_dir, capsys):
     assert lines[0].split()[1:3] == ["R@1", f"{raw_pixel_recall(open_dataset(tiny_dir))['all'][1]:.3f}"]
 
 
-def test_help_works():
-    result = subprocess.run(
-        [sys.executable, "-m", "training.synth", "--help"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def test_help_and_command_line_errors(tmp_path):
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "training.synth", *args],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    result = run("--help")
     assert result.returncode == 0 and "--preset" in result.stdout and "--seed" in result.stdout
+    result = run("--preset", "tiny", "--conditions", "day,snow", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "unknown condition(s) snow" in result.stderr
+    assert not (tmp_path / "x").exists()
+    result = run("--preset", "tiny", "--out", str(tmp_path))
+    assert result.returncode == 1
+    assert f"Error: '{tmp_path}' already exists; choose another --out or pass --overwrite" in result.stderr

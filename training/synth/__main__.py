@@ -30,6 +30,7 @@ def main(
 ) -> None:
     """Write DIR/database.csv, DIR/queries.csv, DIR/database/*, DIR/queries/* and DIR/queries.mp4."""
     from runtime.console import configure_logging, progress
+    from runtime.errors import ConfigError
     from training.synth.config import SynthConfig
     from training.synth.generate import generate
 
@@ -42,7 +43,13 @@ def main(
     }
     if conditions:
         overrides["conditions"] = tuple(c.strip() for c in conditions.split(",") if c.strip())
-    cfg = SynthConfig.preset(preset, **overrides)
+    try:
+        cfg = SynthConfig.preset(preset, **overrides)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if out.exists() and not overwrite:
+        typer.echo(f"Error: '{out}' already exists; choose another --out or pass --overwrite", err=True)
+        raise typer.Exit(1)
     generate(cfg, out, overwrite=overwrite, progress=None if quiet else progress)
 
 
