@@ -21,7 +21,10 @@ _WORKER_WORLD: SynthWorld | None = None
 
 
 def _init_worker(cfg: SynthConfig) -> None:
+    import cv2
+
     global _WORKER_WORLD
+    cv2.setNumThreads(1)  # one process per core already
     _WORKER_WORLD = SynthWorld(cfg)
 
 
@@ -76,7 +79,8 @@ def generate(
             if cfg.workers > 1:
                 import multiprocessing as mp
 
-                ctx = mp.get_context("fork")
+                # spawn, not fork: safe whatever threads the caller runs (torch, OpenCV pools)
+                ctx = mp.get_context("spawn")
                 with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(cfg,)) as pool:
                     results = pool.imap(_render_and_write, jobs, chunksize=8)
                     _consume(results, video, progress, len(jobs))
