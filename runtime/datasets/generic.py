@@ -156,7 +156,11 @@ def load_generic(folder: str | Path, name: str | None = None, check_images: bool
             positions[split], zones[split] = latlon_to_utm(
                 np.array(cols["lat"]), np.array(cols["lon"]), str(folder / SPLIT_FILES[split])
             )
-        if zones["database"][:-1] != zones["queries"][:-1]:
+
+        def zone_key(label: str) -> tuple[str, bool]:  # zone number and hemisphere (bands N..X are north)
+            return label[:-1], label[-1] >= "N"
+
+        if zone_key(zones["database"]) != zone_key(zones["queries"]):
             raise DatasetError(
                 f"{folder}: database.csv is in UTM zone {zones['database']} but queries.csv in {zones['queries']}; "
                 "metric distances need one zone: use easting/northing in one common zone"

@@ -138,6 +138,10 @@ def test_mixed_zones_across_splits_and_missing_files(tmp_path):
     write_csv(tmp_path / "queries.csv", ["image", "lat", "lon"], [("a.png", 45.0, 7.0)])
     with pytest.raises(DatasetError, match=r"database.csv is in UTM zone 31T but queries.csv in 32T"):
         load_generic(tmp_path)
+    write_csv(tmp_path / "database.csv", ["image", "lat", "lon"], [("a.png", 0.5, 7.0)])
+    write_csv(tmp_path / "queries.csv", ["image", "lat", "lon"], [("a.png", -0.5, 7.0)])
+    with pytest.raises(DatasetError, match=r"database.csv is in UTM zone 32N but queries.csv in 32M"):
+        load_generic(tmp_path)  # same zone number, other hemisphere: northings differ by 10,000 km
     (tmp_path / "queries.csv").unlink()
     with pytest.raises(DatasetError, match=r"queries.csv' does not exist; a generic dataset folder needs"):
         load_generic(tmp_path)
