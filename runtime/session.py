@@ -63,10 +63,11 @@ class RunConfig:
             raise ConfigError("--loop replays files; it cannot be used with a camera or a stream")
 
     def open_source(self) -> FrameSource:
+        # live sources: a one-frame queue, so the localiser always works on the newest frame (low latency)
         if self.camera is not None:
-            return CameraSource(self.camera)
+            return CameraSource(self.camera, queue_size=1)
         if self.rtsp is not None:
-            return RtspSource(self.rtsp)
+            return RtspSource(self.rtsp, queue_size=1)
         if self.video is not None:
             return VideoFileSource(self.video)
         return ImageFolderSource(self.images)
