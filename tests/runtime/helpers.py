@@ -57,12 +57,20 @@ def make_onnx_model(
         helper.make_node("MatMul", ["centred", "projection"], ["projected"]),  # (N, D)
         helper.make_node("LpNormalization", ["projected"], ["descriptor"], axis=1, p=2),
     ]
+    weights = numpy_helper.from_array(projection, "projection")
+    if precision == "fp16":  # the projection runs in float16 between two casts, like a converted model
+        weights = numpy_helper.from_array(projection.astype(np.float16), "projection")
+        nodes[6:7] = [
+            helper.make_node("Cast", ["centred"], ["centred16"], to=TensorProto.FLOAT16),
+            helper.make_node("MatMul", ["centred16", "projection"], ["projected16"]),
+            helper.make_node("Cast", ["projected16"], ["projected"], to=TensorProto.FLOAT),
+        ]
     graph = helper.make_graph(
         nodes,
         "test_place_model",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, [batch, height, width, 3])],
         [helper.make_tensor_value_info("descriptor", TensorProto.FLOAT, [batch, dim])],
-        initializer=[numpy_helper.from_array(projection, "projection")],
+        initializer=[weights],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
@@ -70,7 +78,43 @@ def make_onnx_model(
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
+    if precision == "int8":  # real QDQ quantisation by ONNX Runtime's tools, calibrated on random images
+        _quantize_qdq(path, height, width, seed)
     return path, card
+
+
+def _quantize_qdq(path: Path, height: int, width: int, seed: int) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from runtime.card import read_onnx_card
+
+    rng = np.random.default_rng(seed)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(
+                [{"image": rng.integers(0, 256, (1, height, width, 3), dtype=np.uint8)} for _ in range(8)]
+            )
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    card = read_onnx_card(path)
+    fp32 = path.with_name(path.stem + ".fp32.onnx")
+    path.rename(fp32)
+    quantize_static(
+        str(fp32),
+        str(path),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul"],
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+    model = onnx.load(str(path))
+    attach_to_onnx(model, card)
+    onnx.save(model, str(path))
 
 
 def place_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

@@ -141,3 +141,22 @@ def test_tensorrt_rejects_a_truncated_engine(model, tmp_path):
     write_sidecar(engine, model[1])
     with pytest.raises(ArtifactError, match="cannot deserialise"):
         open_backend(engine)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_fp16_and_int8_qdq_models_match_fp32(model, tmp_path, precision):
+    import onnx
+
+    path, _ = make_onnx_model(tmp_path / f"model.{precision}.onnx", precision=precision)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert ("QuantizeLinear" in ops) if precision == "int8" else ("Cast" in ops)
+    images = np.random.default_rng(2).integers(0, 256, (4, 48, 64, 3), dtype=np.uint8)
+    with open_backend(model[0]) as fp32, open_backend(path) as reduced:
+        assert (
+            reduced.card.precision == precision
+            and reduced.card.weights_fingerprint == fp32.card.weights_fingerprint
+        )
+        a, b = fp32.infer(images), reduced.infer(images)
+    assert b.dtype == np.float32 and b.shape == (4, 64)
+    cosine = np.sum(a * b, axis=1)
+    assert cosine.min() > (0.999 if precision == "fp16" else 0.97), cosine
