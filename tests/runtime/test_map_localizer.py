@@ -138,3 +138,26 @@ def test_recall_from_the_localizer_equals_exact_ranking(world):
             ]
         )
     assert recall_at_n(ranked, dataset.positives(25.0), (1, 5)) == expected
+
+
+def test_batched_pipeline_gives_the_same_answers(world):
+    import time
+
+    from runtime.sources import Frame
+
+    dataset = world["dataset"]
+    frames = [
+        Frame(dataset.read_image("queries", i)[:, :, ::-1], float(i), str(i), i, 0.0, time.perf_counter())
+        for i in range(dataset.num_queries)
+    ]
+    results = {}
+    for batch in (1, 4):
+        config = LocalizerConfig(max_batch=batch, queue_size=8)
+        with Localizer.open(world["model"], world["map"], config=config) as localizer:
+            results[batch] = list(localizer.run(frames))
+    assert [r.index for r in results[4]] == list(range(40))
+    for a, b in zip(results[1], results[4], strict=True):
+        assert [m.place_id for m in a.matches] == [m.place_id for m in b.matches]
+        assert a.best.similarity == pytest.approx(b.best.similarity, abs=1e-5)
+    with pytest.raises(ConfigError, match="max_batch >= 1"):
+        LocalizerConfig(max_batch=0)
