@@ -60,11 +60,11 @@ def test_int8_structure_and_card(quantized, calib_dir):
         )
         proto = onnx.load(str(path))
         summary = describe_quantization(proto)
-        # the backbone's convolutions are quantised, NetVLAD's head stays float
-        assert summary["quantized"]["Conv"] >= 30
+        # the backbone's convolutions are quantised but for the stem and first block; NetVLAD's head stays float
+        assert summary["quantized"]["Conv"] == 30
         for op in ("Softmax", "MatMul", "ReduceSum", "Sub"):
             assert summary["float"][op] >= 1 and op not in summary["quantized"]
-        assert summary["float"]["Conv"] == 1  # the soft-assignment 1x1 conv
+        assert summary["float"]["Conv"] == 4  # stem, first block's depthwise + projection, soft assignment
         assert card.extra["int8"]["target"] == target
         inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
         weight_dq = [
@@ -89,14 +89,28 @@ def test_int8_structure_and_card(quantized, calib_dir):
             assert all(z.dtype == np.uint8 for z in act_zero)
 
 
+def test_stem_groups(tiny_onnx):
+    import onnx
+
+    from export.quantize import leading_conv_groups, split_graph
+
+    proto = onnx.load(str(tiny_onnx))
+    parts = split_graph(proto)
+    ops = {n.name: n.op_type for n in proto.graph.node}
+    assert [ops[n] for n in leading_conv_groups(proto, parts, 1)] == ["Conv", "Clip"]
+    assert [ops[n] for n in leading_conv_groups(proto, parts, 2)] == ["Conv", "Clip", "Conv", "Clip", "Conv"]
+    assert len(leading_conv_groups(proto, parts, 3)) == 5 + 5  # expand, ReLU6, depthwise, ReLU6, projection
+    assert parts.head[0] in {n.name for n in proto.graph.node if n.op_type == "ReduceL2"}
+
+
 def test_cpu_target_runs_fused_int8_kernels(quantized):
     from export.quantize import ort_kernels
 
     cpu = ort_kernels(quantized["cpu"])
     trt = ort_kernels(quantized["tensorrt"])
-    assert cpu["com.microsoft.QLinearConv"] >= 30 and cpu.get("com.microsoft.QLinearAdd", 0) >= 1
-    # u8 activations absorb ReLU6: only the head's 3 eps clamps remain as Clip
-    assert cpu.get("Clip", 0) <= 3 and cpu.get("QuantizeLinear", 0) <= 2
+    assert cpu["com.microsoft.QLinearConv"] == 30 and cpu.get("com.microsoft.QLinearAdd", 0) >= 1
+    # u8 activations absorb ReLU6: only the float stem's 2 ReLU6 and the head's 3 eps clamps remain as Clip
+    assert cpu.get("Clip", 0) <= 5 and cpu.get("QuantizeLinear", 0) <= 2
     assert trt.get("Clip", 0) > 10  # signed activations cannot absorb ReLU6
 
 
