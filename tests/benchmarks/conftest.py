@@ -40,7 +40,7 @@ def bench_world(tmp_path_factory) -> BenchWorld:
     checkpoint = save_checkpoint(root / "model.pt", model)
     models = root / "models"
     models.mkdir()
-    onnx_path = export_onnx(checkpoint, models / "model.onnx", ExportConfig(exporter="legacy"))
+    onnx_path = export_onnx(checkpoint, models / "model.onnx", ExportConfig())
     quantize_int8(
         onnx_path,
         int8_path(onnx_path, "cpu"),

@@ -11,7 +11,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_latency_per_stage_per_backend_and_netvlad_forms(bench_world, tmp_path):
-    cfg = LatencyConfig(batch_sizes=(1, 4), frames=8, warmup_batches=1, map_size=500, netvlad_repeats=3)
+    cfg = LatencyConfig(
+        batch_sizes=(1, 4), frames=8, warmup_batches=1, map_size=500, netvlad_repeats=3, threads=1
+    )
     result = run_latency(bench_world.checkpoint, [bench_world.models], bench_world.dataset, tmp_path, cfg)
     labels = [b["label"] for b in result["backends"]]
     assert labels == [

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_parity_report_fp32_matches_reference_and_int8_is_measured(bench_world, tmp_path):
-    cfg = ParityBenchConfig(max_db=80, max_queries=40, batch_size=16)
+    cfg = ParityBenchConfig(max_db=80, max_queries=40, batch_size=16, threads=1)
     result = run_parity(bench_world.checkpoint, [bench_world.models], bench_world.dataset, tmp_path, cfg)
     labels = [b["label"] for b in result["backends"]]
     assert labels == [
