@@ -45,11 +45,19 @@ class DemoConfig:
     synth_seed: int = 0
     synth_overrides: dict[str, Any] = field(default_factory=dict)
     train_preset: str = "default"
-    train_overrides: dict[str, Any] = field(default_factory=lambda: {"max_train_seconds": 150.0, "epochs": 3})
+    # a short run of the training's default recipe: the demo shows the pipeline, not the best model
+    train_overrides: dict[str, Any] = field(
+        default_factory=lambda: {
+            "max_train_seconds": 90.0,
+            "epochs": 2,
+            "kmeans_descriptors": 20_000,
+            "kmeans_iterations": 30,
+        }
+    )
     calibration_images: int = 64
     fp16: bool = True
-    parity_max_queries: int | None = None
-    latency_frames: int = 32
+    parity_max_queries: int | None = 300
+    latency_frames: int = 24
     latency_batches: tuple[int, ...] = (1, 8)
     threads: int = 2
 
