@@ -117,12 +117,19 @@ def test_ctrl_c_flushes_outputs(built, tmp_path):
     root, model, dataset = built
     script = textwrap.dedent(
         f"""
-        import os, signal, threading
+        import os, signal, threading, time
         from pathlib import Path
         from runtime.session import RunConfig, run_session
-        threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        out = Path({str(tmp_path / "i.jsonl")!r})
+
+        def interrupt_once_running():  # Ctrl-C after a few frames have been written
+            while not (out.is_file() and len(out.read_text().splitlines()) >= 5):
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=interrupt_once_running, daemon=True).start()
         s = run_session(RunConfig(model=Path({str(model)!r}), map=Path({str(root / "map")!r}),
-                        images=Path({str(dataset.root / "queries")!r}), jsonl=Path({str(tmp_path / "i.jsonl")!r}),
+                        images=Path({str(dataset.root / "queries")!r}), jsonl=out,
                         loop=100000))
         print("frames", s.frames, "interrupted", s.interrupted)
         """
@@ -135,7 +142,7 @@ def test_ctrl_c_flushes_outputs(built, tmp_path):
     frames = int(out.stdout.split()[1])
     assert "interrupted True" in out.stdout and frames > 0
     lines = (tmp_path / "i.jsonl").read_text().splitlines()
-    assert len(lines) == frames and json.loads(lines[-1])["index"] >= 0
+    assert frames - 1 <= len(lines) <= frames and json.loads(lines[-1])["index"] >= 0  # every line complete
 
 
 BLOCK_TORCH = textwrap.dedent(
