@@ -278,13 +278,21 @@ class Localizer:
 
     # -- a stream ----------------------------------------------------------------------------------
     def run(
-        self, frames: Iterable[Frame], temporal: bool | TemporalConfig | None = None
+        self,
+        frames: Iterable[Frame],
+        temporal: bool | TemporalConfig | None = None,
+        live: bool | None = None,
     ) -> Iterator[Localization]:
         """Localise a stream of :class:`~runtime.sources.Frame` (e.g. a FrameSource), pipelined, in order.
 
-        ``temporal``: True (default TemporalConfig), a TemporalConfig, or None/False (the config's). Closing
-        the generator (or breaking out of the loop) stops the pipeline threads; the source is not closed.
+        ``temporal``: True (default TemporalConfig), a TemporalConfig, or None/False (the config's).
+        ``live``: frames come from a camera or stream (None: ``frames.live`` if it has one): the pipeline then
+        holds one frame per stage, so every result is about a recent frame (the source drops the rest),
+        instead of queueing ``queue_size`` frames for throughput. Closing the generator (or breaking out of
+        the loop) stops the pipeline threads; the source is not closed.
         """
+        live = bool(getattr(frames, "live", False)) if live is None else live
+        depth = 1 if live else self.config.queue_size
         temporal_config = (
             self.config.temporal
             if temporal is None
@@ -292,8 +300,8 @@ class Localizer:
         )
         tracker = TemporalFilter(self.map.places.utm, temporal_config) if temporal_config else None
         stop = threading.Event()
-        prepared: queue.Queue = queue.Queue(maxsize=self.config.queue_size)
-        inferred: queue.Queue = queue.Queue(maxsize=self.config.queue_size)
+        prepared: queue.Queue = queue.Queue(maxsize=depth)
+        inferred: queue.Queue = queue.Queue(maxsize=depth)
 
         def put(q: queue.Queue, item) -> bool:
             while not stop.is_set():

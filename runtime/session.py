@@ -137,7 +137,8 @@ def run_session(
         start = time.perf_counter()
         last_status = start
         try:
-            for loc in localizer.run(_frames(config, sources)):
+            live = config.camera is not None or config.rtsp is not None
+            for loc in localizer.run(_frames(config, sources), live=live):
                 summary.frames += 1
                 summary.unknown += loc.unknown
                 for s in STAGES:

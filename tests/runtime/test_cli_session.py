@@ -233,3 +233,29 @@ def test_memory_stays_flat_over_thousands_of_frames(built, tmp_path):
     # resident memory after warm-up (frame 501) vs at the end: no growth per frame
     assert len(summary.rss_mb) == 7
     assert summary.rss_mb[-1] - summary.rss_mb[1] < 15.0, summary.rss_mb
+
+
+def test_live_source_results_stay_recent(built, tmp_path):
+    """A slow consumer of a live source gets results about recent frames; the source drops the rest."""
+    import time
+
+    from runtime.localizer import Localizer
+    from runtime.sources import VideoFileSource
+
+    root, model, dataset = built
+    video = tmp_path / "live.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (128, 96))
+    for i in range(120):
+        writer.write(cv2.imread(str(dataset.root / "queries" / f"{i % 30:04d}.png")))
+    writer.release()
+    with (
+        Localizer.open(model, root / "map") as localizer,
+        VideoFileSource(video, live=True, queue_size=1) as source,
+    ):
+        results = []
+        for loc in localizer.run(source):
+            results.append(loc)
+            time.sleep(0.03)  # a consumer slower than decoding
+    assert source.stats.dropped > 0
+    assert len(results) + source.stats.dropped == 120
+    assert results[-1].index == 119 and [r.index for r in results] == sorted(r.index for r in results)
