@@ -89,7 +89,7 @@ def measure_index_recall(index, exact_index, descriptors: np.ndarray, samples: i
         r1 += bool(a) and a[0] == e[0]
         r10 += e[0] in a[:10]
     total = max(1, len(rows))
-    return {"recall_at_1": r1 / total, "recall_at_10": r10 / total, "queries": len(rows)}
+    return {"recall_at_1": float(r1) / total, "recall_at_10": float(r10) / total, "queries": len(rows)}
 
 
 def build_map(
