@@ -57,21 +57,29 @@ class ParityThresholds:
                 raise ConfigError(f"parity threshold {f.name} must be in [0, 1], got {value!r}")
 
 
-# Set from measurements (export/README.md, "Parity"): FP32 ONNX is the same arithmetic in another order,
-# FP16 keeps the NetVLAD head in float32, INT8 quantises the backbone only.
+# Set from measurements on the synthetic small world (k-means-initialised default model, 500 database images
+# and 500 queries; export/README.md "Parity"), with a margin below what was measured:
+#   fp32 ONNX   cos min 1.00000, top-1 1.000, recall change 0.0
+#   fp16 ONNX   cos min 0.99989 p1 0.99992 median 0.99997, top-1 0.994, recall@1 +0.2
+#   int8 QDQ    cos min 0.975 p1 0.977 median 0.990, top-1 0.90-0.92, recall@1 +1.4 / +1.8
+# The INT8 median (0.98) and recall (1 point) gates are the goals of the export issue.
 THRESHOLDS: dict[str, ParityThresholds] = {
     "fp32": ParityThresholds(
         min_cosine=0.9999,
         p1_cosine=0.9999,
         median_cosine=0.99999,
-        min_top1_agreement=0.98,
+        min_top1_agreement=0.99,
         max_recall_drop=0.005,
     ),
     "fp16": ParityThresholds(
-        min_cosine=0.99, p1_cosine=0.995, median_cosine=0.999, min_top1_agreement=0.95, max_recall_drop=0.01
+        min_cosine=0.999,
+        p1_cosine=0.9995,
+        median_cosine=0.9999,
+        min_top1_agreement=0.97,
+        max_recall_drop=0.01,
     ),
     "int8": ParityThresholds(
-        min_cosine=0.90, p1_cosine=0.95, median_cosine=0.98, min_top1_agreement=0.85, max_recall_drop=0.01
+        min_cosine=0.95, p1_cosine=0.96, median_cosine=0.98, min_top1_agreement=0.85, max_recall_drop=0.01
     ),
 }
 

@@ -30,6 +30,7 @@ Two targets, because the fastest activation type differs (:data:`TARGETS`):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import Counter
@@ -166,6 +167,26 @@ def leading_conv_groups(model_proto: Any, parts: GraphParts, count: int) -> list
     return [name for group in groups[:count] for name in group]
 
 
+class _QuantizerNoise(logging.Filter):
+    """ONNX Runtime's quantiser logs per-channel notes and a pre-processing hint on the *root* logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "onnxruntime" not in record.pathname.replace("\\", "/").split("site-packages/")[-1][:12]
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    noise = _QuantizerNoise()
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(noise)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(noise)
+
+
 class _CalibrationReader:
     """ONNX Runtime's CalibrationDataReader over an image set, one uint8 batch at a time."""
 
@@ -228,7 +249,7 @@ def quantize_int8(
         cfg.calibration_method,
         images.description,
     )
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, _quiet_quantizer():
         quantization.quantize_static(
             str(fp32_onnx),
             str(tmp),
