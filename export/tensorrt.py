@@ -91,13 +91,13 @@ def check_gpu_supports(precision: str, capability: tuple[int, int]) -> None:
         )
 
 
-def _parse(trt: Any, builder: Any, onnx_path: Path) -> tuple[Any, Any]:
+def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
     flags = 0
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly_typed is not None:  # TensorRT 10.x; in 11.x strongly typed is the only mode
         flags |= 1 << int(strongly_typed)
     network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, builder.logger)
+    parser = trt.OnnxParser(network, logger)
     ok = parser.parse_from_file(str(onnx_path))
     errors = []
     for i in range(parser.num_errors):
@@ -138,7 +138,7 @@ def build_engine(
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network, _parser = _parse(trt, builder, onnx_path)
+    network, _parser = _parse(trt, builder, logger, onnx_path)  # the parser must outlive the build
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     profile = builder.create_optimization_profile()
