@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -81,6 +82,8 @@ class ExportConfig:
     force: bool = False
     threads: int = 2
     workspace_mib: int = 2048
+    # per-precision gate overrides (export.parity.ParityThresholds); None: export.parity.THRESHOLDS
+    parity_thresholds: Mapping[str, Any] | None = None
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},

@@ -128,6 +128,7 @@ def measure_parity(
 
     deploy = DeployModel(model).eval()
     card = model.card()
+    overrides = dict(cfg.parity_thresholds or {})
     spec = cfg.validation or (cfg.calibration if cfg.calibration and _is_dataset(cfg.calibration) else None)
 
     def describer(path: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -155,7 +156,13 @@ def measure_parity(
             precision = _card_of(path).precision
             reports.append(
                 compare_retrieval(
-                    name, precision, (ref[:split], ref[split:]), (cand[:split], cand[split:]), positives, what
+                    name,
+                    precision,
+                    (ref[:split], ref[split:]),
+                    (cand[:split], cand[split:]),
+                    positives,
+                    what,
+                    thresholds=overrides.get(precision),
                 )
             )
         if bar is not None:
@@ -173,7 +180,10 @@ def measure_parity(
         ref = torch_descriptors(deploy, images)
         for name, path in artifacts.items():
             cand = describer(path)(images)
-            reports.append(compare_images(name, _card_of(path).precision, ref, cand, what))
+            precision = _card_of(path).precision
+            reports.append(
+                compare_images(name, precision, ref, cand, what, thresholds=overrides.get(precision))
+            )
     return reports
 
 

@@ -182,3 +182,24 @@ def test_output_folder_of_another_model(tiny_checkpoint, tiny_onnx, tiny_model, 
         "delete the old artifacts first"
     )
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+@requires_torch
+def test_missed_gate_keeps_nothing_unless_forced(tiny_checkpoint, tmp_path):
+    from export.config import ExportConfig
+    from export.parity import ParityThresholds
+    from export.pipeline import run_export
+    from runtime.errors import ParityError
+
+    strict = {"fp16": ParityThresholds(1.0, 1.0, 1.0, 1.0, 0.0)}  # float16 can never reach cosine 1.0
+    cfg = ExportConfig.preset("quick", fp16=True, parity_thresholds=strict)
+    out = tmp_path / "out"
+    with pytest.raises(ParityError, match=r"parity gate missed: model.fp16.onnx \(fp16\): worst cosine"):
+        run_export(tiny_checkpoint, out, cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["parity.json"]  # the report, no artifact, no staging
+    report = json.loads((out / "parity.json").read_text())["reports"]
+    assert [r["passed"] for r in report] == [True, False]
+    result = run_export(tiny_checkpoint, out, cfg.replace(force=True))
+    assert sorted(result.artifacts) == ["model.fp16.onnx", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.fp16.onnx", "model.onnx", "parity.json"]
+    assert json.loads((out / "parity.json").read_text())["context"]["forced"] is True
