@@ -185,6 +185,7 @@ def test_output_folder_of_another_model(tiny_checkpoint, tiny_onnx, tiny_model, 
 
 
 @requires_torch
+@pytest.mark.slow
 def test_missed_gate_keeps_nothing_unless_forced(tiny_checkpoint, tmp_path):
     from export.config import ExportConfig
     from export.parity import ParityThresholds

@@ -84,6 +84,7 @@ def test_unrolled_netvlad_is_rejected(tiny_model):
         check_graph(proto, card, source="looped.onnx")
 
 
+@pytest.mark.slow
 def test_missed_parity_writes_nothing(tiny_checkpoint, tmp_path):
     from export.config import ExportConfig
     from export.onnx import export_onnx
