@@ -104,7 +104,9 @@ def parity(
     dataset: str = typer.Option(..., help="Dataset: a synth/generic folder, 'nordland', ... (open_dataset)."),
     out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for parity.json/.md/.png."),
     max_db: int = typer.Option(None, help="Use only the first N database images (with their queries)."),
-    max_queries: int = typer.Option(None, help="Use only the first N queries that have a positive."),
+    max_queries: int = typer.Option(
+        None, help="Use N queries with a positive, evenly spaced along the traversal."
+    ),
     batch: int = typer.Option(16, help="Inference batch size."),
     threads: int = typer.Option(2, help="CPU threads for PyTorch and ONNX Runtime."),
     radius: float = typer.Option(25.0, help="Positive radius in metres."),

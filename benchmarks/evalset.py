@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 def limit_dataset(
     dataset: PlaceDataset, max_db: int | None = None, max_queries: int | None = None, radius_m: float = 25.0
 ) -> PlaceDataset:
-    """The first ``max_db`` database images, the queries with a positive among them, the first ``max_queries``.
+    """The first ``max_db`` database images, the queries with a positive among them, ``max_queries`` of those
+    evenly spaced along the traversal.
 
     Queries without a database image within ``radius_m`` are always dropped (PROTOCOL.md).
     """
@@ -37,13 +38,14 @@ def limit_dataset(
         )
     dataset = dataset.without_unmatched_queries(radius_m)
     if max_queries is not None and max_queries < dataset.num_queries:
-        n = max_queries
+        # evenly spaced along the traversal, so every stretch (and every condition) is represented
+        idx = np.unique(np.linspace(0, dataset.num_queries - 1, max_queries).round().astype(int))
         dataset = dataclasses.replace(
             dataset,
-            q_images=dataset.q_images[:n],
-            q_utm=dataset.q_utm[:n],
-            q_heading=None if dataset.q_heading is None else dataset.q_heading[:n],
-            q_time=None if dataset.q_time is None else dataset.q_time[:n],
+            q_images=tuple(dataset.q_images[i] for i in idx),
+            q_utm=dataset.q_utm[idx],
+            q_heading=None if dataset.q_heading is None else dataset.q_heading[idx],
+            q_time=None if dataset.q_time is None else dataset.q_time[idx],
         )
     if dataset.num_queries == 0 or dataset.num_db == 0:
         raise DatasetError(

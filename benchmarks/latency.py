@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.artifacts import open_extractor, plan_backends, read_card
+from benchmarks.artifacts import open_extractor, plan_backends
 from benchmarks.environment import machine_info, machine_line
 from benchmarks.report import markdown_table, write_report
 from benchmarks.timing import summarize_ms, time_calls
@@ -184,7 +184,6 @@ def run_latency(
         [data.image_path("queries", i) for i in range(data.num_queries)],
         max(cfg.frames, max(cfg.batch_sizes)),
     )
-    dim = plans[0].path and (read_card(plans[0].path).descriptor_dim if plans[0].kind != "pytorch" else None)
     result: dict[str, Any] = {
         "benchmark": "latency",
         "config": dataclasses.asdict(cfg),
