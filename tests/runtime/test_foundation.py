@@ -34,6 +34,18 @@ def test_atomic_file_write_leaves_old_content_on_failure(tmp_path):
         raise RuntimeError("crash mid-write")
     assert dest.read_text() == "v1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(dest, "v2")
+    finally:
+        os.umask(mask)
+    assert dest.stat().st_mode & 0o777 == 0o644
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_atomic_directory(tmp_path):
@@ -41,6 +53,7 @@ def test_atomic_directory(tmp_path):
     with atomic_directory(dest) as tmp:
         (tmp / "index.faiss").write_text("a")
     assert (dest / "index.faiss").read_text() == "a"
+    assert dest.stat().st_mode & 0o777 == 0o777 & ~current_umask()
     with pytest.raises(FileExistsError, match="already exists"), atomic_directory(dest):
         pass
     with pytest.raises(RuntimeError), atomic_directory(dest, overwrite=True) as tmp:
