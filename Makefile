@@ -32,8 +32,9 @@ lint: $(STAMP)
 # export (FP32/FP16/INT8) -> map -> localise the query video -> parity + latency -> $(DEMO_OUT)/report.md.
 # Steps whose artifact exists are skipped (rerun resumes); rm -rf $(DEMO_OUT) to start over.
 DEMO_OUT ?= demo
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(PY) -m benchmarks.demo --out $(DEMO_OUT)
+	$(PY) -m benchmarks.demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
