@@ -59,6 +59,7 @@ class TrainConfig:
     # engineering
     checkpoint_every_steps: int = 200
     eval_every_epochs: int = 1
+    eval_every_steps: int | None = None  # also validate every N steps (for budgets shorter than an epoch)
     batch_size: int = 32
     threads: int = 2
     device: str = "auto"
@@ -68,7 +69,14 @@ class TrainConfig:
         # the paper's recipe (VGG16, needs torchvision and a GPU for sensible times)
         "paper": {"model": ModelConfig.preset("paper")},
         # the default: efficientnet_lite0 on the synthetic small world in about 15 minutes on 2 CPU cores
-        "default": {"lr": 1e-3, "lr_step_epochs": 2, "epochs": 6, "max_train_seconds": 600.0, "patience": 3},
+        "default": {
+            "lr": 1e-3,
+            "lr_step_epochs": 2,
+            "epochs": 6,
+            "max_train_seconds": 600.0,
+            "patience": 3,
+            "eval_every_steps": 40,
+        },
         # seconds, for tests
         "tiny": {
             "model": ModelConfig.preset("tiny"),
@@ -122,6 +130,8 @@ class TrainConfig:
             p.append(f"margin must be positive, got {self.margin}")
         if self.optimizer not in ("sgd", "adam"):
             p.append(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.eval_every_steps is not None and self.eval_every_steps <= 0:
+            p.append(f"eval_every_steps must be positive or None, got {self.eval_every_steps}")
         if self.max_steps is not None and self.max_steps <= 0:
             p.append(f"max_steps must be positive or None, got {self.max_steps}")
         if self.max_train_seconds is not None and self.max_train_seconds <= 0:

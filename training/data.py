@@ -30,6 +30,7 @@ from training.model import PlaceModel, normalize_images
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+MIN_BLOCK_IMAGES = 20  # database images per stretch, at least
 
 
 @dataclass(frozen=True)
@@ -63,20 +64,29 @@ def subset(dataset: PlaceDataset, db_idx: np.ndarray, q_idx: np.ndarray, name: s
     )
 
 
-def split_along_route(dataset: PlaceDataset, fractions: tuple[float, float, float]) -> dict[str, Split]:
-    """Cut the database into contiguous train/val/test stretches (in database order, i.e. along the route)
-    and give each query to the stretch of its nearest database image, so no place is in two splits.
+def split_along_route(
+    dataset: PlaceDataset, fractions: tuple[float, float, float], blocks: int = 40
+) -> dict[str, Split]:
+    """Cut the database, in its order along the route, into ``blocks`` contiguous stretches, deal the
+    stretches to train/val/test in proportion to ``fractions`` and evenly interleaved along the route, and
+    give each query to the split of its nearest database image: no place is in two splits, and every
+    split sees every part of the route (the synthetic world changes query conditions along it).
 
     ``fractions``: shares of the database for train, val and test (a zero share gives an empty split).
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not 0.999 < sum(fractions) < 1.001:
         raise ConfigError(f"split fractions must be three non-negative shares summing to 1, got {fractions}")
     n = dataset.num_db
-    bounds = np.round(np.cumsum([0.0, *fractions]) * n).astype(int)
-    db_split = np.zeros(n, dtype=np.int64)
-    for s in range(3):
-        db_split[bounds[s] : bounds[s + 1]] = s
-    # nearest database image of each query, in blocks
+    blocks = max(1, min(int(blocks), n // MIN_BLOCK_IMAGES))  # stretches much longer than the 25 m radius
+    counts = np.floor(np.asarray(fractions) * blocks).astype(int)
+    for s in np.argsort(-(np.asarray(fractions) * blocks - counts))[: blocks - counts.sum()]:
+        counts[s] += 1  # largest remainders
+    # evenly interleaved labels: the j-th block of split s sits at (j + 0.5) / counts[s] along the route
+    keys = np.concatenate([(np.arange(c) + 0.5) / c for c in counts if c > 0])
+    labels = np.concatenate([np.full(c, s) for s, c in enumerate(counts) if c > 0])
+    block_split = labels[np.argsort(keys, kind="stable")]
+    db_split = block_split[np.minimum((np.arange(n) * blocks) // max(n, 1), blocks - 1)]
+    # nearest database image of each query, in blocks of queries
     nearest = np.empty(dataset.num_queries, dtype=np.int64)
     for start in range(0, dataset.num_queries, 1024):
         q = dataset.q_utm[start : start + 1024]

@@ -6,7 +6,8 @@ Output folder::
     run.json        the TrainConfig and the dataset of this run
     metrics.jsonl   one JSON object per event: init / refresh / step / epoch / final
     last.pt         latest checkpoint with the full training state (--resume continues from it)
-    best.pt         the model with the best validation recall@5 (no whitening)
+    init.pt         the k-means-initialised model before training (the baseline)
+    best.pt         the model with the best validation recall@5 (no whitening; init.pt until one beats it)
     model.pt        best.pt + PCA-whitening: the deliverable that export takes
     summary.json    final recall figures (val/test, raw and whitened), throughput, peak memory
 """
@@ -187,8 +188,9 @@ class Trainer:
         self.epoch = 0
         self.perm: np.ndarray | None = None  # this epoch's query order
         self.pos = 0  # next position in perm
-        self.best_recall5 = -1.0
+        self.best_score = (-1.0, -1.0)  # validation (recall@5, recall@1): @1 breaks ties
         self.best_epoch = -1
+        self.best_step = -1
         self.bad_epochs = 0
         self.train_seconds = 0.0
         self.images_seen = 0
@@ -229,6 +231,26 @@ class Trainer:
         recall, dropped = recall_from_descriptors(db.numpy(), q.numpy(), ds)
         return describe(model, ds, split, recall, dropped, time.perf_counter() - started).to_dict()
 
+    def validate(self, event: str) -> bool:
+        """Validation recall; best.pt when it beats the best so far (the k-means init included)."""
+        val = self.evaluate("val")
+        score = self.score(val)
+        improved = score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch, self.best_step = score, self.epoch, self.step
+            save_checkpoint(self.out_dir / "best.pt", self.model)
+        self.metrics.write(
+            event, epoch=self.epoch, step=self.step, lr=self.optimizer.param_groups[0]["lr"], val=val,
+            best=improved, train_seconds=round(self.train_seconds, 1), peak_memory_mb=round(peak_memory_mb(), 1),
+        )  # fmt: skip
+        return improved
+
+    @staticmethod
+    def score(report: dict[str, Any]) -> tuple[float, float]:
+        """Model selection key: validation recall@5 (PROTOCOL.md), then recall@1 to break ties."""
+        recall = report.get("recall", {}) if report else {}
+        return (float(recall.get("5", -1.0)), float(recall.get("1", -1.0)))
+
     def refresh_cache(self) -> None:
         started = time.perf_counter()
         db, q = self.split_descriptors("train", dtype=torch.float16)
@@ -259,8 +281,9 @@ class Trainer:
             "epoch": self.epoch,
             "perm": None if self.perm is None else torch.from_numpy(self.perm),
             "pos": self.pos,
-            "best_recall5": self.best_recall5,
+            "best_score": list(self.best_score),
             "best_epoch": self.best_epoch,
+            "best_step": self.best_step,
             "bad_epochs": self.bad_epochs,
             "train_seconds": self.train_seconds,
             "images_seen": self.images_seen,
@@ -275,7 +298,8 @@ class Trainer:
         torch.set_rng_state(state["rng_torch"])
         self.step, self.epoch, self.pos = int(state["step"]), int(state["epoch"]), int(state["pos"])
         self.perm = None if state["perm"] is None else state["perm"].numpy().copy()
-        self.best_recall5, self.best_epoch = float(state["best_recall5"]), int(state["best_epoch"])
+        self.best_score, self.best_epoch = tuple(state["best_score"]), int(state["best_epoch"])
+        self.best_step = int(state["best_step"])
         self.bad_epochs = int(state["bad_epochs"])
         self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
 
@@ -360,6 +384,8 @@ class Trainer:
                     skipped_queries=self.miner.skipped,
                 )
                 losses, window_start, window_images = [], time.perf_counter(), 0
+            if batch and cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0:
+                self.validate("validation")
             if batch and self.step % cfg.checkpoint_every_steps == 0:
                 self.save_last()
         if bar is not None:
@@ -376,18 +402,11 @@ class Trainer:
         lr_after = self.optimizer.param_groups[0]["lr"]
         if lr_after < lr_before:
             self.miner.scale_refresh_interval(lr_before / lr_after)
-        val = self.evaluate("val") if self.epoch % cfg.eval_every_epochs == 0 else {}
-        recall5 = float(val.get("recall", {}).get("5", -1.0)) if val else -1.0
-        improved = recall5 > self.best_recall5
-        if improved:
-            self.best_recall5, self.best_epoch, self.bad_epochs = recall5, self.epoch, 0
-            save_checkpoint(self.out_dir / "best.pt", self.model)
-        elif val:
+        improved = self.validate("epoch") if self.epoch % cfg.eval_every_epochs == 0 else False
+        if not improved and self.epoch % cfg.eval_every_epochs == 0:
             self.bad_epochs += 1
-        self.metrics.write(
-            "epoch", epoch=self.epoch, step=self.step, lr=lr_after, val=val, best=improved,
-            train_seconds=round(self.train_seconds, 1), peak_memory_mb=round(peak_memory_mb(), 1),
-        )  # fmt: skip
+        elif improved:
+            self.bad_epochs = 0
         self.save_last()
         if self.bad_epochs >= cfg.patience:
             log.info("early stopping: no better validation recall@5 for %d epochs", self.bad_epochs)
@@ -398,10 +417,12 @@ class Trainer:
         """PCA-whitening on the best model, final recall figures, model.pt and summary.json."""
         cfg = self.cfg
         best_path = self.out_dir / "best.pt"
-        if self.best_epoch < 0:  # stopped before the first validation: the current model is the best
+        if not best_path.is_file():
             save_checkpoint(best_path, self.model)
         best = model_from_payload(load_checkpoint(best_path), str(best_path)).to(self.device)
-        summary: dict[str, Any] = {"best_epoch": self.best_epoch, "steps": self.step, "epochs": self.epoch}
+        summary: dict[str, Any] = {
+            "best_epoch": self.best_epoch, "best_step": self.best_step, "steps": self.step, "epochs": self.epoch,
+        }  # fmt: skip
         summary["raw"] = {s: self.evaluate(s, best) for s in ("val", "test")}
         final = best
         if cfg.whitening_dim is not None:
@@ -419,6 +440,12 @@ class Trainer:
             final = best.with_whitening(weight, bias)
             final.provenance["whitening"] = {"dim": dim, "fitted_on": len(sample), "split": "train"}
             summary["whitened"] = {s: self.evaluate(s, final) for s in ("val", "test")}
+            # the effect of the whitening dimension: the first d whitened dimensions, re-normalised
+            sweep = [d for d in (32, 64, 128, 256, 512, 1024, 2048, 4096) if d < dim] + [dim]
+            summary["whitening_sweep_test"] = {
+                str(d): self.evaluate("test", best.with_whitening(weight, bias, dim=d)).get("recall")
+                for d in sweep
+            }
         path = save_checkpoint(self.out_dir / "model.pt", final.cpu())
         summary.update(
             model=str(path), fingerprint=final.fingerprint(), descriptor_dim=final.descriptor_dim,
@@ -444,14 +471,21 @@ class Trainer:
             )
             self.metrics.write("init", which="random", val=self.evaluate("val"), test=self.evaluate("test"))
             self._kmeans_init()
+            val = self.evaluate("val")
             self.metrics.write(
-                "init", which="kmeans", val=self.evaluate("val"), test=self.evaluate("test"),
+                "init", which="kmeans", val=val, test=self.evaluate("test"),
                 centroids=self.model.provenance.get("centroids"),
             )  # fmt: skip
+            # the initialisation is the first candidate for best.pt: training never ends below it on val
+            self.best_score, self.best_epoch, self.best_step = self.score(val), 0, 0
+            save_checkpoint(self.out_dir / "best.pt", self.model)
+            save_checkpoint(self.out_dir / "init.pt", self.model)  # the k-means baseline, kept for comparison
             self.save_last()
         going = not self.budget_exhausted() and self.epoch < self.cfg.epochs
         while going:
             if not self.run_epoch():
+                if self.best_step != self.step:
+                    self.validate("validation")  # the last steps are a candidate too
                 self.save_last()
                 log.info("training budget spent at step %d (%.0f s)", self.step, self.train_seconds)
                 break

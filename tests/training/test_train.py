@@ -95,13 +95,14 @@ def test_resume_continues_exactly(full_run, micro_world, cache_dir, tmp_path):
     assert a["rng_numpy"] == b["rng_numpy"] and a["pos"] == b["pos"]
     for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
-    assert load_model(out / "model.pt").fingerprint() == load_model(full_run / "model.pt").fingerprint()
+    steps = [e["step"] for e in _events(out) if e["event"] == "step"]
+    assert steps == sorted(steps)  # the resumed run appends to the same metrics
 
 
 def test_out_dir_holding_another_run(full_run, micro_world):
     with pytest.raises(
         ConfigError,
-        match=rf"output folder '{full_run}' already holds a training run \(run.json, best.pt, last.pt, model.pt\); "
+        match=rf"output folder '{full_run}' already holds a training run \(run.json, best.pt, init.pt, last.pt, model.pt\); "
         "pass --resume to continue it or choose another --out",
     ):
         train(_cfg(micro_world), full_run)
@@ -187,3 +188,56 @@ def test_help_works():
         [sys.executable, "-m", "training.train", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--resume" in out and "--out" in out
+
+
+@pytest.mark.slow
+def test_evaluate_cli_agrees_with_the_run_and_writes_json(full_run, micro_world, tmp_path, capsys):
+    from training.evaluate import main as evaluate_main
+
+    out = tmp_path / "eval.json"
+    code = evaluate_main(
+        [str(full_run / "model.pt"), "--dataset", str(micro_world), "--split", "test", "--json", str(out)]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["split"] == "test" and report["descriptor_dim"] == 16 and report["resolution"] == "64x96"
+    summary = json.loads((full_run / "summary.json").read_text())
+    assert report["fingerprint"] == summary["fingerprint"]
+    in_run = summary["whitened"]["test"]
+    assert report["num_queries"] == in_run["num_queries"] > 0
+    # full fp32 forward vs the run's float16 frozen cache: at most one query may flip at rank 1
+    assert abs(report["recall"]["1"] - in_run["recall"]["1"]) <= 1.0 / report["num_queries"] + 1e-9
+    assert f"model={summary['fingerprint']}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_compare_with_refit_centroids(full_run, micro_world, tmp_path):
+    from runtime.datasets import load_generic
+    from training.compare import compare_checkpoints, first_stretch
+
+    dataset = first_stretch(load_generic(micro_world), 60)
+    assert dataset.num_db == 60 and 0 < dataset.num_queries < 60
+    results = compare_checkpoints({"init": full_run / "init.pt"}, dataset, tmp_path, refit=True)
+    assert set(results) == {"init", "init+refit"}
+    assert results["init"]["fingerprint"] != results["init+refit"]["fingerprint"]
+    for report in results.values():
+        assert (
+            report["descriptor_dim"] == 896 and 0.0 <= report["recall"]["1"] <= report["recall"]["20"] <= 1.0
+        )
+
+
+def test_route_split_interleaves_stretches_and_keeps_places_apart(micro_world):
+    from runtime.datasets import load_generic
+    from training.data import split_along_route
+
+    world = load_generic(micro_world)
+    splits = split_along_route(world, (0.6, 0.2, 0.2))
+    db = np.concatenate([s.db_indices for s in splits.values()])
+    q = np.concatenate([s.q_indices for s in splits.values()])
+    assert sorted(db.tolist()) == list(range(world.num_db)) and sorted(q.tolist()) == list(
+        range(world.num_queries)
+    )
+    assert [len(splits[n].db_indices) for n in ("train", "val", "test")] == [80, 20, 20]  # 6 stretches: 4/1/1
+    assert splits["train"].dataset.name == f"{world.name}:train"
+    with pytest.raises(ConfigError, match="split fractions must be three non-negative shares summing to 1"):
+        split_along_route(world, (0.5, 0.2, 0.2))

@@ -126,17 +126,30 @@ def refit_centroids(
     """
     order = np.random.default_rng(seed).permutation(len(images))
     shuffled = [images[i] for i in order]
-    descriptors = sample_local_descriptors(
-        local_feature_batches(model, shuffled), per_image, max_descriptors, seed
+    batches = local_feature_batches(model, shuffled)
+    return refit_from_local_features(
+        model, batches, len(images), per_image, max_descriptors, seed, iterations
     )
+
+
+def refit_from_local_features(
+    model: PlaceModel,
+    local_batches: Iterable[torch.Tensor],
+    num_images: int,
+    per_image: int = 100,
+    max_descriptors: int = 50_000,
+    seed: int = 0,
+    iterations: int = 100,
+) -> PlaceModel:
+    """:func:`refit_centroids` from batches of local feature maps ``(B, local_dim, h, w)`` (shuffled)."""
+    descriptors = sample_local_descriptors(local_batches, per_image, max_descriptors, seed)
     init = fit_clusters(descriptors, model.config.num_clusters, seed=seed, iterations=iterations)
-    if model.whitening is not None:
-        log.warning("refit_centroids drops the PCA-whitening layer (it was fitted to the old centroids)")
     new = copy.deepcopy(model)
     if new.whitening is not None:
+        log.warning("re-fitting the centroids drops the PCA-whitening layer (it was fitted to the old ones)")
         raw = PlaceModel(dataclasses.replace(new.config, whitening_dim=None), pretrained=False)
         raw.load_state_dict({k: v for k, v in new.state_dict().items() if not k.startswith("whitening.")})
         raw.provenance = new.provenance
         new = raw
-    initialize_netvlad(new, init, source=f"refit on {len(images)} target images")
+    initialize_netvlad(new, init, source=f"refit on {num_images} target images")
     return new.eval()
