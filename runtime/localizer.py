@@ -19,7 +19,6 @@ end-to-end rate approaches the inference-only rate.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -333,7 +332,12 @@ class Localizer:
         def inference() -> None:
             """Runs the model on what is waiting: one frame, or up to max_batch when frames queue up."""
             while True:
-                batch = [prepared.get()]
+                try:
+                    batch = [prepared.get(timeout=0.1)]
+                except queue.Empty:
+                    if stop.is_set():
+                        return
+                    continue
                 while len(batch) < max_batch and not _is_last(batch[-1]):
                     try:
                         batch.append(prepared.get_nowait())
@@ -374,11 +378,10 @@ class Localizer:
                     frame, descriptor, times, tracker, frame.image if self.config.keep_frames else None
                 )
         finally:
+            # Producers poll `stop` (their puts and gets time out), so nothing needs draining here. Draining
+            # from this thread could deadlock: a Ctrl-C that lands inside inferred.get() can leave that
+            # queue's mutex held.
             stop.set()
-            for q in (prepared, inferred):  # unblock producers
-                with contextlib.suppress(queue.Empty):
-                    while True:
-                        q.get_nowait()
             for t in threads:
                 t.join(timeout=2.0)
 

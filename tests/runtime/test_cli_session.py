@@ -136,7 +136,7 @@ def test_ctrl_c_flushes_outputs(built, tmp_path):
     )
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     out = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180
     )
     assert out.returncode == 0, out.stderr
     frames = int(out.stdout.split()[1])
