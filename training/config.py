@@ -76,6 +76,7 @@ class TrainConfig:
             "max_train_seconds": 600.0,
             "patience": 3,
             "eval_every_steps": 40,
+            "checkpoint_every_steps": 20,
         },
         # seconds, for tests
         "tiny": {
