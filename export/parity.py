@@ -180,13 +180,20 @@ def compare_images(
         artifact=artifact,
         precision=precision,
         images=images,
-        num_images=int(cos.shape[0]),
-        cosine_min=float(np.nanmin(cos)),
-        cosine_p1=float(np.nanpercentile(cos, 1)),
-        cosine_median=float(np.nanmedian(cos)),
+        **_cosine_summary(cos),
         thresholds=th,
         failures=_failures(th, cos, None, None),
     )
+
+
+def _cosine_summary(cos: np.ndarray) -> dict[str, float | int]:
+    """Image count and worst, 1st-percentile and median cosine of per-image descriptor cosines."""
+    return {
+        "num_images": int(cos.shape[0]),
+        "cosine_min": float(np.nanmin(cos)),
+        "cosine_p1": float(np.nanpercentile(cos, 1)),
+        "cosine_median": float(np.nanmedian(cos)),
+    }
 
 
 def compare_retrieval(
@@ -218,10 +225,7 @@ def compare_retrieval(
         artifact=artifact,
         precision=precision,
         images=images,
-        num_images=int(cos.shape[0]),
-        cosine_min=float(np.nanmin(cos)),
-        cosine_p1=float(np.nanpercentile(cos, 1)),
-        cosine_median=float(np.nanmedian(cos)),
+        **_cosine_summary(cos),
         thresholds=th,
         top1_agreement=top1,
         recall_reference=recall_ref,
