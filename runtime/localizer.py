@@ -382,8 +382,11 @@ class Localizer:
             # from this thread could deadlock: a Ctrl-C that lands inside inferred.get() can leave that
             # queue's mutex held.
             stop.set()
-            for t in threads:
-                t.join(timeout=2.0)
+            feeder_thread, inference_thread = threads
+            feeder_thread.join(timeout=2.0)  # may wait on a stalled live source; it runs no model code
+            # Always wait for the inference thread (it polls `stop` and finishes its batch): leaving a model
+            # call running in a daemon thread can deadlock ONNX Runtime's thread pool at interpreter exit.
+            inference_thread.join()
 
     # -- lifetime ----------------------------------------------------------------------------------
     def close(self) -> None:

@@ -127,6 +127,9 @@ def test_ctrl_c_flushes_outputs(built, tmp_path):
                 time.sleep(0.05)
             os.kill(os.getpid(), signal.SIGINT)
 
+        # A background job of a non-interactive shell inherits SIGINT ignored, and Python then installs no
+        # KeyboardInterrupt handler: restore it so the test means the same wherever pytest was started.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         threading.Thread(target=interrupt_once_running, daemon=True).start()
         s = run_session(RunConfig(model=Path({str(model)!r}), map=Path({str(root / "map")!r}),
                         images=Path({str(dataset.root / "queries")!r}), jsonl=out,
