@@ -56,6 +56,10 @@ class TrainConfig:
     # PCA-whitening after training (addPCA.m)
     whitening_dim: int | None = 4096
     whitening_images: int = 10_000
+    # Departures from addPCA.m, measured (training/model/whitening.py): the dimension is capped at this
+    # fraction of the fitting descriptors, and the whitening is regularised by this shrinkage.
+    whitening_max_fraction: float = 0.25
+    whitening_shrinkage: float = 1.0
     # engineering
     checkpoint_every_steps: int = 200
     eval_every_epochs: int = 1
@@ -141,6 +145,10 @@ class TrainConfig:
             p.append(
                 f"whitening_dim must be None or in 1..{self.model.netvlad_dim}, got {self.whitening_dim}"
             )
+        if not 0 < self.whitening_max_fraction <= 1:
+            p.append(f"whitening_max_fraction must be in (0, 1], got {self.whitening_max_fraction}")
+        if self.whitening_shrinkage < 0:
+            p.append(f"whitening_shrinkage must be >= 0, got {self.whitening_shrinkage}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             p.append(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.dataset is None and self.synth_preset not in ("tiny", "small", "medium"):

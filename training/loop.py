@@ -430,15 +430,19 @@ class Trainer:
             sample = torch.cat([db, q]).numpy()
             if len(sample) > cfg.whitening_images:
                 sample = sample[self.rng.choice(len(sample), cfg.whitening_images, replace=False)]
-            dim = min(cfg.whitening_dim, len(sample) - 1)
+            cap = max(1, min(int(len(sample) * cfg.whitening_max_fraction), len(sample) - 1))
+            dim = min(cfg.whitening_dim, cap)
             if dim < cfg.whitening_dim:
                 log.warning(
-                    "PCA-whitening: only %d training descriptors, so %d-D instead of the configured %d-D",
-                    len(sample), dim, cfg.whitening_dim,
+                    "PCA-whitening: %d training descriptors allow at most %d-D (whitening_max_fraction %g), "
+                    "so %d-D instead of the configured %d-D",
+                    len(sample), cap, cfg.whitening_max_fraction, dim, cfg.whitening_dim,
                 )  # fmt: skip
-            weight, bias = fit_pca_whitening(sample, dim)
+            weight, bias = fit_pca_whitening(sample, dim, cfg.whitening_shrinkage)
             final = best.with_whitening(weight, bias)
-            final.provenance["whitening"] = {"dim": dim, "fitted_on": len(sample), "split": "train"}
+            final.provenance["whitening"] = {
+                "dim": dim, "fitted_on": len(sample), "split": "train", "shrinkage": cfg.whitening_shrinkage,
+            }  # fmt: skip
             summary["whitened"] = {s: self.evaluate(s, final) for s in ("val", "test")}
             # the effect of the whitening dimension: the first d whitened dimensions, re-normalised
             sweep = [d for d in (32, 64, 128, 256, 512, 1024, 2048, 4096) if d < dim] + [dim]

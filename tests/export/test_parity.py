@@ -85,3 +85,15 @@ def test_parity_json(tmp_path):
     assert data["context"] == {"checkpoint": "c.pt"}
     (rep,) = data["reports"]
     assert rep["passed"] and rep["recall"]["1"] == r.recall[1] and rep["recall_change"]["5"] == 0.0
+
+
+def test_recall_at_20_is_reported_but_not_gated():
+    db, q, pos = _world(n=40)
+    loose = ParityThresholds(
+        min_cosine=0, p1_cosine=0, median_cosine=0, min_top1_agreement=0, max_recall_drop=0.0
+    )
+    worse = q.copy()
+    worse[1] = -db[1]  # query 1 now ranks its own place last: a miss at every N
+    r = compare_retrieval("m.onnx", "fp32", (db, q), (db, worse), pos, "world", loose, ns=(1, 5, 10, 20))
+    assert r.recall_reference[20] == 1.0 and r.recall[20] == pytest.approx(39 / 40)
+    assert [f.split(" dropped")[0] for f in r.failures] == ["recall@1", "recall@5", "recall@10"]

@@ -260,3 +260,34 @@ def test_torchvision_backbones(name, channels):
     )
     with torch.no_grad():
         assert model.local_features(torch.randn(1, 3, 64, 64)).shape == (1, channels, 4, 4)
+
+
+def test_regularised_whitening_keeps_the_neighbours_of_its_own_fitting_images():
+    """Plain whitening to nearly the sample count scatters the fitting images; shrinkage keeps their pairs.
+
+    200 descriptors = 100 places seen twice, dominated by 20 shared directions (as NetVLAD vectors are).
+    """
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(20, 2000)) * 3
+    places = rng.normal(size=(100, 2000)) + rng.normal(size=(100, 20)) @ mix
+    x = np.concatenate(
+        [places + 4 * rng.normal(size=places.shape), places + 4 * rng.normal(size=places.shape)]
+    )
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    twin = np.concatenate([np.arange(100, 200), np.arange(100)])
+
+    def twin_found(weight, bias):
+        y = x @ weight.T + bias
+        y /= np.linalg.norm(y, axis=1, keepdims=True)
+        sims = y @ y.T
+        np.fill_diagonal(sims, -np.inf)
+        return float(np.mean(np.argmax(sims, axis=1) == twin))
+
+    raw = x @ x.T
+    np.fill_diagonal(raw, -np.inf)
+    assert np.mean(np.argmax(raw, axis=1) == twin) == 1.0
+    assert twin_found(*fit_pca_whitening(x, 199)) < 0.9  # plain whitening (addPCA.m) at N - 1
+    assert twin_found(*fit_pca_whitening(x, 199, shrinkage=1.0)) == 1.0
+    assert twin_found(*fit_pca_whitening(x, 50, shrinkage=1.0)) == 1.0
+    with pytest.raises(ConfigError, match="shrinkage must be >= 0"):
+        fit_pca_whitening(x, 10, shrinkage=-1)

@@ -41,8 +41,17 @@ class PCAWhitening(nn.Module):
         return l2_normalize(self.projection(descriptors), dim=1, eps=self.eps)
 
 
-def fit_pca_whitening(descriptors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+def fit_pca_whitening(
+    descriptors: np.ndarray, dim: int, shrinkage: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Fit PCA-whitening on ``descriptors`` ``(N, D)``; returns ``weight (dim, D)`` and ``bias (dim,)``.
+
+    ``shrinkage`` regularises the whitening: each direction is scaled by ``1 / sqrt(λ + shrinkage · mean λ)``
+    instead of ``1 / sqrt(λ)`` (0 is addPCA.m's plain whitening). Plain whitening to a dimension close to
+    the sample count maps the fitting images onto an almost regular simplex: their neighbours are lost, so
+    a map that contains its own training images stops recognising them (measured on the synthetic world:
+    recall@1 of training-stretch queries fell from 83 % to 3 % at 1,186-D; with shrinkage 1 at a quarter of
+    the samples it rose to 85 %, and held-out recall@1 rose from 81 % to 90 %).
 
     When ``D > N`` (NetVLAD: 7,168 or 32,768 dimensions against a few thousand images) the ``D x D``
     covariance is never formed: the eigenvectors come from the ``N x N`` Gram matrix ("dual trick"),
@@ -71,9 +80,13 @@ def fit_pca_whitening(descriptors: np.ndarray, dim: int) -> tuple[np.ndarray, np
         eigvals, eigvecs = np.linalg.eigh(cov)
         order = np.argsort(eigvals)[::-1][:dim]
         eigvals, directions = np.maximum(eigvals[order], 0.0), eigvecs[:, order]
-    weight = (directions / np.sqrt(eigvals + WHITENING_EPS)).T  # (dim, D)
+    if shrinkage < 0:
+        raise ConfigError(f"whitening shrinkage must be >= 0, got {shrinkage}")
+    scale = eigvals + shrinkage * float(eigvals.mean()) + WHITENING_EPS
+    weight = (directions / np.sqrt(scale)).T  # (dim, D)
     bias = -weight @ mean
     log.info(
-        "PCA-whitening %d -> %d from %d descriptors (%s)", d_in, dim, n, "dual" if d_in > n else "primal"
-    )
+        "PCA-whitening %d -> %d from %d descriptors (%s, shrinkage %g)",
+        d_in, dim, n, "dual" if d_in > n else "primal", shrinkage,
+    )  # fmt: skip
     return weight.astype(np.float32), bias.astype(np.float32)
