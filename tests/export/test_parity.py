@@ -96,4 +96,5 @@ def test_recall_at_20_is_reported_but_not_gated():
     worse[1] = -db[1]  # query 1 now ranks its own place last: a miss at every N
     r = compare_retrieval("m.onnx", "fp32", (db, q), (db, worse), pos, "world", loose, ns=(1, 5, 10, 20))
     assert r.recall_reference[20] == 1.0 and r.recall[20] == pytest.approx(39 / 40)
-    assert [f.split(" dropped")[0] for f in r.failures] == ["recall@1", "recall@5", "recall@10"]
+    recall_failures = [f.split(" dropped")[0] for f in r.failures if f.startswith("recall")]
+    assert recall_failures == ["recall@1", "recall@5", "recall@10"]
