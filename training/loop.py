@@ -497,16 +497,4 @@ class Trainer:
         return self.finalize()
 
 
-def run_training(
-    cfg: TrainConfig,
-    out_dir: str | Path,
-    resume: bool = False,
-    cache_dir: str | Path | None = None,
-    progress: Callable | None = None,
-) -> Path:
-    """Train per ``cfg`` into ``out_dir``; returns the path of the final model (``model.pt``)."""
-    trainer = Trainer(cfg, Path(out_dir), resume, Path(cache_dir) if cache_dir else None, progress)
-    return trainer.run()
-
-
-__all__ = ["Trainer", "check_out_dir", "run_training"]
+__all__ = ["Trainer", "check_out_dir"]

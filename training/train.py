@@ -34,9 +34,9 @@ def train(
     differ from the original config. ``cache_dir``: where the synthetic world and the frozen-feature cache
     live (default ``out_dir/cache``; share it between runs to skip regenerating them).
     """
-    from training.loop import run_training
+    from training.loop import Trainer
 
-    return run_training(cfg, out_dir, resume, cache_dir, progress)
+    return Trainer(cfg, Path(out_dir), resume, Path(cache_dir) if cache_dir else None, progress).run()
 
 
 def build_parser() -> argparse.ArgumentParser:
