@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,25 +27,12 @@ def limit_dataset(
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be a positive number of images, got {value}")
     if max_db is not None and max_db < dataset.num_db:
-        n = max_db
-        dataset = dataclasses.replace(
-            dataset,
-            db_images=dataset.db_images[:n],
-            db_utm=dataset.db_utm[:n],
-            db_heading=None if dataset.db_heading is None else dataset.db_heading[:n],
-            db_time=None if dataset.db_time is None else dataset.db_time[:n],
-        )
+        dataset = dataset.select(db_indices=np.arange(max_db))
     dataset = dataset.without_unmatched_queries(radius_m)
     if max_queries is not None and max_queries < dataset.num_queries:
         # evenly spaced along the traversal, so every stretch (and every condition) is represented
         idx = np.unique(np.linspace(0, dataset.num_queries - 1, max_queries).round().astype(int))
-        dataset = dataclasses.replace(
-            dataset,
-            q_images=tuple(dataset.q_images[i] for i in idx),
-            q_utm=dataset.q_utm[idx],
-            q_heading=None if dataset.q_heading is None else dataset.q_heading[idx],
-            q_time=None if dataset.q_time is None else dataset.q_time[idx],
-        )
+        dataset = dataset.select(query_indices=idx)
     if dataset.num_queries == 0 or dataset.num_db == 0:
         raise DatasetError(
             f"dataset '{dataset.name}' has {dataset.num_db} database images and {dataset.num_queries} queries "

@@ -7,7 +7,6 @@ point leaves the output folder as it was, apart from ``parity.json`` when a gate
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -73,21 +72,8 @@ def validation_subset(spec: str, limit: int, radius_m: float = 25.0) -> Any:
     def pick(n: int) -> np.ndarray:
         return np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int))
 
-    def take(values: Any, idx: np.ndarray) -> Any:
-        return None if values is None else np.asarray(values)[idx]
-
     db, q = pick(dataset.num_db), pick(dataset.num_queries)
-    subset = dataclasses.replace(
-        dataset,
-        db_images=tuple(dataset.db_images[i] for i in db),
-        db_utm=dataset.db_utm[db],
-        db_heading=take(dataset.db_heading, db),
-        db_time=take(dataset.db_time, db),
-        q_images=tuple(dataset.q_images[i] for i in q),
-        q_utm=dataset.q_utm[q],
-        q_heading=take(dataset.q_heading, q),
-        q_time=take(dataset.q_time, q),
-    ).without_unmatched_queries(radius_m)
+    subset = dataset.select(db, q).without_unmatched_queries(radius_m)
     if subset.num_queries == 0:
         raise DatasetError(
             f"validation set '{spec}': no query has a database image within {radius_m} m among the "

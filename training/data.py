@@ -8,7 +8,6 @@ efficientnet_lite0 (4 of 5 stages frozen) that is 80 x 15 x 20 values per 240x32
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -45,23 +44,7 @@ class Split:
 
 def subset(dataset: PlaceDataset, db_idx: np.ndarray, q_idx: np.ndarray, name: str) -> PlaceDataset:
     """The dataset restricted to database images ``db_idx`` and queries ``q_idx`` (same root)."""
-
-    def pick(values, idx):
-        return None if values is None else np.asarray(values)[idx]
-
-    return dataclasses.replace(
-        dataset,
-        name=name,
-        db_images=tuple(dataset.db_images[i] for i in db_idx),
-        db_utm=dataset.db_utm[db_idx],
-        q_images=tuple(dataset.q_images[i] for i in q_idx),
-        q_utm=dataset.q_utm[q_idx],
-        db_heading=pick(dataset.db_heading, db_idx),
-        q_heading=pick(dataset.q_heading, q_idx),
-        db_time=pick(dataset.db_time, db_idx),
-        q_time=pick(dataset.q_time, q_idx),
-        info={**dict(dataset.info), "split_of": dataset.name},
-    )
+    return dataset.select(db_idx, q_idx, name=name, info={**dict(dataset.info), "split_of": dataset.name})
 
 
 def split_along_route(

@@ -153,6 +153,35 @@ class PlaceDataset:
         mask[self.positives(DEFINITE_NEGATIVE_M)[query_index]] = False
         return np.flatnonzero(mask)
 
+    def select(
+        self,
+        db_indices: Any = None,
+        query_indices: Any = None,
+        name: str | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> PlaceDataset:
+        """A copy holding only the database images ``db_indices`` and queries ``query_indices`` (in that
+        order; None keeps a whole split), with the same root; ``name`` and ``info`` replace this one's."""
+
+        def take(values: Any, idx: np.ndarray | None) -> Any:
+            return values if values is None or idx is None else np.asarray(values)[idx]
+
+        db = None if db_indices is None else np.asarray(db_indices, dtype=np.int64)
+        q = None if query_indices is None else np.asarray(query_indices, dtype=np.int64)
+        return dataclasses.replace(
+            self,
+            name=self.name if name is None else name,
+            db_images=self.db_images if db is None else tuple(self.db_images[i] for i in db),
+            db_utm=take(self.db_utm, db),
+            db_heading=take(self.db_heading, db),
+            db_time=take(self.db_time, db),
+            q_images=self.q_images if q is None else tuple(self.q_images[i] for i in q),
+            q_utm=take(self.q_utm, q),
+            q_heading=take(self.q_heading, q),
+            q_time=take(self.q_time, q),
+            info=self.info if info is None else info,
+        )
+
     def without_unmatched_queries(self, radius_m: float = 25.0) -> PlaceDataset:
         """A copy without the queries that have no database image within ``radius_m`` (count logged)."""
         keep = np.array([len(p) > 0 for p in self.positives(radius_m)], dtype=bool)
@@ -166,17 +195,9 @@ class PlaceDataset:
             self.num_queries,
             radius_m,
         )
-        idx = np.flatnonzero(keep)
         info = dict(self.info)
         info["dropped_unmatched_queries"] = int(info.get("dropped_unmatched_queries", 0)) + dropped
-        return dataclasses.replace(
-            self,
-            q_images=tuple(self.q_images[i] for i in idx),
-            q_utm=self.q_utm[idx],
-            q_heading=None if self.q_heading is None else self.q_heading[idx],
-            q_time=None if self.q_time is None else self.q_time[idx],
-            info=info,
-        )
+        return self.select(query_indices=np.flatnonzero(keep), info=info)
 
     def __repr__(self) -> str:
         return (

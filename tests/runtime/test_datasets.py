@@ -73,6 +73,17 @@ def test_generic_positions_positives_and_unmatched_queries(generic_dir, caplog):
     assert ds.without_unmatched_queries(1000.0) is ds
 
 
+def test_select_keeps_rows_of_every_column_in_order(generic_dir):
+    ds = open_dataset(generic_dir)
+    part = ds.select([9, 3], [2], name="part")
+    assert part.name == "part" and part.root == ds.root and part.info == ds.info
+    assert part.db_images == (ds.db_images[9], ds.db_images[3]) and part.q_images == (ds.q_images[2],)
+    assert part.db_utm.tolist() == ds.db_utm[[9, 3]].tolist() and part.db_time.tolist() == [109.0, 103.0]
+    assert part.q_heading.tolist() == [85.0]
+    only_db = ds.select(db_indices=[0])
+    assert only_db.num_db == 1 and only_db.q_images == ds.q_images and only_db.name == ds.name
+
+
 def test_read_image_is_rgb_uint8(tmp_path):
     write_image(tmp_path / "a.png", rgb=(200, 30, 10))
     write_csv(tmp_path / "database.csv", ["image", "easting", "northing"], [("a.png", 1, 2)])
