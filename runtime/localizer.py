@@ -7,7 +7,8 @@
         for loc in localizer.run(source):
             print(loc.position, loc.confidence, loc.unknown)
 
-Units: positions are UTM easting/northing in metres (the map's zone); similarities are cosine
+Units: positions are UTM easting/northing in metres (the map's zone), plus WGS84 lat/lon when the map is
+geographic (:mod:`runtime.geo`); headings are degrees clockwise from north; similarities are cosine
 similarities of L2-normalised descriptors in [-1, 1]; times are seconds. Frames are ``uint8`` arrays
 ``(H, W, 3)`` (BGR from OpenCV by default; ``color="RGB"`` otherwise), any size: they are resized to the
 model card's input (:mod:`runtime.preprocess`).
@@ -108,6 +109,10 @@ class Localization:
     :mod:`runtime.map.calibrate`). ``unknown``: distinctiveness above the map's calibrated threshold (the
     position is still the best guess). ``confidence``: 1 at half the threshold or below, 0 at the threshold.
     ``frame``: the BGR frame when ``keep_frames`` was set, else None.
+    ``uncertainty_m``: position uncertainty (metres, one sigma): the similarity-weighted RMS distance of the
+    candidates that formed the position from it, at least half the map's typical place spacing.
+    ``lat``/``lon``: WGS84 degrees of ``position`` when the map keeps its UTM zone, else None.
+    ``heading``: the best-matching place's heading (degrees clockwise from north) when known, else None.
     """
 
     index: int
@@ -121,6 +126,10 @@ class Localization:
     filtered: bool = False
     distinctiveness: float = 0.0
     frame: np.ndarray | None = field(default=None, repr=False, compare=False)
+    uncertainty_m: float = 0.0
+    lat: float | None = None
+    lon: float | None = None
+    heading: float | None = None
 
     @property
     def best(self) -> PlaceMatch:
@@ -138,6 +147,9 @@ class Localization:
             "unknown": self.unknown,
             "filtered": self.filtered,
             "distinctiveness": round(self.distinctiveness, 4),
+            "uncertainty_m": round(self.uncertainty_m, 3),
+            **({} if self.lat is None else {"lat": round(self.lat, 8), "lon": round(self.lon, 8)}),
+            **({} if self.heading is None else {"heading": round(self.heading, 2)}),
             "matches": [
                 {
                     "id": m.place_id,
@@ -150,6 +162,20 @@ class Localization:
             ],
             "times_ms": {k: round(v * 1000, 3) for k, v in vars(self.times).items()},
         }
+
+
+def place_spacing(utm: np.ndarray, samples: int = 1000) -> float:
+    """Median distance (metres) from a place to its nearest other place, over up to ``samples`` places."""
+    utm = np.asarray(utm, np.float64)
+    if len(utm) < 2:
+        return 0.0
+    rows = np.linspace(0, len(utm) - 1, min(samples, len(utm))).astype(np.int64)
+    nearest = np.empty(len(rows))
+    for j, row in enumerate(rows):  # O(samples * N): a few ms for 100k places
+        d = np.hypot(*(utm - utm[row]).T)  # (N,)
+        d[row] = np.inf
+        nearest[j] = d.min()
+    return float(np.median(nearest[np.isfinite(nearest)]))
 
 
 class Localizer:
@@ -174,6 +200,8 @@ class Localizer:
         )
         self._full = min(self.map.confidence_full, self.threshold - 1e-3)
         self._radius = float(self.map.meta["calibration"]["radius_m"])
+        self._spacing = place_spacing(self.map.places.utm)
+        self._geo = self.map.geo
         self._stop = threading.Event()
 
     @classmethod
@@ -241,7 +269,9 @@ class Localizer:
         )
         ratio = self._distinctiveness(int(top_ids[0]), float(top_sims[0]), ids, sims)
         confidence = float(np.clip((self.threshold - ratio) / (self.threshold - self._full), 0.0, 1.0))
-        position = self._position(top_ids, top_sims)
+        position, uncertainty = self._position(top_ids, top_sims)
+        latlon = self._geo.to_latlon(*position) if self._geo is not None else (None, None)
+        heading = float(places.heading[top_ids[0]])
         now = time.perf_counter()
         times["search"] = now - t0
         times["total"] = frame.decode_s + (now - frame.decoded_at)
@@ -257,6 +287,10 @@ class Localizer:
             temporal is not None,
             ratio,
             keep,
+            uncertainty_m=uncertainty,
+            lat=latlon[0],
+            lon=latlon[1],
+            heading=None if np.isnan(heading) else heading,
         )
 
     def _distinctiveness(self, best_id: int, best_sim: float, ids: np.ndarray, sims: np.ndarray) -> float:
@@ -267,13 +301,15 @@ class Localizer:
         s2 = float(sims[away][0]) if away.any() else float(sims[-1])
         return distinctiveness(best_sim, s2)
 
-    def _position(self, ids: np.ndarray, sims: np.ndarray) -> tuple[float, float]:
-        """Similarity-weighted mean of the matches within position_radius_m of the best one (metres)."""
+    def _position(self, ids: np.ndarray, sims: np.ndarray) -> tuple[tuple[float, float], float]:
+        """Similarity-weighted mean of the matches within position_radius_m of the best one (metres), and
+        its uncertainty: their weighted RMS distance from it, floored at half the map's place spacing."""
         utm = self.map.places.utm[ids]  # (k, 2)
         near = np.linalg.norm(utm - utm[0], axis=1) <= self.config.position_radius_m
         weights = np.clip(sims[near].astype(np.float64), 1e-6, None)
-        e, n = (utm[near] * weights[:, None]).sum(axis=0) / weights.sum()
-        return float(e), float(n)
+        mean = (utm[near] * weights[:, None]).sum(axis=0) / weights.sum()  # (2,)
+        spread = float(np.sqrt((weights * np.sum((utm[near] - mean) ** 2, axis=1)).sum() / weights.sum()))
+        return (float(mean[0]), float(mean[1])), max(spread, self._spacing / 2)
 
     # -- a stream ----------------------------------------------------------------------------------
     def run(

@@ -92,6 +92,14 @@ def measure_index_recall(index, exact_index, descriptors: np.ndarray, samples: i
     return {"recall_at_1": float(r1) / total, "recall_at_10": float(r10) / total, "queries": len(rows)}
 
 
+def _geo_meta(dataset) -> dict | None:
+    """The UTM zone of a dataset given in lat/lon (so positions convert back), None for metric-only data."""
+    from runtime.geo import zone_of_dataset
+
+    zone = zone_of_dataset(dataset.info)
+    return None if zone is None else zone.to_meta()
+
+
 def build_map(
     model: str | Path | Backend,
     dataset,
@@ -186,6 +194,7 @@ def _build(engine: Backend, dataset, out: Path, config: MapConfig, progress) -> 
             "source": dict(dataset.info).get("source"),
             "split": config.split,
         },
+        "geo": _geo_meta(dataset),
         "index": index_info,
         "calibration": calibration,
         "unknown_threshold": calibration["unknown_threshold"],

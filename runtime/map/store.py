@@ -11,6 +11,7 @@ import numpy as np
 
 from runtime.card import ModelCard
 from runtime.errors import ArtifactError, MapMismatchError
+from runtime.geo import UtmZone
 from runtime.map.build import INDEX_FILE, MAP_FORMAT_VERSION, META_FILE, PLACES_FILE
 from runtime.map.index import faiss_module, search, set_threads, to_gpu, use_gpu
 from runtime.map.places import Places
@@ -66,7 +67,13 @@ class PlaceMap:
 
     @property
     def dataset_root(self) -> Path:
-        return Path(self.meta["dataset"]["root"])
+        """Where the place images are: absolute, or relative to the map (a self-contained map)."""
+        return self.path / self.meta["dataset"]["root"]  # an absolute root replaces the map's path
+
+    @property
+    def geo(self) -> UtmZone | None:
+        """The map's UTM zone when it was built from lat/lon (positions convert back to lat/lon), else None."""
+        return UtmZone.from_meta(self.meta.get("geo"))
 
     def __len__(self) -> int:
         return len(self.places)
