@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from runtime.protocol import EVAL_RADIUS_M
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -109,7 +111,7 @@ def parity(
     ),
     batch: int = typer.Option(16, help="Inference batch size."),
     threads: int = typer.Option(2, help="CPU threads for PyTorch and ONNX Runtime."),
-    radius: float = typer.Option(25.0, help="Positive radius in metres."),
+    radius: float = typer.Option(EVAL_RADIUS_M, help="Positive radius in metres."),
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:

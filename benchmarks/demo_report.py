@@ -12,10 +12,9 @@ import numpy as np
 
 from benchmarks.report import markdown_table
 from runtime.atomic import atomic_path, atomic_write_text
+from runtime.protocol import EVAL_RADIUS_M
 
 log = logging.getLogger(__name__)
-
-RADIUS_M = 25.0
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -55,7 +54,7 @@ def held_out_recall(jsonl: Path, dataset, query_indices: np.ndarray, ns=(1, 5, 1
             continue
         count += 1
         where = np.array([[m["easting"], m["northing"]] for m in record["matches"]])  # (k, 2)
-        near = np.flatnonzero(np.linalg.norm(where - dataset.q_utm[qi], axis=1) <= RADIUS_M)
+        near = np.flatnonzero(np.linalg.norm(where - dataset.q_utm[qi], axis=1) <= EVAL_RADIUS_M)
         for n in ns:
             found[n] += bool(near.size and near[0] < n)
     return {n: found[n] / max(1, count) for n in ns}
@@ -76,7 +75,7 @@ def plot_route(dataset, runs: dict[str, Path], out: Path) -> Path:
         idx, est, err = localisation_errors(jsonl, dataset.q_utm)
         truth = dataset.q_utm[idx] - origin
         est = est - origin
-        good = err <= RADIUS_M
+        good = err <= EVAL_RADIUS_M
         ax.plot(
             db[:, 0],
             db[:, 1],
@@ -97,7 +96,7 @@ def plot_route(dataset, runs: dict[str, Path], out: Path) -> Path:
             est[good, 1],
             s=7,
             color="tab:green",
-            label=f"estimate within {RADIUS_M:g} m ({good.mean():.0%})",
+            label=f"estimate within {EVAL_RADIUS_M:g} m ({good.mean():.0%})",
             zorder=4,
         )
         ax.scatter(
@@ -106,7 +105,7 @@ def plot_route(dataset, runs: dict[str, Path], out: Path) -> Path:
             s=9,
             color="tab:red",
             marker="x",
-            label=f"estimate off by > {RADIUS_M:g} m",
+            label=f"estimate off by > {EVAL_RADIUS_M:g} m",
             zorder=5,
         )
         ax.scatter(*truth[0], s=60, color="black", marker="^", zorder=6, label="start")

@@ -11,12 +11,16 @@ import numpy as np
 from runtime.card import ModelCard
 from runtime.datasets import PlaceDataset, open_dataset
 from runtime.errors import ConfigError, DatasetError
+from runtime.protocol import EVAL_RADIUS_M
 
 log = logging.getLogger(__name__)
 
 
 def limit_dataset(
-    dataset: PlaceDataset, max_db: int | None = None, max_queries: int | None = None, radius_m: float = 25.0
+    dataset: PlaceDataset,
+    max_db: int | None = None,
+    max_queries: int | None = None,
+    radius_m: float = EVAL_RADIUS_M,
 ) -> PlaceDataset:
     """The first ``max_db`` database images, the queries with a positive among them, ``max_queries`` of those
     evenly spaced along the traversal.
@@ -64,7 +68,7 @@ def load_eval_set(
     *,
     max_db: int | None = None,
     max_queries: int | None = None,
-    radius_m: float = 25.0,
+    radius_m: float = EVAL_RADIUS_M,
 ) -> EvalSet:
     """Open ``spec``, limit it, and decode + preprocess its images once, exactly as the runtime does."""
     from export.images import load_images

@@ -24,6 +24,7 @@ from benchmarks.environment import machine_info, machine_line
 from benchmarks.evalset import EvalSet, load_eval_set
 from benchmarks.report import markdown_table, write_report
 from runtime.errors import ArtifactError, ConfigError
+from runtime.protocol import EVAL_RADIUS_M
 from runtime.recall import rank_database, recall_at_n
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class ParityBenchConfig:
     max_queries: int | None = None
     batch_size: int = 16
     threads: int = 2
-    radius_m: float = 25.0
+    radius_m: float = EVAL_RADIUS_M
     plot: bool = True
 
     def __post_init__(self) -> None:

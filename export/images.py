@@ -17,10 +17,9 @@ import numpy as np
 
 from runtime.card import ModelCard
 from runtime.errors import DatasetError
+from runtime.protocol import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ import numpy as np
 
 from runtime.atomic import atomic_write_text
 from runtime.errors import ConfigError, ParityError
+from runtime.protocol import GATED_NS
 from runtime.recall import rank_database, recall_at_n
 
 log = logging.getLogger(__name__)
 
-PARITY_NS = (1, 5, 10)
-POSITIVE_RADIUS_M = 25.0
+PARITY_NS = GATED_NS
 
 
 @dataclass(frozen=True)

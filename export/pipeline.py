@@ -22,6 +22,7 @@ from export.config import ExportConfig
 from export.images import ImageSet, fixed_images, iter_batches, load_images, open_image_set
 from runtime.card import ModelCard, read_onnx_card, read_sidecar
 from runtime.errors import ArtifactError, DatasetError, ModelCardError
+from runtime.protocol import EVAL_RADIUS_M
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def check_output_folder(out_dir: Path, fingerprint: str) -> None:
                 )
 
 
-def validation_subset(spec: str, limit: int, radius_m: float = 25.0) -> Any:
+def validation_subset(spec: str, limit: int, radius_m: float = EVAL_RADIUS_M) -> Any:
     """The validation dataset, at most ``limit`` database images and ``limit`` queries, evenly spaced;
     queries without a database image within ``radius_m`` dropped."""
     from runtime.datasets import open_dataset
@@ -124,14 +125,14 @@ def measure_parity(
         from runtime.backends import open_backend
 
         backend = open_backend(path, "tensorrt")
-        return backend.infer_batched
+        return lambda images: backend.infer(images, batch_size=16)
 
     reports = []
     if spec is not None:
         dataset = validation_subset(spec, cfg.validation_limit)
         paths = [dataset.image_path("database", i) for i in range(dataset.num_db)]
         paths += [dataset.image_path("queries", i) for i in range(dataset.num_queries)]
-        positives = dataset.positives(25.0)
+        positives = dataset.positives(EVAL_RADIUS_M)
         what = f"{dataset.name}: {dataset.num_db} database images, {dataset.num_queries} queries"
         total = len(paths) * (1 + len(artifacts))
         bar = progress(total=total, desc="parity", unit="img") if progress else None

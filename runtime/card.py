@@ -234,6 +234,13 @@ def read_sidecar(engine_path: str | os.PathLike) -> ModelCard:
     return ModelCard.from_json(side.read_text(encoding="utf-8"), str(side))
 
 
+def read_card(path: str | os.PathLike) -> ModelCard:
+    """The card of any exported artifact: an ONNX file's metadata, or an engine's JSON sidecar (by suffix)."""
+    from runtime.protocol import is_engine
+
+    return read_sidecar(path) if is_engine(path) else read_onnx_card(path)
+
+
 def fingerprint_arrays(named_arrays: Iterable[tuple[str, Any]], length: int = 16) -> str:
     """A stable fingerprint of model weights: sha256 over sorted (name, dtype, shape, bytes).
 

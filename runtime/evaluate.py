@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import DatasetError
+from runtime.protocol import EVAL_RADIUS_M
 from runtime.recall import recall_at_n
 
 
@@ -43,7 +44,7 @@ def query_index(source: str, by_name: dict[str, int]) -> int | None:
 
 
 def recall_from_jsonl(
-    jsonl: str | Path, dataset, ns: Sequence[int] = (1, 5, 10), radius_m: float = 25.0
+    jsonl: str | Path, dataset, ns: Sequence[int] = (1, 5, 10), radius_m: float = EVAL_RADIUS_M
 ) -> dict:
     """``{"recall": {N: fraction}, "queries": counted, "records": read, "unmatched": frames not a query}``."""
     if not hasattr(dataset, "q_images"):

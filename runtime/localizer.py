@@ -36,6 +36,7 @@ from runtime.errors import ConfigError
 from runtime.map import PlaceMap, open_map
 from runtime.map.calibrate import distinctiveness
 from runtime.preprocess import Preprocessor
+from runtime.protocol import EVAL_RADIUS_M
 from runtime.sources import Frame
 from runtime.temporal import TemporalConfig, TemporalFilter
 
@@ -63,7 +64,7 @@ class LocalizerConfig:
 
     top_k: int = 5
     unknown_threshold: float | None = None
-    position_radius_m: float = 25.0
+    position_radius_m: float = EVAL_RADIUS_M
     temporal: TemporalConfig | None = None
     queue_size: int = 4
     keep_frames: bool = False

@@ -25,10 +25,10 @@ import cv2
 import numpy as np
 
 from runtime.errors import ConfigError, SourceError
+from runtime.protocol import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _END = object()
 
 

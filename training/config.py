@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from runtime.errors import ConfigError
+from runtime.protocol import NEGATIVE_RADIUS_M, POSITIVE_RADIUS_M
 from training.model import ModelConfig
 
 
@@ -35,8 +36,8 @@ class TrainConfig:
     kmeans_per_image: int = 100
     kmeans_iterations: int = 100
     # weak supervision and mining (trainWeakly.m)
-    pos_radius_m: float = 10.0
-    neg_radius_m: float = 25.0
+    pos_radius_m: float = POSITIVE_RADIUS_M
+    neg_radius_m: float = NEGATIVE_RADIUS_M
     num_neg_samples: int = 1000
     num_neg_keep: int = 10
     margin: float = 0.1

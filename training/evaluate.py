@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from runtime.datasets import PlaceDataset
+from runtime.protocol import EVAL_RADIUS_M
 from runtime.recall import DEFAULT_NS, rank_database, recall_at_n
 
 log = logging.getLogger(__name__)
 
-EVAL_RADIUS_M = 25.0
 DEFAULT_SPLIT_FRACTIONS = (0.6, 0.15, 0.25)
 
 

@@ -26,6 +26,7 @@ import torch
 
 from runtime.datasets import PlaceDataset
 from runtime.errors import DatasetError
+from runtime.protocol import NEGATIVE_RADIUS_M
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class TripletMiner:
         self,
         dataset: PlaceDataset,
         pos_radius_m: float = 10.0,
-        neg_radius_m: float = 25.0,
+        neg_radius_m: float = NEGATIVE_RADIUS_M,
         num_neg_samples: int = 1000,
         num_neg_keep: int = 10,
         margin: float = 0.1,

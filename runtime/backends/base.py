@@ -58,7 +58,10 @@ class Backend(abc.ABC):
 
     # -- inference ---------------------------------------------------------------------------------
     def validate(self, images: np.ndarray) -> np.ndarray:
-        """Check ``images`` against the card; returns them C-contiguous. Raises ConfigError naming the problem."""
+        """Check ``images`` against the card; returns them C-contiguous. Raises ConfigError naming the problem.
+
+        Any batch size is valid: :meth:`infer` splits and pads to the backend's batch limits.
+        """
         h, w, c = self.input_shape
         expected = f"uint8 images (N, {h}, {w}, {c}) NHWC {self.card.channel_order}"
         hint = "; convert frames with runtime.preprocess.Preprocessor(card)"
@@ -68,38 +71,48 @@ class Backend(abc.ABC):
             raise ConfigError(
                 f"{self.name} backend expects {expected}, got {images.dtype} {tuple(images.shape)}{hint}"
             )
-        n = images.shape[0]
-        if n < self.min_batch or (self.max_batch is not None and n > self.max_batch):
-            raise ConfigError(
-                f"{self.name} backend accepts batches of {self.min_batch} to {self.max_batch} images "
-                f"('{self.path.name}'), got {n}; split the batch"
-            )
         return np.ascontiguousarray(images)
 
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        """``uint8 (N, H, W, 3)`` -> ``float32 (N, D)`` descriptors (a new array owned by the caller)."""
+    def infer(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """``uint8 (N, H, W, 3)`` -> ``float32 (N, D)`` descriptors (a new array owned by the caller).
+
+        The one images-to-descriptors function of the kit: any ``N`` (0 included) runs in chunks of at most
+        ``batch_size`` images (None: all at once), clipped to the backend's :attr:`max_batch`; a chunk below
+        :attr:`min_batch` (a fixed-batch model) is padded by repeating its last image, and the padding's
+        descriptors are dropped.
+        """
         if self._closed:
             raise BackendError(f"{self.name} backend for '{self.path}' is closed")
         images = self.validate(images)
-        out = self._infer(images)
+        n = images.shape[0]
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        chunk = n if batch_size is None else batch_size
+        if self.max_batch is not None:
+            chunk = min(chunk, self.max_batch)
+        chunk = max(chunk, 1)
+        out = np.empty((n, self.card.descriptor_dim), dtype=np.float32)
+        for start in range(0, n, chunk):
+            batch = images[start : start + chunk]  # (B, H, W, 3)
+            real = batch.shape[0]
+            if real < self.min_batch:
+                pad = np.repeat(batch[-1:], self.min_batch - real, axis=0)
+                batch = np.concatenate([batch, pad])  # (min_batch, H, W, 3)
+            out[start : start + real] = self._checked(self._infer(batch), batch.shape[0])[:real]
+        return out
+
+    def _checked(self, out: np.ndarray, n: int) -> np.ndarray:
         d = self.card.descriptor_dim
-        if out.shape != (images.shape[0], d):
+        if out.shape != (n, d):
             raise BackendError(
                 f"'{self.path}' returned descriptors of shape {out.shape}, but its card says "
-                f"({images.shape[0]}, {d}); the card does not describe this model, re-export it"
+                f"({n}, {d}); the card does not describe this model, re-export it"
             )
         return out
 
-    def infer_batched(self, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-        """Like :meth:`infer` for any N, in chunks of at most ``batch_size`` (within the backend's limits)."""
-        if self.max_batch is not None:
-            batch_size = min(batch_size, self.max_batch)
-        parts = [self.infer(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.card.descriptor_dim), np.float32)
-
     @abc.abstractmethod
     def _infer(self, images: np.ndarray) -> np.ndarray:
-        """Validated ``uint8 (N, H, W, 3)`` -> ``float32 (N, D)``."""
+        """Validated ``uint8 (N, H, W, 3)``, ``min_batch <= N <= max_batch`` -> ``float32 (N, D)``."""
 
     # -- lifetime ----------------------------------------------------------------------------------
     def _release(self) -> None:  # noqa: B027 - optional hook

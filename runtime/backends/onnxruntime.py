@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +52,46 @@ def choose_provider(provider: str, available: list[str]) -> str:
     return provider
 
 
+def create_session(
+    model: Any,
+    providers: Sequence[Any] = (PROVIDER_NAMES["cpu"],),
+    threads: int | None = None,
+    optimized_model_path: str | Path | None = None,
+) -> Any:
+    """The kit's one ONNX Runtime session setup: an ``onnxruntime.InferenceSession`` over ``model``.
+
+    ``model``: a path, serialised bytes or an ``onnx.ModelProto``. ``providers``: ONNX Runtime's provider
+    list (names or ``(name, options)`` pairs), first choice first. ``threads``: intra-op threads (None: one
+    per core), one inter-op thread. Full graph optimisation; ONNX Runtime's own console logging is kept to
+    errors (the kit logs through ``logging``). ``optimized_model_path``: also write the optimised graph
+    there (to inspect the kernels that run). A model ONNX Runtime cannot load raises :class:`ArtifactError`.
+    """
+    ort = require("onnxruntime", "running ONNX models")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only; e.g. the NCHWc "hardware specific" warning is noise
+    if threads is not None:
+        if not isinstance(threads, int) or threads < 0:
+            raise ConfigError(f"threads must be an integer >= 0 (0: one per core), got {threads!r}")
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+    if hasattr(model, "SerializeToString"):
+        source, name = model.SerializeToString(), "the in-memory ONNX model"
+    elif isinstance(model, (bytes, bytearray)):
+        source, name = bytes(model), "the in-memory ONNX model"
+    else:
+        source, name = str(model), f"'{model}'"
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=list(providers))
+    except Exception as exc:  # InvalidProtobuf, Fail, NoSuchFile, ...
+        raise ArtifactError(
+            f"{name} cannot be loaded by onnxruntime ({type(exc).__name__}: {str(exc).strip()[:300]}); "
+            "the file is truncated, corrupt or not ONNX. Re-export it with netvlad-export"
+        ) from exc
+
+
 class OnnxRuntimeBackend(Backend):
     """An ``onnxruntime.InferenceSession`` over an exported ``.onnx`` model (card in its metadata)."""
 
@@ -69,21 +111,7 @@ class OnnxRuntimeBackend(Backend):
         ort = require("onnxruntime", "running ONNX models")
         path = check_model_file(path, "ONNX model")
         self.provider = choose_provider(provider, ort.get_available_providers())
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads is not None:
-            if threads < 0:
-                raise ConfigError(f"threads must be >= 0, got {threads}")
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        providers = self._provider_list(path, cache_dir)
-        try:
-            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as exc:  # InvalidProtobuf, Fail, NoSuchFile, ...
-            raise ArtifactError(
-                f"'{path}' cannot be loaded by onnxruntime ({type(exc).__name__}: {str(exc).strip()[:300]}); "
-                "the file is truncated, corrupt or not ONNX. Re-export it with netvlad-export"
-            ) from exc
+        session = create_session(path, self._provider_list(path, cache_dir), threads)
         card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
         super().__init__(path, card)
         wanted = PROVIDER_NAMES[self.provider]

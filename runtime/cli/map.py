@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from runtime.console import configure_logging, progress
+from runtime.protocol import EVAL_RADIUS_M
 
 app = typer.Typer(
     help="Build and inspect netvlad-kit maps (FAISS index + geotagged places).",
@@ -55,7 +56,9 @@ def info(map_path: Path = typer.Argument(..., metavar="MAP", help="A map directo
 def recall(
     jsonl: Path = typer.Option(..., help="JSONL written by netvlad-run --jsonl."),
     dataset: str = typer.Option(..., help="The dataset whose queries were localised."),
-    radius: float = typer.Option(25.0, help="A match within this many metres of the query is correct."),
+    radius: float = typer.Option(
+        EVAL_RADIUS_M, help="A match within this many metres of the query is correct."
+    ),
 ) -> None:
     """Recall@N of a netvlad-run JSONL against the dataset's query positions."""
     from runtime.evaluate import recall_from_jsonl

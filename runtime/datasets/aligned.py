@@ -21,11 +21,10 @@ import numpy as np
 
 from runtime.datasets.place import PlaceDataset
 from runtime.errors import DatasetError
+from runtime.protocol import EVAL_RADIUS_M, IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
-EVAL_RADIUS_M = 25.0
 # Where the Nordland sample lives, relative to the repository root (never copied into it).
 NORDLAND_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "nordland"
 

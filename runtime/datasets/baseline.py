@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from runtime.datasets.place import PlaceDataset
+from runtime.protocol import EVAL_RADIUS_M
 from runtime.recall import DEFAULT_NS, rank_database, recall_at_n
 
 THUMBNAIL_SIZE = (16, 12)  # (width, height)
@@ -38,7 +39,7 @@ def raw_pixel_recall(
     ns: Sequence[int] = DEFAULT_NS,
     size: tuple[int, int] = THUMBNAIL_SIZE,
     grayscale: bool = False,
-    radius_m: float = 25.0,
+    radius_m: float = EVAL_RADIUS_M,
     query_groups: Sequence[str] | None = None,
 ) -> dict[str, dict[int, float]]:
     """Recall@N of the raw-pixel baseline on ``dataset`` (queries without a positive are dropped).

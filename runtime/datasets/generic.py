@@ -17,10 +17,10 @@ import numpy as np
 
 from runtime.datasets.place import PlaceDataset
 from runtime.errors import DatasetError
+from runtime.protocol import SPLIT_FILES
 
 logger = logging.getLogger(__name__)
 
-SPLIT_FILES = {"database": "database.csv", "queries": "queries.csv"}
 OPTIONAL_COLUMNS = ("heading", "timestamp")
 
 

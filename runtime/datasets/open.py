@@ -5,15 +5,35 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtime.datasets.aligned import load_aligned, load_nordland
-from runtime.datasets.generic import SPLIT_FILES, load_generic
+from runtime.datasets.generic import load_generic
 from runtime.datasets.matlab import load_dbstruct
 from runtime.datasets.place import PlaceDataset
 from runtime.errors import DatasetError
+from runtime.protocol import SPLIT_FILES
 
 SPEC_HELP = (
     "a folder with database.csv and queries.csv, 'nordland' (or 'nordland:DIR'), "
     "'aligned:DB_DIR,Q_DIR', or an official Pittsburgh/Tokyo 24/7 .mat file"
 )
+
+
+def is_dataset_spec(spec: str | Path) -> bool:
+    """True when ``spec`` names a dataset :func:`open_dataset` opens (rather than, say, a plain image folder).
+
+    A name (``nordland``, ``nordland:DIR``, ``aligned:DB,Q``), a ``.mat`` file, or a folder holding
+    ``database.csv``/``queries.csv`` or ``summer/`` and ``winter/``. Says nothing about whether it opens.
+    """
+    text = str(spec)
+    if text == "nordland" or text.startswith(("nordland:", "aligned:")):
+        return True
+    path = Path(spec)
+    if path.suffix.lower() == ".mat":
+        return True
+    if not path.is_dir():
+        return False
+    return any((path / name).is_file() for name in SPLIT_FILES.values()) or (
+        (path / "summer").is_dir() and (path / "winter").is_dir()
+    )
 
 
 def open_dataset(spec: str | Path) -> PlaceDataset:

@@ -11,18 +11,14 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from runtime.errors import DatasetError
+from runtime.protocol import EVAL_RADIUS_M, NEGATIVE_RADIUS_M, POSITIVE_RADIUS_M, Split
 
 logger = logging.getLogger(__name__)
-
-Split = Literal["database", "queries"]
-SPLITS: tuple[str, ...] = ("database", "queries")
-POTENTIAL_POSITIVE_M = 10.0  # training positives: within 10 m
-DEFINITE_NEGATIVE_M = 25.0  # training negatives: beyond 25 m; evaluation positives: within 25 m
 
 
 def _as_positions(values: Any, what: str) -> np.ndarray:
@@ -136,7 +132,7 @@ class PlaceDataset:
         """
         return read_rgb(self.image_path(split, index))
 
-    def positives(self, radius_m: float = 25.0) -> list[np.ndarray]:
+    def positives(self, radius_m: float = EVAL_RADIUS_M) -> list[np.ndarray]:
         """Per query, the database indices within ``radius_m`` metres, nearest first (cached per radius)."""
         key = ("positives", float(radius_m))
         if key not in self._cache:
@@ -145,12 +141,12 @@ class PlaceDataset:
 
     def potential_positives(self) -> list[np.ndarray]:
         """Training positives (PROTOCOL.md): per query, database indices within 10 m, nearest first."""
-        return self.positives(POTENTIAL_POSITIVE_M)
+        return self.positives(POSITIVE_RADIUS_M)
 
     def definite_negatives(self, query_index: int) -> np.ndarray:
         """Training negatives (PROTOCOL.md): database indices farther than 25 m from query ``query_index``."""
         mask = np.ones(self.num_db, dtype=bool)
-        mask[self.positives(DEFINITE_NEGATIVE_M)[query_index]] = False
+        mask[self.positives(NEGATIVE_RADIUS_M)[query_index]] = False
         return np.flatnonzero(mask)
 
     def select(
@@ -182,7 +178,7 @@ class PlaceDataset:
             info=self.info if info is None else info,
         )
 
-    def without_unmatched_queries(self, radius_m: float = 25.0) -> PlaceDataset:
+    def without_unmatched_queries(self, radius_m: float = EVAL_RADIUS_M) -> PlaceDataset:
         """A copy without the queries that have no database image within ``radius_m`` (count logged)."""
         keep = np.array([len(p) > 0 for p in self.positives(radius_m)], dtype=bool)
         dropped = int(np.count_nonzero(~keep))

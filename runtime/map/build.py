@@ -56,13 +56,7 @@ def extract_descriptors(
             if bi + 2 < len(batches):
                 pending.append(pool.submit(load, batches[bi + 2]))
             pending[bi] = None  # free the batch
-            if len(indices) < backend.min_batch:  # a fixed-batch model: pad the last batch
-                pad = np.repeat(images[-1:], backend.min_batch - len(indices), axis=0)
-                out[indices.start : indices.stop] = backend.infer(np.concatenate([images, pad]))[
-                    : len(indices)
-                ]
-            else:
-                out[indices.start : indices.stop] = backend.infer(images)
+            out[indices.start : indices.stop] = backend.infer(images)
             if bar is not None:
                 bar.update(len(indices))
     if bar is not None:

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from runtime.errors import ConfigError
+from runtime.protocol import EVAL_RADIUS_M
 
 SPLITS = ("database", "all")
 INDEX_TYPES = ("flat", "ivfpq")
@@ -33,7 +34,7 @@ class MapConfig:
     pq_bits: int | None = None
     nprobe: int = 16
     gpu: str = "auto"
-    radius_m: float = 25.0
+    radius_m: float = EVAL_RADIUS_M
     unknown_percentile: float = 90.0
     calibration_samples: int = 2000
     read_workers: int = 2

@@ -67,7 +67,10 @@ def test_onnxruntime_backend_runs_and_validates(model):
         # batches give the same descriptors as single images
         singles = np.concatenate([backend.infer(images[i : i + 1]) for i in range(5)])
         np.testing.assert_allclose(singles, out, atol=1e-6)
-        np.testing.assert_allclose(backend.infer_batched(images, batch_size=2), out, atol=1e-6)
+        np.testing.assert_allclose(backend.infer(images, batch_size=2), out, atol=1e-6)
+        assert backend.infer(images[:0]).shape == (0, 64)
+        with pytest.raises(ConfigError, match=re.escape("batch_size must be >= 1, got 0")):
+            backend.infer(images, batch_size=0)
         expected = (
             "onnxruntime backend expects uint8 images (N, 48, 64, 3) NHWC RGB, got float32 (5, 48, 64, 3); "
             "convert frames with runtime.preprocess.Preprocessor(card)"
@@ -83,14 +86,19 @@ def test_onnxruntime_backend_runs_and_validates(model):
         backend.infer(images)
 
 
-def test_fixed_batch_model_limits_the_batch(tmp_path):
+def test_fixed_batch_model_splits_and_pads(tmp_path):
+    """A fixed-batch model takes any N: infer splits into its batch and pads the last chunk."""
     path, _ = make_onnx_model(tmp_path / "fixed.onnx", batch=2)
-    with open_backend(path, threads=1) as backend:
+    dynamic, _ = make_onnx_model(tmp_path / "dynamic.onnx")
+    images = np.random.default_rng(3).integers(0, 256, (3, 48, 64, 3), dtype=np.uint8)
+    with open_backend(path, threads=1) as backend, open_backend(dynamic, threads=1) as reference:
         assert (backend.min_batch, backend.max_batch) == (2, 2)
-        with pytest.raises(
-            ConfigError, match=re.escape("accepts batches of 2 to 2 images ('fixed.onnx'), got 3")
-        ):
-            backend.infer(np.zeros((3, 48, 64, 3), np.uint8))
+        calls = []
+        run = backend._infer
+        backend._infer = lambda x: calls.append(x.shape[0]) or run(x)
+        out = backend.infer(images)
+        assert calls == [2, 2]  # 2 images, then 1 image padded to 2
+        np.testing.assert_allclose(out, reference.infer(images), atol=1e-6)
 
 
 def test_broken_models_give_clear_errors(model, tmp_path):

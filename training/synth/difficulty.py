@@ -9,6 +9,7 @@ import numpy as np
 
 from runtime.datasets.baseline import THUMBNAIL_SIZE, thumbnail_descriptors
 from runtime.datasets.place import neighbours_within
+from runtime.protocol import EVAL_RADIUS_M
 from runtime.recall import DEFAULT_NS, rank_database, recall_at_n
 from training.synth.config import SynthConfig
 from training.synth.world import SynthWorld
@@ -19,7 +20,7 @@ def baseline_recall(
     ns: Sequence[int] = DEFAULT_NS,
     size: tuple[int, int] = THUMBNAIL_SIZE,
     grayscale: bool = False,
-    radius_m: float = 25.0,
+    radius_m: float = EVAL_RADIUS_M,
     progress: Callable[..., Iterable] | None = None,
 ) -> dict[str, dict[int, float]]:
     """Raw-pixel recall@N of the world's queries against its database: ``{"all"|condition: {n: recall}}``."""
