@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from runtime.console import command_boundary
 from runtime.protocol import EVAL_RADIUS_M
 
 app = typer.Typer(
@@ -34,17 +35,6 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
     return values
 
 
-def _run(fn, *args, **kwargs):
-    """Call ``fn``; a kit error becomes a one-line message and exit code 1 instead of a traceback."""
-    from runtime.errors import NetVLADKitError
-
-    try:
-        return fn(*args, **kwargs)
-    except NetVLADKitError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
-
-
 def _print_markdown(result: dict) -> None:
     files = result.get("files", {})
     if "markdown" in files:
@@ -53,6 +43,7 @@ def _print_markdown(result: dict) -> None:
 
 
 @app.command()
+@command_boundary
 def search(
     out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for search.json and search.md."),
     preset: str = typer.Option("default", help="default (10k-200k x 4096), full (to 1M), tiny (seconds)."),
@@ -79,11 +70,10 @@ def search(
     if model is not None:
         from benchmarks.artifacts import read_card
 
-        own = _run(read_card, model).descriptor_dim
+        own = read_card(model).descriptor_dim
         base = dim_list or SearchConfig.preset(preset).dims
         dim_list = tuple(dict.fromkeys((*base, own)))
-    cfg = _run(
-        SearchConfig.preset,
+    cfg = SearchConfig.preset(
         preset,
         sizes=_ints(sizes, "--sizes"),
         dims=dim_list,
@@ -94,10 +84,11 @@ def search(
         threads=threads,
         seed=seed,
     )
-    _print_markdown(_run(run_search, cfg, out, progress=progress))
+    _print_markdown(run_search(cfg, out, progress=progress))
 
 
 @app.command()
+@command_boundary
 def parity(
     checkpoint: Path = typer.Option(..., help="The PyTorch checkpoint the artifacts were exported from."),
     models: list[Path] = typer.Option(
@@ -120,18 +111,18 @@ def parity(
     from runtime.console import configure_logging, progress
 
     configure_logging(verbose, quiet)
-    cfg = _run(
-        ParityBenchConfig,
+    cfg = ParityBenchConfig(
         max_db=max_db,
         max_queries=max_queries,
         batch_size=batch,
         threads=threads,
         radius_m=radius,
     )
-    _print_markdown(_run(run_parity, checkpoint, models, dataset, out, cfg, progress=progress))
+    _print_markdown(run_parity(checkpoint, models, dataset, out, cfg, progress=progress))
 
 
 @app.command()
+@command_boundary
 def latency(
     checkpoint: Path = typer.Option(
         None, help="PyTorch checkpoint (adds PyTorch eager and the NetVLAD loop comparison)."
@@ -153,14 +144,13 @@ def latency(
     from runtime.console import configure_logging, progress
 
     configure_logging(verbose, quiet)
-    cfg = _run(
-        LatencyConfig,
+    cfg = LatencyConfig(
         batch_sizes=_ints(batches, "--batches"),
         frames=frames,
         map_size=map_size,
         threads=threads,
     )
-    _print_markdown(_run(run_latency, checkpoint, models, dataset, out, cfg, progress=progress))
+    _print_markdown(run_latency(checkpoint, models, dataset, out, cfg, progress=progress))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from runtime.atomic import atomic_write_text
+from runtime.console import command_boundary
 from runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -353,6 +354,7 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None, progress: Calla
     return paths.report
 
 
+@command_boundary
 def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.demo --out demo/ [--preset default|tiny]``."""
     import argparse

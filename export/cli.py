@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from export.config import INT8_TARGETS, BatchRange, ExportConfig
-from runtime.errors import NetVLADKitError
+from runtime.console import command_boundary
 
 log = logging.getLogger("netvlad-export")
 
@@ -24,6 +24,7 @@ app = typer.Typer(
 
 
 @app.command()
+@command_boundary
 def main(
     checkpoint: Path = typer.Argument(..., help="checkpoint written by python -m training.train (best.pt)"),
     onnx: bool = typer.Option(
@@ -62,26 +63,22 @@ def main(
     from runtime.console import configure_logging, progress
 
     configure_logging(verbose, quiet)
-    try:
-        cfg = ExportConfig(
-            batch=BatchRange.parse(batch),
-            fp16=fp16,
-            int8=int8,
-            engine=engine,
-            calibration=calib,
-            calibration_images=calib_images,
-            int8_targets=tuple(int8_target),
-            validation=val,
-            validation_limit=val_limit,
-            force=force,
-            threads=threads,
-        )
-        from export.pipeline import run_export
+    cfg = ExportConfig(
+        batch=BatchRange.parse(batch),
+        fp16=fp16,
+        int8=int8,
+        engine=engine,
+        calibration=calib,
+        calibration_images=calib_images,
+        int8_targets=tuple(int8_target),
+        validation=val,
+        validation_limit=val_limit,
+        force=force,
+        threads=threads,
+    )
+    from export.pipeline import run_export
 
-        result = run_export(checkpoint, out, cfg, progress=progress)
-    except NetVLADKitError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+    result = run_export(checkpoint, out, cfg, progress=progress)
     from export.parity import format_table
 
     typer.echo(format_table(result.reports))

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from runtime.console import command_boundary
+
 
 def time_interleaved(
     runners: dict[str, Callable[[], Any]], rounds: int, warmup: int = 3
@@ -35,6 +37,7 @@ def time_interleaved(
     return times
 
 
+@command_boundary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

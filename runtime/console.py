@@ -1,9 +1,23 @@
-"""Logging and progress for command-line entry points only; libraries just use ``logging.getLogger``."""
+"""Logging, progress and the error boundary, for command-line entry points only.
+
+Libraries just use ``logging.getLogger`` and raise :mod:`runtime.errors`; every command wraps its function in
+:func:`command_boundary`, which turns those errors into one line and an exit code.
+"""
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
+import signal
 import sys
+import threading
+import traceback
+from collections.abc import Callable
+from typing import NoReturn, ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -26,3 +40,88 @@ def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it", dis
     return tqdm(
         iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True, mininterval=0.5
     )
+
+
+# Exit codes of every netvlad-kit command (README, "Exit codes").
+EXIT_OK = 0
+EXIT_FAILED = 1  # the run started and failed (a backend, a parity gate, a dead stream, a full disk)
+EXIT_USAGE = 2  # bad input or usage: fix the command line, the file or the data and rerun
+EXIT_INTERRUPTED = 130  # Ctrl-C (or SIGTERM), after the outputs written so far were flushed
+
+BUG_HINT = (
+    "this is a bug in netvlad-kit: rerun the command with -v and report it together with the output above"
+)
+
+# OS errors that mean the environment refused (not a bug): a one-line message, exit 1.
+_ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EMFILE}
+)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "(no message)"
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    sys.stderr.flush()
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def _sigterm_as_interrupt(signum, frame) -> None:  # pragma: no cover - exercised through a subprocess
+    raise KeyboardInterrupt
+
+
+def command_boundary(fn: Callable[P, R]) -> Callable[P, R]:
+    """Wrap one command's function (a typer command or an argparse ``main``): the error boundary.
+
+    - a :class:`NetVLADKitError` becomes one line ``error: ...`` on stderr and exit ``exc.exit_code``
+      (2 for bad input or usage, 1 for a run that failed); with ``-v`` its traceback is logged first;
+    - an environment ``OSError`` (disk full, permission denied, read-only filesystem) becomes one line, exit 1;
+    - Ctrl-C (and SIGTERM) ends with ``interrupted`` and exit 130, after the command's own ``with``/``finally``
+      blocks have flushed and closed its outputs;
+    - anything else is a bug: its traceback is kept, followed by a hint to rerun with ``-v`` and report it.
+
+    ``SystemExit`` (argparse, ``typer.Exit``) and click's own exceptions pass through unchanged. A function
+    that returns an int (an argparse ``main``) keeps its return value.
+    """
+    from runtime.errors import NetVLADKitError
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        verbose = bool(kwargs.get("verbose"))
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        try:
+            return fn(*args, **kwargs)
+        except NetVLADKitError as exc:
+            if verbose:
+                logging.getLogger("netvlad-kit").debug("traceback of the error below", exc_info=True)
+            _fail(_one_line(str(exc)), exc.exit_code)
+        except KeyboardInterrupt:
+            sys.stderr.write("\ninterrupted\n")
+            sys.stderr.flush()
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        except OSError as exc:
+            if exc.errno not in _ENVIRONMENT_ERRNOS:
+                _report_bug()
+            where = f" ('{exc.filename}')" if exc.filename else ""
+            _fail(f"{exc.strerror or exc}{where}", EXIT_FAILED)
+        except SystemExit:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith(("click", "typer")):  # usage errors, Abort: click reports them
+                raise
+            _report_bug()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+def _report_bug() -> NoReturn:
+    traceback.print_exc(file=sys.stderr)
+    _fail(BUG_HINT, EXIT_FAILED)

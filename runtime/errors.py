@@ -9,7 +9,14 @@ from __future__ import annotations
 
 
 class NetVLADKitError(Exception):
-    """Base class of every error netvlad-kit raises on purpose."""
+    """Base class of every error netvlad-kit raises on purpose.
+
+    ``exit_code`` is what a command exits with when this error ends it (see ``runtime.console``):
+    2 for bad input or usage (the default: fix the command line, the file or the data and rerun),
+    1 for a run that failed on its own (a backend, a parity gate, a stream that died).
+    """
+
+    exit_code: int = 2
 
 
 class ConfigError(NetVLADKitError, ValueError):
@@ -39,9 +46,24 @@ class SourceError(NetVLADKitError, OSError):
 class BackendError(NetVLADKitError, RuntimeError):
     """An inference backend cannot be created or has failed (for example a precision it cannot honour)."""
 
+    exit_code = 1
+
 
 class ParityError(NetVLADKitError):
     """An exported artifact missed its parity gate against the PyTorch reference."""
+
+    exit_code = 1
+
+
+class RunFailedError(NetVLADKitError, RuntimeError):
+    """A run that started well failed on its own (non-finite descriptors, a stream that died for good)."""
+
+    exit_code = 1
+
+
+class OutputError(NetVLADKitError, OSError):
+    """An output path cannot be written: it holds something the kit did not write, another run holds its
+    lock, or it is not writable."""
 
 
 class MissingDependencyError(NetVLADKitError, ImportError):

@@ -55,9 +55,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ArtifactError(f"checkpoint '{path}' does not exist or is not a file; {HOW_TO_GET_ONE}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip/pickle errors, truncated files, unsafe foreign pickles
+    except Exception as exc:  # zip/pickle errors, truncated or empty files, unsafe foreign pickles
+        first_line = next(iter(str(exc).splitlines()), "") or f"{path.stat().st_size} bytes"
         raise ArtifactError(
-            f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {first_line[:200]}); "
             f"it is truncated, corrupt or not a netvlad-kit checkpoint. Use another checkpoint or {HOW_TO_GET_ONE}"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:

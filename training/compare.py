@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.console import command_boundary
 from runtime.datasets import PlaceDataset
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def compare_checkpoints(
     return results
 
 
+@command_boundary
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 

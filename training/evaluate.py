@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.console import command_boundary
 from runtime.datasets import PlaceDataset
 from runtime.protocol import EVAL_RADIUS_M
 from runtime.recall import DEFAULT_NS, rank_database, recall_at_n
@@ -159,6 +160,7 @@ def evaluate_checkpoint(
     return evaluate_model(model, dataset, split, batch_size, progress)
 
 
+@command_boundary
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
@@ -182,24 +184,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from runtime.atomic import atomic_write_text
     from runtime.console import configure_logging, progress
-    from runtime.errors import NetVLADKitError
 
     configure_logging(args.verbose)
     import torch
 
     torch.set_num_threads(args.threads)
-    try:
-        report = evaluate_checkpoint(
-            args.checkpoint,
-            args.dataset,
-            args.split,
-            refit=args.refit_centroids,
-            batch_size=args.batch_size,
-            progress=progress,
-        )
-    except NetVLADKitError as exc:
-        log.error("%s", exc)
-        return 2
+    report = evaluate_checkpoint(
+        args.checkpoint,
+        args.dataset,
+        args.split,
+        refit=args.refit_centroids,
+        batch_size=args.batch_size,
+        progress=progress,
+    )
     print(report.summary())
     if args.json_out:
         atomic_write_text(args.json_out, json.dumps(report.to_dict(), indent=2) + "\n")

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runtime.console import command_boundary
+
 if TYPE_CHECKING:
     from training.config import TrainConfig
 
@@ -133,22 +135,14 @@ def resume_config(args: argparse.Namespace) -> TrainConfig:
     return stored.replace(**{k: v for k, v in budget.items() if v is not None})
 
 
+@command_boundary
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from runtime.console import configure_logging, progress
-    from runtime.errors import NetVLADKitError
 
     configure_logging(args.verbose)
-    try:
-        cfg = (
-            resume_config(args)
-            if args.resume and (args.out / "last.pt").is_file()
-            else config_from_args(args)
-        )
-        path = train(cfg, args.out, resume=args.resume, cache_dir=args.cache_dir, progress=progress)
-    except NetVLADKitError as exc:
-        log.error("%s", exc)
-        return 2
+    cfg = resume_config(args) if args.resume and (args.out / "last.pt").is_file() else config_from_args(args)
+    path = train(cfg, args.out, resume=args.resume, cache_dir=args.cache_dir, progress=progress)
     log.info("model written to %s (see %s)", path, args.out / "summary.json")
     return 0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from runtime.console import configure_logging, progress
+from runtime.console import command_boundary, configure_logging, progress
 from runtime.protocol import EVAL_RADIUS_M
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
 
 
 @app.command()
+@command_boundary
 def build(
     model: Path = typer.Option(..., help="Model file: .onnx, .engine or .plan (with its card)."),
     dataset: str = typer.Option(..., help="Dataset: a folder with database.csv/queries.csv, 'nordland', ..."),
@@ -45,6 +46,7 @@ def build(
 
 
 @app.command()
+@command_boundary
 def info(map_path: Path = typer.Argument(..., metavar="MAP", help="A map directory.")) -> None:
     """Print a map's metadata (map.json)."""
     from runtime.map import read_map_meta
@@ -53,6 +55,7 @@ def info(map_path: Path = typer.Argument(..., metavar="MAP", help="A map directo
 
 
 @app.command()
+@command_boundary
 def recall(
     jsonl: Path = typer.Option(..., help="JSONL written by netvlad-run --jsonl."),
     dataset: str = typer.Option(..., help="The dataset whose queries were localised."),

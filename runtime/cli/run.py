@@ -7,12 +7,13 @@ from pathlib import Path
 
 import typer
 
-from runtime.console import configure_logging
+from runtime.console import EXIT_INTERRUPTED, command_boundary, configure_logging
 
 app = typer.Typer(add_completion=False)
 
 
 @app.command(help="Localise frames against a map; one JSONL record per frame, a live status line.")
+@command_boundary
 def main(
     model: Path = typer.Option(..., help="Model file: .onnx, .engine or .plan."),
     map_path: Path = typer.Option(..., "--map", help="Map directory built by netvlad-map build."),
@@ -36,7 +37,6 @@ def main(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     from runtime.atomic import atomic_write_text
-    from runtime.errors import NetVLADKitError
     from runtime.session import RunConfig, run_session
 
     configure_logging(verbose, quiet)
@@ -48,34 +48,30 @@ def main(
         sys.stderr.write(("\r\033[K" + line) if tty else line + "\n")
         sys.stderr.flush()
 
+    config = RunConfig(
+        model=model,
+        map=map_path,
+        camera=camera,
+        video=video,
+        images=images,
+        rtsp=rtsp,
+        backend=backend,
+        threads=threads,
+        jsonl=jsonl,
+        save_video=save_video,
+        show=show,
+        temporal=temporal,
+        top_k=top_k,
+        unknown_threshold=threshold,
+        override_map_check=override_map_check,
+        max_frames=max_frames,
+        loop=loop,
+    )
     try:
-        config = RunConfig(
-            model=model,
-            map=map_path,
-            camera=camera,
-            video=video,
-            images=images,
-            rtsp=rtsp,
-            backend=backend,
-            threads=threads,
-            jsonl=jsonl,
-            save_video=save_video,
-            show=show,
-            temporal=temporal,
-            top_k=top_k,
-            unknown_threshold=threshold,
-            override_map_check=override_map_check,
-            max_frames=max_frames,
-            loop=loop,
-        )
         result = run_session(config, on_status=status)
-    except NetVLADKitError as exc:
+    finally:
         if tty:
             sys.stderr.write("\n")
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    if tty:
-        sys.stderr.write("\n")
     if summary:
         atomic_write_text(summary, result.to_json() + "\n")
     lat = result.latency_ms
@@ -86,3 +82,5 @@ def main(
         + (" | interrupted" if result.interrupted else ""),
         err=True,
     )
+    if result.interrupted:  # the JSONL and the summary above are complete up to the last frame
+        raise typer.Exit(EXIT_INTERRUPTED)

@@ -20,7 +20,7 @@ runner = CliRunner()
 
 
 def _error(result) -> str:
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # bad input (runtime.console.EXIT_USAGE)
     return " ".join(result.output.split())  # un-wrap
 
 

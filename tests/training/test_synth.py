@@ -198,5 +198,5 @@ def test_help_and_command_line_errors(tmp_path):
     assert result.returncode == 2 and "unknown condition(s) snow" in result.stderr
     assert not (tmp_path / "x").exists()
     result = run("--preset", "tiny", "--out", str(tmp_path))
-    assert result.returncode == 1
-    assert f"Error: '{tmp_path}' already exists; choose another --out or pass --overwrite" in result.stderr
+    assert result.returncode == 2
+    assert f"error: '{tmp_path}' already exists; choose another --out or pass --overwrite" in result.stderr

@@ -151,11 +151,11 @@ def test_dataset_without_any_positive(micro_world, tmp_path):
 
 
 def test_unknown_backbone_on_the_command_line(tmp_path, capsys):
-    code = train_main(["--out", str(tmp_path / "o"), "--backbone", "alexnet"])
-    assert code == 2
-    assert (
-        "unknown backbone 'alexnet'; known backbones: efficientnet_lite0, resnet18, resnet50, vgg16"
-        in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        train_main(["--out", str(tmp_path / "o"), "--backbone", "alexnet"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "error: unknown backbone 'alexnet'; known backbones: efficientnet_lite0, resnet18, resnet50, vgg16\n"
     )
 
 

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import typer
 
+from runtime.console import command_boundary
 from training.synth.config import CONDITIONS, PRESETS
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
 @app.command()
+@command_boundary
 def main(
     out: Path = typer.Option(..., "--out", help="output folder (written atomically)"),
     preset: str = typer.Option("small", "--preset", help=f"one of: {', '.join(PRESETS)}"),
@@ -30,7 +32,7 @@ def main(
 ) -> None:
     """Write DIR/database.csv, DIR/queries.csv, DIR/database/*, DIR/queries/* and DIR/queries.mp4."""
     from runtime.console import configure_logging, progress
-    from runtime.errors import ConfigError
+    from runtime.errors import OutputError
     from training.synth.config import SynthConfig
     from training.synth.generate import generate
 
@@ -43,13 +45,9 @@ def main(
     }
     if conditions:
         overrides["conditions"] = tuple(c.strip() for c in conditions.split(",") if c.strip())
-    try:
-        cfg = SynthConfig.preset(preset, **overrides)
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    cfg = SynthConfig.preset(preset, **overrides)
     if out.exists() and not overwrite:
-        typer.echo(f"Error: '{out}' already exists; choose another --out or pass --overwrite", err=True)
-        raise typer.Exit(1)
+        raise OutputError(f"'{out}' already exists; choose another --out or pass --overwrite")
     generate(cfg, out, overwrite=overwrite, progress=None if quiet else progress)
 
 

@@ -1,0 +1,102 @@
+"""The error boundary every command shares (runtime.console.command_boundary): one line, one exit code."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from runtime.console import BUG_HINT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, command_boundary
+from runtime.errors import ConfigError, DatasetError, ParityError, RunFailedError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def _app(raise_what: BaseException | None):
+    app = typer.Typer(add_completion=False)
+
+    @app.command()
+    @command_boundary
+    def main(count: int = typer.Option(1, min=1), verbose: int = typer.Option(0, "-v", count=True)) -> None:
+        """A command that fails the way it is told to."""
+        if raise_what is not None:
+            raise raise_what
+        typer.echo(f"ok {count}")
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "line"),
+    [
+        (ConfigError("--top-k must be >= 1, got 0"), EXIT_USAGE, "error: --top-k must be >= 1, got 0"),
+        (DatasetError("row 3:\n  bad"), EXIT_USAGE, "error: row 3: bad"),
+        (RunFailedError("descriptors are NaN"), EXIT_FAILED, "error: descriptors are NaN"),
+        (ParityError("INT8 missed its gate"), EXIT_FAILED, "error: INT8 missed its gate"),
+        (OSError(errno.ENOSPC, "No space left on device", "/x/map"), EXIT_FAILED,
+         "error: No space left on device ('/x/map')"),
+        (PermissionError(errno.EACCES, "Permission denied", "/ro/out.jsonl"), EXIT_FAILED,
+         "error: Permission denied ('/ro/out.jsonl')"),
+    ],
+)  # fmt: skip
+def test_kit_and_environment_errors_become_one_line_and_their_exit_code(error, code, line):
+    result = runner.invoke(_app(error), [])
+    assert result.exit_code == code
+    assert result.output == line + "\n"  # one line, no traceback
+    assert "Traceback" not in result.output
+
+
+def test_ctrl_c_exits_130_and_a_bug_keeps_its_traceback_with_the_hint():
+    interrupted = runner.invoke(_app(KeyboardInterrupt()), [])
+    assert interrupted.exit_code == EXIT_INTERRUPTED and interrupted.output == "\ninterrupted\n"
+    bug = runner.invoke(_app(ZeroDivisionError("division by zero")), [])
+    assert bug.exit_code == EXIT_FAILED
+    assert "Traceback (most recent call last)" in bug.output
+    assert bug.output.endswith(f"ZeroDivisionError: division by zero\nerror: {BUG_HINT}\n")
+
+
+def test_usage_errors_and_success_pass_through_click():
+    assert runner.invoke(_app(None), ["--count", "3"]).output == "ok 3\n"
+    bad = runner.invoke(_app(None), ["--count", "0"])
+    assert bad.exit_code == 2 and "Invalid value for '--count'" in bad.output
+
+
+def test_an_argparse_main_keeps_its_return_value_and_argparse_exit():
+    @command_boundary
+    def main(argv=None) -> int:
+        if argv == ["bad"]:
+            raise ConfigError("bad thing")
+        return 7
+
+    assert main([]) == 7
+    with pytest.raises(SystemExit) as exc:
+        main(["bad"])
+    assert exc.value.code == EXIT_USAGE
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_command_exits_130_through_the_boundary(tmp_path):
+    script = tmp_path / "sleepy.py"
+    script.write_text(
+        "import sys, time\nfrom runtime.console import command_boundary\n"
+        "@command_boundary\ndef main():\n    print('ready', flush=True)\n    time.sleep(30)\n"
+        "    return 0\nsys.exit(main())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
+    )
+    assert proc.stdout.readline() == "ready\n"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == EXIT_INTERRUPTED and err == "\ninterrupted\n"
