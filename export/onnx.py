@@ -245,6 +245,7 @@ def export_place_model(
         opset=summary.opset,
         onnx_vs_torch_worst_cosine=round(report.cosine_min, 8),
         source_checkpoint=Path(source).name,
+        batch=str(cfg.batch),  # the batch range GPU runtimes optimise for (TensorRT profiles)
     )
     attach_to_onnx(proto, card)
     atomic_write_bytes(out, proto.SerializeToString())

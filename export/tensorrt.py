@@ -9,8 +9,10 @@ One code path for TensorRT 10.x (JetPack) and 11.x: TensorRT 11 removed the weak
 (``BuilderFlag.FP16``/``INT8``, INT8 calibrators, ``platform_has_fast_fp16``), so the network is created
 strongly typed (10.x: ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; 11.x: always, the flag is ignored
 where it remains) and FP16 / INT8 come from the float16 weights or the Q/DQ nodes of the ONNX model. A
-precision the GPU cannot run is refused before building (no silent fallback): FP16 needs compute capability
-5.3, INT8 6.1 (see :data:`MIN_COMPUTE_CAPABILITY`).
+precision the GPU cannot run is refused before building (no silent fallback): TensorRT 10 supports compute
+capability 7.0 (Volta) and newer only, and every GPU it runs on has FP16 and INT8 kernels, so one floor,
+SM 7.0, serves every precision (see :data:`MIN_COMPUTE_CAPABILITY`; Jetson Orin is 8.7). Later 10.x releases
+for x86 start at 7.5; on 7.0 those fail in the build with TensorRT's own message.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from runtime.optional import require
 
 log = logging.getLogger(__name__)
 
-MIN_COMPUTE_CAPABILITY = {"fp32": (5, 0), "fp16": (5, 3), "int8": (6, 1)}
+# TensorRT 10's support matrix starts at SM 7.0; older GPUs (Pascal, the Jetson Nano's 5.3) need TensorRT 8.x,
+# which this strongly typed build path does not target.
+MIN_COMPUTE_CAPABILITY = {"fp32": (7, 0), "fp16": (7, 0), "int8": (7, 0)}
 
 
 def engine_path(onnx_path: str | os.PathLike) -> Path:
@@ -82,12 +86,13 @@ def compute_capability(device: int = 0) -> tuple[int, int]:
 
 
 def check_gpu_supports(precision: str, capability: tuple[int, int]) -> None:
-    """Refuse a precision the GPU cannot run (no fallback to a wider type)."""
+    """Refuse a GPU that TensorRT 10 cannot build ``precision`` engines for (no fallback to a wider type)."""
     need = MIN_COMPUTE_CAPABILITY[precision]
-    if capability < need:
+    if tuple(capability) < need:
         raise BackendError(
-            f"this GPU (compute capability {capability[0]}.{capability[1]}) cannot run {precision} engines "
-            f"(needs {need[0]}.{need[1]} or newer); build a wider precision, e.g. --onnx / --fp16, or use another GPU"
+            f"this GPU (compute capability {capability[0]}.{capability[1]}) cannot run TensorRT 10 {precision} "
+            f"engines (TensorRT 10 needs compute capability {need[0]}.{need[1]} or newer); run the ONNX model "
+            "with ONNX Runtime instead (netvlad-run --model model.onnx), or use a newer GPU"
         )
 
 

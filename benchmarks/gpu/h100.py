@@ -19,6 +19,7 @@ are compared.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -136,11 +137,12 @@ def torch_paths(model, images: np.ndarray, batches, repeats: int) -> dict[str, A
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     deploy = DeployModel(model).eval().cuda()
+    # .half() casts in place: the FP16 path gets its own copy, or the FP32 reference would run in FP16
+    half = copy.deepcopy(deploy).half().to(memory_format=torch.channels_last)
     out: dict[str, Any] = {}
     with torch.inference_mode():
         x_all = torch.from_numpy(images).cuda()
         out["reference"] = deploy(x_all).float().cpu().numpy()
-        half = DeployModel(model).eval().cuda().half().to(memory_format=torch.channels_last)
         for batch in batches:
             x = (
                 x_all[:batch]
@@ -207,7 +209,9 @@ def ort_paths(
     for precision, graph in variants:
         label = f"ort_{provider}_{precision}" + ("_cudagraph" if graph else "")
         try:
-            if reference is not None:
+            if reference is None:
+                out[f"{label}_parity"] = {"error": "no PyTorch reference (see the torch section's error)"}
+            else:
                 _, fetch = ort_iobinding_runner(
                     ort_session(entry[precision], provider, graph), images, provider == "cuda"
                 )
@@ -225,8 +229,8 @@ def ort_paths(
                 run_once, _ = ort_iobinding_runner(session, x, provider == "cuda")
                 out[f"{label}_b{batch}"] = _time_ms(run_once, repeats, 5)
         except Exception as exc:
-            out[label] = {"skipped": _reason(exc)}
-            log.warning("%s skipped: %s", label, _reason(exc))
+            out[label] = {"error": _reason(exc), "trace": traceback.format_exc()[-2000:]}
+            log.error("%s failed: %s", label, _reason(exc))
     return out
 
 
@@ -328,8 +332,9 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
                 timings = torch_paths(entry["model"], images, batches, repeats)
                 reference = timings.pop("reference")
                 section["torch"] = timings
-            except Exception as exc:
-                section["torch"] = {"skipped": _reason(exc)}
+            except Exception as exc:  # a failure, not a missing capability: reported as an error
+                section["torch"] = {"error": _reason(exc), "trace": traceback.format_exc()[-2000:]}
+                log.error("torch paths of %s failed: %s", name, _reason(exc))
         provider = "cpu" if no_ort_cuda else "cuda"
         section["ort"] = ort_paths(entry, images, reference, batches, repeats, provider)
         result["models"][name] = section

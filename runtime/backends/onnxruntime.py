@@ -4,14 +4,21 @@ The provider is chosen explicitly (``"cpu"``, ``"cuda"``, ``"tensorrt"``) or by 
 when onnxruntime-gpu sees a device and CPU otherwise, and logs what it picked and why (the TensorRT
 provider compiles an engine on first run, minutes, so it is never picked implicitly). A requested provider
 that ONNX Runtime cannot load is an error, never a silent fallback to CPU. On the GPU the input and output
-are bound with IO binding (one uint8 upload per batch, one float32 download). The model card is read from
-the ONNX file's ``metadata_props``.
+are bound with IO binding (one uint8 upload per batch, one float32 download); with ``cuda_graph=True`` and a
+model of fixed batch size, the CUDA provider captures the run once as a CUDA graph over fixed device buffers
+and replays it. The model card is read from the ONNX file's ``metadata_props``.
+
+The TensorRT provider's options follow the card (:func:`tensorrt_provider_options`): reduced precision only
+where the card names it, engines cached under a key made of the card's weights fingerprint, precision and
+batch range, and an optimisation profile spanning that batch range so that a new batch size does not
+rebuild the engine.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import Backend, check_model_file
-from runtime.card import ModelCard
+from runtime.card import ModelCard, read_onnx_card
 from runtime.errors import ArtifactError, BackendError, ConfigError
 from runtime.optional import require
 
@@ -31,6 +38,58 @@ PROVIDER_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 PROVIDER_CHOICES = ("auto", *PROVIDER_NAMES)
+# The batch range of the TensorRT provider's optimisation profile when the card names none (export's
+# BatchRange default, "MIN:OPT:MAX").
+DEFAULT_BATCH_RANGE = "1:8:32"
+
+
+def batch_range(card: ModelCard) -> tuple[int, int, int]:
+    """``(min, opt, max)`` batch of ``card`` (``extra["batch"]``, written at export), else the default."""
+    text = str(card.extra.get("batch", DEFAULT_BATCH_RANGE))
+    try:
+        lo, opt, hi = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ArtifactError(
+            f"the model card's batch range {text!r} is not MIN:OPT:MAX; re-export the model with netvlad-export"
+        ) from None
+    if not 1 <= lo <= opt <= hi:
+        raise ArtifactError(
+            f"the model card's batch range {text!r} must satisfy 1 <= MIN <= OPT <= MAX; re-export the model"
+        )
+    return lo, opt, hi
+
+
+def tensorrt_provider_options(card: ModelCard, cache_dir: str | Path) -> dict[str, str]:
+    """ONNX Runtime TensorRT provider options for the model ``card`` describes (all values strings).
+
+    - Precision follows the card: ``trt_fp16_enable`` only for an fp16 card (the FP16 ONNX), never for an
+      fp32 one, so TensorRT cannot run a float32 model, or its float32 NetVLAD head, in FP16 behind the
+      user's back; ``trt_int8_enable`` only for an int8 (QDQ) card, whose Q/DQ nodes place the INT8 layers
+      (no calibration table: the scales are in the graph). Whether TensorRT needs the flag for a QDQ model
+      is checked on a GPU by ``benchmarks/gpu/run.sh`` (its ``qdq_int8_flag`` section).
+    - The engine cache key (``trt_engine_cache_prefix``) is the card's weights fingerprint, precision and
+      batch range, so a re-exported ``model.onnx`` with new weights never reuses a stale engine.
+    - The optimisation profile spans the card's batch range (:func:`batch_range`), so any batch within it
+      runs on one engine instead of rebuilding (minutes) for each new batch size.
+    """
+    lo, opt, hi = batch_range(card)
+    h, w = card.input_height, card.input_width
+
+    def shape(batch: int) -> str:
+        return f"{card.input_name}:{batch}x{h}x{w}x3"  # NHWC, the kit's model input
+
+    return {
+        "trt_fp16_enable": "True" if card.precision == "fp16" else "False",
+        "trt_int8_enable": "True" if card.precision == "int8" else "False",
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache_dir),
+        "trt_engine_cache_prefix": f"netvlad-{card.weights_fingerprint}-{card.precision}-b{lo}-{opt}-{hi}",
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(cache_dir),
+        "trt_profile_min_shapes": shape(lo),
+        "trt_profile_opt_shapes": shape(opt),
+        "trt_profile_max_shapes": shape(hi),
+    }
 
 
 def choose_provider(provider: str, available: list[str]) -> str:
@@ -103,14 +162,22 @@ class OnnxRuntimeBackend(Backend):
         provider: str = "auto",
         threads: int | None = None,
         cache_dir: str | Path | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         """Open ``path``. ``threads``: intra-op threads (None: ONNX Runtime's default, one per core).
 
-        ``cache_dir``: where the TensorRT provider keeps its compiled engines (default: beside the model).
+        ``cache_dir``: where the TensorRT provider keeps its compiled engines (default: ``.trt-cache``
+        beside the model). ``cuda_graph``: capture and replay the CUDA provider's run as a CUDA graph; needs
+        provider ``cuda`` and a model exported with a fixed batch size (every call then takes that batch).
         """
         ort = require("onnxruntime", "running ONNX models")
         path = check_model_file(path, "ONNX model")
         self.provider = choose_provider(provider, ort.get_available_providers())
+        if cuda_graph and self.provider != "cuda":
+            raise ConfigError(
+                f"cuda_graph needs provider 'cuda', got '{self.provider}'; drop cuda_graph or choose provider 'cuda'"
+            )
+        self.cuda_graph = bool(cuda_graph)
         session = create_session(path, self._provider_list(path, cache_dir), threads)
         card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
         super().__init__(path, card)
@@ -132,23 +199,40 @@ class OnnxRuntimeBackend(Backend):
         batch_dim = inputs[0].shape[0]
         self._fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
         self._on_gpu = self.provider in ("cuda", "tensorrt")
-        log.info("opened %s", self.describe())
+        self._graph = None
+        if self.cuda_graph:
+            self._graph = self._bind_graph_buffers(ort)
+        log.info("opened %s%s", self.describe(), " with a CUDA graph" if self.cuda_graph else "")
 
     def _provider_list(self, path: Path, cache_dir: str | Path | None) -> list:
         cpu = PROVIDER_NAMES["cpu"]
         if self.provider == "cpu":
             return [cpu]
         if self.provider == "cuda":
-            return [PROVIDER_NAMES["cuda"], cpu]
-        # TensorRT EP: precision follows the model (QDQ nodes drive INT8); FP16 enabled for fp16/int8 cards.
-        cache = Path(cache_dir) if cache_dir else path.parent / f".{path.name}.trt-cache"
+            return [(PROVIDER_NAMES["cuda"], {"enable_cuda_graph": "1" if self.cuda_graph else "0"}), cpu]
+        card = read_onnx_card(path)  # the options below follow the card, read before the session exists
+        cache = Path(cache_dir) if cache_dir else path.parent / ".trt-cache"
         os.makedirs(cache, exist_ok=True)
-        trt_options = {
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(cache),
-            "trt_fp16_enable": True,
-        }
+        trt_options = tensorrt_provider_options(card, cache)
+        log.info("TensorRT provider options for '%s': %s", path.name, trt_options)
         return [(PROVIDER_NAMES["tensorrt"], trt_options), PROVIDER_NAMES["cuda"], cpu]
+
+    def _bind_graph_buffers(self, ort):
+        """Fixed device buffers bound once, as a CUDA graph replays the same addresses on every run."""
+        if self._fixed_batch is None:
+            raise ConfigError(
+                f"cuda_graph needs a model with a fixed batch size, but '{self.path}' takes any batch; "
+                "export it with a fixed batch, or drop cuda_graph"
+            )
+        h, w, c = self.input_shape
+        images = ort.OrtValue.ortvalue_from_shape_and_type([self._fixed_batch, h, w, c], np.uint8, "cuda", 0)
+        descriptors = ort.OrtValue.ortvalue_from_shape_and_type(
+            [self._fixed_batch, self.card.descriptor_dim], np.float32, "cuda", 0
+        )
+        binding = self._session.io_binding()
+        binding.bind_ortvalue_input(self._input_name, images)
+        binding.bind_ortvalue_output(self._output_name, descriptors)
+        return images, descriptors, binding, threading.Lock()
 
     @property
     def max_batch(self) -> int | None:
@@ -163,6 +247,8 @@ class OnnxRuntimeBackend(Backend):
         return PROVIDER_NAMES[self.provider]
 
     def _infer(self, images: np.ndarray) -> np.ndarray:
+        if self._graph is not None:
+            return self._infer_cuda_graph(images)
         if self._on_gpu:
             return self._infer_io_binding(images)
         (out,) = self._session.run([self._output_name], {self._input_name: images})
@@ -177,5 +263,14 @@ class OnnxRuntimeBackend(Backend):
         self._session.run_with_iobinding(binding)
         return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
 
+    def _infer_cuda_graph(self, images: np.ndarray) -> np.ndarray:
+        """Copy the batch into the bound input buffer, replay the graph (captured on the first run), copy back."""
+        inputs, outputs, binding, lock = self._graph
+        with lock:  # one set of bound buffers: one run at a time
+            inputs.update_inplace(images)
+            self._session.run_with_iobinding(binding)
+            return np.array(outputs.numpy(), dtype=np.float32)  # a new host array owned by the caller
+
     def _release(self) -> None:
+        self._graph = None
         self._session = None

@@ -68,6 +68,11 @@ class TensorRTBackend(Backend):
             )
         self._engine = engine
         self._context = engine.create_execution_context()
+        if self._context is None:  # TensorRT returns None (and logs why) e.g. when device memory runs out
+            raise BackendError(
+                f"TensorRT could not create an execution context for '{path}' (see the TensorRT log above; "
+                "usually too little free GPU memory); free GPU memory or use a smaller batch profile"
+            )
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -76,29 +81,57 @@ class TensorRTBackend(Backend):
                 f"'{path}' must have one input and one output tensor, has {inputs} -> {outputs}"
             )
         self._input, self._output = inputs[0], outputs[0]
+        self._input_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._input)))
+        self._output_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._output)))
+        h, w, c = self.input_shape
         shape = tuple(engine.get_tensor_shape(self._input))
+        if self._input_dtype != np.uint8 or len(shape) != 4 or shape[1:] != (h, w, c):
+            raise ArtifactError(
+                f"'{path}' takes {self._input_dtype} {shape} but its card describes uint8 (N, {h}, {w}, {c}) "
+                "NHWC images; the sidecar does not belong to this engine, rebuild it with netvlad-export --engine"
+            )
+        if self._output_dtype not in (np.float32, np.float16):
+            raise ArtifactError(
+                f"'{path}' returns {self._output_dtype} descriptors, expected float32 or float16"
+            )
         if shape[0] == -1:  # dynamic batch: profile 0 bounds it
             lo, _opt, hi = engine.get_tensor_profile_shape(self._input, 0)
             self._min_batch, self._max_batch = int(lo[0]), int(hi[0])
         else:
             self._min_batch = self._max_batch = int(shape[0])
+        # The output buffer is sized from the engine's own output shape at the largest batch, never from the
+        # card: a sidecar that disagrees with the engine would otherwise let TensorRT write past the buffer.
+        self._set_input_shape((self._max_batch, h, w, c))
+        out_shape = tuple(int(d) for d in self._context.get_tensor_shape(self._output))
+        if out_shape != (self._max_batch, card.descriptor_dim):
+            raise ArtifactError(
+                f"'{path}' returns descriptors of shape {out_shape} at batch {self._max_batch}, but its card "
+                f"says ({self._max_batch}, {card.descriptor_dim}); the sidecar does not belong to this engine, "
+                "rebuild it with netvlad-export --engine"
+            )
         self._stream = _check(self._cudart.cudaStreamCreate(), "cudaStreamCreate")
-        h, w, c = self.input_shape
-        self._allocate(self._input, (self._max_batch, h, w, c), np.uint8)
-        self._allocate(self._output, (self._max_batch, card.descriptor_dim), self._output_dtype(trt))
+        self._allocate(self._input, (self._max_batch, h, w, c), self._input_dtype)
+        self._allocate(self._output, out_shape, self._output_dtype)
         log.info("opened %s (batch %d..%d)", self.describe(), self._min_batch, self._max_batch)
 
-    def _output_dtype(self, trt) -> type:
-        return np.float16 if self._engine.get_tensor_dtype(self._output) == trt.DataType.HALF else np.float32
+    def _set_input_shape(self, shape: tuple[int, ...]) -> None:
+        if not self._context.set_input_shape(self._input, shape):
+            raise BackendError(
+                f"TensorRT refused input shape {shape} for '{self.path}' (its profile takes batches "
+                f"{self._min_batch}..{self._max_batch} of {self.input_shape}); see the TensorRT log above"
+            )
 
     def _allocate(self, name: str, shape: tuple[int, ...], dtype) -> None:
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         host_ptr = _check(self._cudart.cudaMallocHost(nbytes), "cudaMallocHost")
+        # registered at once, so _release frees it if a later step fails
+        self._host[name] = (int(host_ptr), None)
         buffer = (ctypes.c_uint8 * nbytes).from_address(int(host_ptr))
         host = np.frombuffer(buffer, dtype=dtype).reshape(shape)  # a view of pinned memory
         self._host[name] = (int(host_ptr), host)
         self._device[name] = int(_check(self._cudart.cudaMalloc(nbytes), "cudaMalloc"))
-        self._context.set_tensor_address(name, self._device[name])
+        if not self._context.set_tensor_address(name, self._device[name]):
+            raise BackendError(f"TensorRT refused the device address of tensor '{name}' of '{self.path}'")
 
     @property
     def max_batch(self) -> int:
@@ -118,7 +151,7 @@ class TensorRTBackend(Backend):
         _, host_in = self._host[self._input]
         _, host_out = self._host[self._output]
         host_in[:n] = images
-        self._context.set_input_shape(self._input, images.shape)
+        self._set_input_shape(images.shape)
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         in_bytes = images.nbytes
@@ -138,7 +171,7 @@ class TensorRTBackend(Backend):
             "copy to host",
         )
         _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-        return host_out[:n].astype(np.float32)  # a copy: the pinned buffer is reused by the next call
+        return host_out[:n].astype(np.float32)  # always a copy: the pinned buffer is reused by the next call
 
     def _release(self) -> None:
         cudart = getattr(self, "_cudart", None)

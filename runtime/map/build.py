@@ -16,7 +16,7 @@ from runtime.atomic import atomic_directory
 from runtime.backends import Backend, open_backend
 from runtime.map.calibrate import calibrate
 from runtime.map.config import MapConfig
-from runtime.map.index import build_index, faiss_module, search, set_threads, to_gpu, use_gpu
+from runtime.map.index import build_index, faiss_module, gpu_unsupported, search, set_threads
 from runtime.map.places import places_from_dataset
 from runtime.preprocess import Preprocessor
 
@@ -156,9 +156,8 @@ def _build(engine: Backend, dataset, out: Path, config: MapConfig, progress) -> 
         exact, _ = build_index(descriptors, "flat")
         index_info["recall_vs_exact"] = measure_index_recall(index, exact, descriptors)
         log.info("%s recall against exact search: %s", index_info["factory"], index_info["recall_vs_exact"])
-    if use_gpu(config.gpu):
-        index_info["built_on"] = "gpu"
-        to_gpu(index)  # proves the index moves to the GPU; search there happens at open time
+    index_info["built_on"] = "cpu"  # trained and filled by faiss on the CPU; open_map moves it to a GPU
+    index_info["gpu_search"] = gpu_unsupported(index) or "supported"
     calibration = calibrate(
         descriptors, places.utm, config.radius_m, config.unknown_percentile, config.calibration_samples
     )

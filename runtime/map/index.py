@@ -46,12 +46,47 @@ def use_gpu(choice: str) -> bool:
     return available and choice != "no"
 
 
-def to_gpu(index):
-    """A GPU copy of ``index`` (search only; keep the CPU index for writing)."""
+def gpu_unsupported(index) -> str | None:
+    """Why faiss-gpu cannot search ``index`` (None when it can); needs no GPU to answer.
+
+    faiss-gpu's IVF-PQ (the layout ``index_cpu_to_gpu`` makes) takes only 8-bit codes ("Bits per code must
+    be 8"), and :func:`ivfpq_sizes` picks fewer bits for maps under 1,024 places.
+    """
     faiss = faiss_module()
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ):
+        bits = int(faiss.downcast_index(ivf).pq.nbits)
+        if bits != 8:
+            return (
+                f"faiss-gpu searches IVF-PQ codes of 8 bits only, this map's are {bits} bits "
+                "(chosen for maps under 1,024 places); rebuild it with --pq-bits 8 to search it on the GPU"
+            )
+    return None
+
+
+def to_gpu(index):
+    """A GPU copy of ``index`` for search, or ``index`` itself (logged) when faiss-gpu cannot hold it.
+
+    Keep the CPU index for writing. IVF-PQ is cloned with float16 lookup tables: 4,096-D maps get 64
+    sub-quantizers, whose float32 tables need 64 sub-quantizers x 256 codes x 4 B = 64 KiB of shared memory
+    per block against the 48 KiB limit, and faiss-gpu refuses them ("Consider useFloat16LookupTables").
+    A flat index stays float32 on the GPU, so exact search stays exact.
+    """
+    faiss = faiss_module()
+    reason = gpu_unsupported(index)
+    if reason:
+        log.warning("map index stays on the CPU: %s", reason)
+        return index
+    options = faiss.GpuClonerOptions()
+    # useFloat16: float16 lookup tables for IVF-PQ, but float16 *storage* for a flat index (not wanted)
+    options.useFloat16 = faiss.try_extract_index_ivf(index) is not None
     resources = faiss.StandardGpuResources()
-    gpu_index = faiss.index_cpu_to_gpu(resources, 0, index)
+    gpu_index = faiss.index_cpu_to_gpu(resources, 0, index, options)
     gpu_index.referenced_resources = resources  # keep the resources alive with the index
+    log.info(
+        "map index on the GPU (%s)",
+        "IVF-PQ, float16 lookup tables" if options.useFloat16 else "flat, float32",
+    )
     return gpu_index
 
 

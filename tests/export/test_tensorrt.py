@@ -22,12 +22,18 @@ def test_precision_the_gpu_cannot_run_is_refused():
     from export.tensorrt import check_gpu_supports
 
     check_gpu_supports("int8", (8, 7))  # Orin
-    check_gpu_supports("fp16", (5, 3))  # Nano
+    check_gpu_supports("fp16", (7, 2))  # Xavier
+    check_gpu_supports("fp32", (7, 0))  # V100: TensorRT 10's floor
+    for precision in ("fp32", "fp16", "int8"):  # the Jetson Nano (5.3) and Pascal (6.1) need TensorRT 8
+        for capability in ((5, 3), (6, 1)):
+            with pytest.raises(BackendError, match=r"TensorRT 10 needs compute capability 7\.0 or newer"):
+                check_gpu_supports(precision, capability)
     with pytest.raises(BackendError) as info:
-        check_gpu_supports("int8", (5, 3))
+        check_gpu_supports("int8", (6, 1))
     assert str(info.value) == (
-        "this GPU (compute capability 5.3) cannot run int8 engines (needs 6.1 or newer); build a wider "
-        "precision, e.g. --onnx / --fp16, or use another GPU"
+        "this GPU (compute capability 6.1) cannot run TensorRT 10 int8 engines (TensorRT 10 needs compute "
+        "capability 7.0 or newer); run the ONNX model with ONNX Runtime instead (netvlad-run --model "
+        "model.onnx), or use a newer GPU"
     )
 
 
@@ -69,3 +75,12 @@ def test_build_fp32_and_fp16_engines(tiny_onnx, tmp_path):
         assert card.extra["tensorrt"]["batch"] == "1:2:4"
         assert engine.stat().st_size > 0
     assert (tmp_path / "timing.cache").stat().st_size > 0
+
+
+@requires_torch
+def test_the_onnx_card_records_the_batch_range_gpu_runtimes_optimise_for(tiny_onnx):
+    from runtime.backends.onnxruntime import batch_range
+    from runtime.card import read_onnx_card
+
+    card = read_onnx_card(tiny_onnx)
+    assert card.extra["batch"] == "1:8:32" and batch_range(card) == (1, 8, 32)
