@@ -55,7 +55,17 @@ def search(
     nprobe: str = typer.Option(None, help="IVF lists visited per query, e.g. 8,32."),
     pq_bytes: int = typer.Option(None, help="IVF-PQ code bytes per vector (default 64)."),
     queries: int = typer.Option(None, help="Queries for recall."),
-    max_gib: float = typer.Option(None, help="Skip maps whose float32 database exceeds this (GiB)."),
+    rerank: str = typer.Option(
+        None, help="Candidates re-ranked exactly against float16 descriptors, e.g. 0,100 (0: codes alone)."
+    ),
+    max_gib: float = typer.Option(
+        None,
+        help="RAM (GiB) for a map's float16 descriptors and for the timed exact index; larger maps are "
+        "skipped, or memory-mapped under --scratch (exact search then timed on the rows that fit, scaled).",
+    ),
+    scratch: Path = typer.Option(
+        None, help="Folder for memory-mapped descriptors of maps over --max-gib (each deleted after use)."
+    ),
     threads: int = typer.Option(None, help="faiss threads (default 2)."),
     seed: int = typer.Option(None, help="Seed of the synthetic descriptors."),
     verbose: int = VERBOSE,
@@ -80,7 +90,9 @@ def search(
         nprobe=_ints(nprobe, "--nprobe"),
         pq_bytes=pq_bytes,
         num_queries=queries,
+        rerank=_ints(rerank, "--rerank"),
         max_gib=max_gib,
+        scratch=str(scratch) if scratch else None,
         threads=threads,
         seed=seed,
     )

@@ -30,6 +30,7 @@ from benchmarks.environment import machine_info, machine_line
 from benchmarks.report import markdown_table, write_report
 from benchmarks.timing import summarize_ms, time_calls
 from runtime.errors import ConfigError
+from runtime.map.index import RerankedIndex, build_index, exact_search, pq_subquantizers
 from runtime.optional import require
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,16 @@ log = logging.getLogger(__name__)
 PRESETS: dict[str, dict[str, Any]] = {
     # the default: minutes on 2 CPU cores, ~3.3 GiB for the largest 4096-D map
     "default": {"sizes": (10_000, 50_000, 200_000), "dims": (4096,)},
-    # the full sweep of the issue: 1M x 4096 float32 is 16 GiB for the exact index alone
-    "full": {"sizes": (10_000, 100_000, 1_000_000), "dims": (4096,), "max_gib": 20.0},
+    # the issue's goal: to 1M places of 7168-D (14 GiB of float16 descriptors: pass --scratch DIR to
+    # memory-map them; exact search is timed on the 4 GiB of float32 rows that fit and scaled)
+    "full": {
+        "sizes": (100_000, 1_000_000),
+        "dims": (7168,),
+        "max_gib": 4.0,
+        "num_queries": 100,
+        "nprobe": (16, 64),
+        "rerank": (0, 100),
+    },
     # seconds: what the tests and `make demo` use
     "tiny": {
         "sizes": (4_000,),
@@ -68,7 +77,9 @@ class SearchConfig:
     route_correlation: float = 0.9  # similarity of the place-specific parts of neighbouring places
     pq_bytes: int = 64  # IVF-PQ code size (sub-quantisers of 8 bits); adjusted down to divide the dimension
     nprobe: tuple[int, ...] = (8, 32)  # inverted lists visited per query
-    max_gib: float = 6.0  # skip (size, dim) whose float32 database exceeds this, with the reason
+    rerank: tuple[int, ...] = (0, 100)  # candidates re-ranked exactly against float16 descriptors (0: none)
+    max_gib: float = 6.0  # RAM for the descriptors (float16; over it: skipped, or memory-mapped with scratch)
+    scratch: str | None = None  # a folder for memory-mapped descriptors of maps over max_gib (deleted after)
     threads: int = 2  # faiss OpenMP threads
     gpu: bool = True  # also time exact search on the GPU where faiss has one
     seed: int = 0
@@ -84,6 +95,8 @@ class SearchConfig:
                 problems.append(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not self.nprobe or any(int(p) < 1 for p in self.nprobe):
             problems.append(f"nprobe must be positive integers, got {self.nprobe}")
+        if not self.rerank or any(int(r) < 0 for r in self.rerank):
+            problems.append(f"rerank must be candidate counts >= 0 (0: no re-ranking), got {self.rerank}")
         if self.query_noise < 0:
             problems.append(f"query_noise must be >= 0, got {self.query_noise}")
         if not 0 <= self.route_correlation < 1:
@@ -95,6 +108,7 @@ class SearchConfig:
         object.__setattr__(self, "sizes", tuple(int(s) for s in self.sizes))
         object.__setattr__(self, "dims", tuple(int(d) for d in self.dims))
         object.__setattr__(self, "nprobe", tuple(int(p) for p in self.nprobe))
+        object.__setattr__(self, "rerank", tuple(int(r) for r in self.rerank))
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> SearchConfig:
@@ -125,6 +139,7 @@ def synthetic_map(
     segment: int = 50,
     seed: int = 0,
     chunk: int = 50_000,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeded descriptors shaped like a place-recognition map recorded along a route.
 
@@ -133,7 +148,8 @@ def synthetic_map(
     (an AR(1) walk with correlation ``route_correlation`` between neighbours, so adjacent places look
     alike, as consecutive map images do), equal in energy to the scene part; rows L2-normalised. A query
     revisits a random place with ``query_noise`` noise relative to the place-specific part, L2-normalised.
-    Returns ``db (N, D)`` float32, ``queries (M, D)`` float32 and ``true_place (M,)`` int64.
+    Returns ``db (N, D)`` float32, ``queries (M, D)`` float32 and ``true_place (M,)`` int64. ``out``: an
+    ``(N, D)`` array to write ``db`` into instead (a float16 memory map for maps larger than RAM).
     """
     rng = np.random.default_rng(seed)
     modes = rng.standard_normal((num_modes, dim), dtype=np.float32)  # (modes, D)
@@ -141,7 +157,7 @@ def synthetic_map(
     segment_mode = rng.integers(0, num_modes, size=num_places // segment + 1)
     rho = np.float32(route_correlation)
     fresh = np.float32(math.sqrt(1.0 - route_correlation**2))
-    db = np.empty((num_places, dim), dtype=np.float32)
+    db = np.empty((num_places, dim), dtype=np.float32) if out is None else out
     previous = rng.standard_normal(dim, dtype=np.float32) / np.float32(math.sqrt(dim))
     for start in range(0, num_places, chunk):
         n = min(chunk, num_places - start)
@@ -155,53 +171,29 @@ def synthetic_map(
     true_place = rng.integers(0, num_places, size=num_queries).astype(np.int64)
     noise = rng.standard_normal((num_queries, dim), dtype=np.float32) / np.float32(math.sqrt(dim))
     # a place's own part has norm ~1/sqrt(2) after normalisation; scale the noise relative to it
-    queries = db[true_place] + np.float32(query_noise / math.sqrt(2.0)) * noise  # (M, D)
+    queries = (
+        np.asarray(db[true_place], dtype=np.float32) + np.float32(query_noise / math.sqrt(2.0)) * noise
+    )  # (M, D)
     return db, _normalize_rows(queries), true_place
 
 
 # -- indexes ------------------------------------------------------------------------------------------
 
 
-def pq_subquantizers(dim: int, pq_bytes: int) -> int:
-    """The largest number of 8-bit sub-quantisers <= ``pq_bytes`` that divides ``dim``."""
-    for m in range(min(pq_bytes, dim), 0, -1):
-        if dim % m == 0:
-            return m
-    return 1
-
-
-def ivf_lists(num_places: int) -> int:
-    """Inverted lists for a map: a power of two near sqrt(N), at least 39 training points each."""
-    nlist = 2 ** round(math.log2(max(4.0, math.sqrt(num_places))))
-    while nlist > 4 and num_places < 39 * nlist:
-        nlist //= 2
-    return nlist
+def build_ivfpq(db: np.ndarray, pq_bytes: int, seed: int = 0, progress: Callable | None = None):
+    """The runtime's IVF-PQ (one sizing rule, :func:`runtime.map.index.ivfpq_sizes`) with ``pq_bytes``
+    8-bit codes per vector at most; ``db`` may be a float16 memory map."""
+    index, info = build_index(
+        db, "ivfpq", pq_m=pq_subquantizers(db.shape[1], pq_bytes), seed=seed, progress=progress
+    )
+    params = {"nlist": info["nlist"], "m": info["pq_m"], "nbits": info["pq_bits"]}
+    return index, {**params, "train_points": info["train_points"]}
 
 
 def build_flat(db: np.ndarray):
-    """The exact inner-product index the runtime uses by default."""
-    faiss = require("faiss", "map search")
-    index = faiss.IndexFlatIP(db.shape[1])
-    index.add(db)
+    """The exact inner-product index the runtime uses by default (float32 in RAM)."""
+    index, _ = build_index(db, "flat")
     return index
-
-
-def build_ivfpq(db: np.ndarray, pq_bytes: int, seed: int = 0):
-    """An IVF-PQ inner-product index: nlist ~ sqrt(N) lists, ``pq_bytes`` 8-bit codes per vector."""
-    faiss = require("faiss", "map search")
-    n, dim = db.shape
-    nlist, m = ivf_lists(n), pq_subquantizers(dim, pq_bytes)
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = seed
-    index.pq.cp.seed = seed
-    index.do_polysemous_training = False  # on by default, slow, and only helps polysemous (Hamming) search
-    # bounded training sample: 40 points per list (faiss wants 39), at least 64 per PQ centroid
-    rng = np.random.default_rng(seed)
-    train = db[np.sort(rng.choice(n, size=min(n, max(40 * nlist, 256 * 64)), replace=False))]
-    index.train(train)
-    index.add(db)
-    return index, {"nlist": nlist, "m": m, "nbits": 8, "train_points": len(train)}
 
 
 def index_bytes(index) -> int:
@@ -298,38 +290,76 @@ def _peak_rss_gib() -> float:
 def benchmark_one(
     cfg: SearchConfig, size: int, dim: int, *, step: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Build, time and compare the exact and compressed indexes for one map size and dimension."""
+    """Build, time and compare the exact and compressed indexes for one map size and dimension.
+
+    The descriptors are float16 (as a compressed map stores them): in RAM, or memory-mapped under
+    ``cfg.scratch`` when they exceed ``cfg.max_gib``. Exact search for recall reads them a chunk at a time;
+    exact search is *timed* on an in-RAM ``IndexFlatIP`` of at most ``cfg.max_gib`` of float32 rows and,
+    for larger maps, scaled linearly to the full size (flat search is a linear scan: its time is
+    proportional to the rows), marked ``extrapolated_from``.
+    """
     step = step or (lambda _msg: None)
     entry: dict[str, Any] = {"size": size, "dim": dim}
     t0 = time.perf_counter()
     step(f"{size:,} x {dim}: descriptors")
-    db, queries, true_place = synthetic_map(
-        size,
-        dim,
-        max(cfg.num_queries, cfg.latency_queries, cfg.batch_size),
-        num_modes=cfg.num_modes,
-        query_noise=cfg.query_noise,
-        route_correlation=cfg.route_correlation,
-        seed=cfg.seed,
-    )
-    entry["generate_s"] = time.perf_counter() - t0
+    memmap_file = None
+    if size * dim * 2 > cfg.max_gib * 2**30:
+        memmap_file = Path(cfg.scratch) / f"search-{size}x{dim}-seed{cfg.seed}.f16.npy"
+        memmap_file.parent.mkdir(parents=True, exist_ok=True)
+        store = np.lib.format.open_memmap(memmap_file, mode="w+", dtype=np.float16, shape=(size, dim))
+        entry["descriptors"] = f"float16 memory map ({size * dim * 2 / 2**30:.1f} GiB on disk)"
+    else:
+        store = np.empty((size, dim), dtype=np.float16)
+        entry["descriptors"] = f"float16 in RAM ({size * dim * 2 / 2**30:.2f} GiB)"
+    try:
+        db, queries, true_place = synthetic_map(
+            size,
+            dim,
+            max(cfg.num_queries, cfg.latency_queries, cfg.batch_size),
+            num_modes=cfg.num_modes,
+            query_noise=cfg.query_noise,
+            route_correlation=cfg.route_correlation,
+            seed=cfg.seed,
+            out=store,
+        )
+        entry["generate_s"] = time.perf_counter() - t0
+        _measure(cfg, entry, db, queries, true_place, step)
+    finally:
+        del store
+        if memmap_file is not None:
+            memmap_file.unlink(missing_ok=True)
+    entry["peak_rss_gib"] = _peak_rss_gib()
+    return entry
+
+
+def _measure(cfg: SearchConfig, entry: dict, db: np.ndarray, queries, true_place, step) -> None:
+    size, dim = db.shape
     recall_q, recall_truth = queries[: cfg.num_queries], true_place[: cfg.num_queries]
+    step(f"{size:,} x {dim}: exact search (ground truth)")
+    t0 = time.perf_counter()
+    _, exact_ids = exact_search(db, recall_q, cfg.k)
+    truth_s = time.perf_counter() - t0
 
     step(f"{size:,} x {dim}: exact index")
+    timed_rows = min(size, max(1, int(cfg.max_gib * 2**30 // (dim * 4))))
     t0 = time.perf_counter()
-    flat = build_flat(db)
+    flat = build_flat(db[:timed_rows])
     build_flat_s = time.perf_counter() - t0
-    _, exact_ids = flat.search(recall_q, cfg.k)
-    entry["exact"] = {
+    scale = size / timed_rows
+    exact = {
         "index": "IndexFlatIP",
-        "build_s": build_flat_s,
-        "bytes": index_bytes(flat),
-        "batch1": time_search(flat, queries, cfg.k, 1, cfg.latency_queries),
-        f"batch{cfg.batch_size}": time_search(
-            flat, queries, cfg.k, cfg.batch_size, max(5, cfg.latency_queries // 4)
+        "build_s": build_flat_s * scale,
+        "bytes": size * dim * 4,
+        "ground_truth_s": truth_s,
+        "batch1": _scaled(time_search(flat, queries, cfg.k, 1, cfg.latency_queries), scale),
+        f"batch{cfg.batch_size}": _scaled(
+            time_search(flat, queries, cfg.k, cfg.batch_size, max(5, cfg.latency_queries // 4)), scale
         ),
         **place_recall(exact_ids, recall_truth),
     }
+    if timed_rows < size:
+        exact["extrapolated_from"] = timed_rows
+    entry["exact"] = exact
     del flat
 
     step(f"{size:,} x {dim}: IVF-PQ train + add")
@@ -338,19 +368,25 @@ def benchmark_one(
     build_s = time.perf_counter() - t0
     compressed = {"index": f"IVF{params['nlist']},PQ{params['m']}", **params, "build_s": build_s}
     compressed["bytes"] = index_bytes(ivfpq)
+    compressed["ram_bytes_per_place"] = compressed["bytes"] / size
+    compressed["disk_bytes_per_place"] = dim * 2  # the float16 descriptors re-ranking reads
     compressed["by_nprobe"] = {}
     for nprobe in cfg.nprobe:
-        step(f"{size:,} x {dim}: IVF-PQ nprobe {nprobe}")
         ivfpq.nprobe = min(nprobe, params["nlist"])
-        _, ids = ivfpq.search(recall_q, cfg.k)
-        compressed["by_nprobe"][str(nprobe)] = {
-            "batch1": time_search(ivfpq, queries, cfg.k, 1, cfg.latency_queries),
-            f"batch{cfg.batch_size}": time_search(
-                ivfpq, queries, cfg.k, cfg.batch_size, max(5, cfg.latency_queries // 4)
-            ),
-            **compressed_recall(exact_ids, ids),
-            **place_recall(ids, recall_truth),
-        }
+        for rerank in cfg.rerank:
+            step(f"{size:,} x {dim}: IVF-PQ nprobe {nprobe}, re-rank {rerank}")
+            searched = RerankedIndex(ivfpq, db, rerank) if rerank else ivfpq
+            _, ids = searched.search(recall_q, cfg.k)
+            compressed["by_nprobe"][f"{nprobe}" if not rerank else f"{nprobe}+R{rerank}"] = {
+                "nprobe": nprobe,
+                "rerank": rerank,
+                "batch1": time_search(searched, queries, cfg.k, 1, cfg.latency_queries),
+                f"batch{cfg.batch_size}": time_search(
+                    searched, queries, cfg.k, cfg.batch_size, max(5, cfg.latency_queries // 4)
+                ),
+                **compressed_recall(exact_ids, ids),
+                **place_recall(ids, recall_truth),
+            }
     entry["compressed"] = compressed
     del ivfpq
 
@@ -358,13 +394,25 @@ def benchmark_one(
         reason = gpu_search_unavailable()
         if reason:
             entry["gpu"] = {"skipped": reason}
+        elif size * dim * 4 > cfg.max_gib * 2**30:
+            entry["gpu"] = {"skipped": f"{size:,} x {dim} float32 is over --max-gib {cfg.max_gib} in RAM"}
         else:
             step(f"{size:,} x {dim}: GPU flat FP16")
-            gpu = gpu_flat_search(db, queries, cfg.k, cfg.batch_size, cfg.latency_queries)
+            gpu = gpu_flat_search(
+                np.asarray(db, np.float32), queries, cfg.k, cfg.batch_size, cfg.latency_queries
+            )
             ids = gpu.pop("ids")[: cfg.num_queries]
             entry["gpu"] = {"index": "GpuIndexFlatIP fp16", **gpu, **compressed_recall(exact_ids, ids)}
-    entry["peak_rss_gib"] = _peak_rss_gib()
-    return entry
+
+
+def _scaled(timing: dict[str, Any], factor: float) -> dict[str, Any]:
+    """A timing summary with its milliseconds multiplied by ``factor`` (linear extrapolation in rows)."""
+    if factor == 1:
+        return timing
+    scaled = {k: (v * factor if k.endswith("_ms") else v) for k, v in timing.items()}
+    if "throughput_per_s" in scaled:
+        scaled["throughput_per_s"] = timing["throughput_per_s"] / factor
+    return scaled
 
 
 def run_search(
@@ -387,9 +435,12 @@ def run_search(
     cells = [(s, d) for d in cfg.dims for s in cfg.sizes]
     bar = progress(total=len(cells), desc="search sweep", unit="map") if progress else None
     for size, dim in cells:
-        gib = size * dim * 4 / 2**30
-        if gib > cfg.max_gib:
-            reason = f"{size:,} x {dim} float32 needs {gib:.1f} GiB for the exact index alone, over --max-gib {cfg.max_gib}"
+        gib = size * dim * 2 / 2**30
+        if gib > cfg.max_gib and cfg.scratch is None:
+            reason = (
+                f"{size:,} x {dim} float16 descriptors need {gib:.1f} GiB, over --max-gib {cfg.max_gib}; "
+                "pass --scratch DIR to memory-map them from disk"
+            )
             log.warning("skipping %s", reason)
             result["skipped"].append({"size": size, "dim": dim, "reason": reason})
         else:
@@ -434,7 +485,8 @@ def search_markdown(result: dict[str, Any]) -> str:
             [
                 f"{e['size']:,}",
                 e["dim"],
-                ex["index"],
+                ex["index"]
+                + (f" (timed on {ex['extrapolated_from']:,}, scaled)" if "extrapolated_from" in ex else ""),
                 "—",
                 ex["bytes"] / 2**20,
                 ex["batch1"]["p50_ms"],
@@ -447,13 +499,13 @@ def search_markdown(result: dict[str, Any]) -> str:
                 ex["place-recall@1"],
             ]
         )
-        for nprobe, r in e["compressed"]["by_nprobe"].items():
+        for r in e["compressed"]["by_nprobe"].values():
             rows.append(
                 [
                     f"{e['size']:,}",
                     e["dim"],
-                    e["compressed"]["index"],
-                    nprobe,
+                    e["compressed"]["index"] + (f" + re-rank {r['rerank']} (fp16)" if r["rerank"] else ""),
+                    r["nprobe"],
                     e["compressed"]["bytes"] / 2**20,
                     r["batch1"]["p50_ms"],
                     r["batch1"]["p99_ms"],
@@ -508,6 +560,18 @@ def search_markdown(result: dict[str, Any]) -> str:
     gpu_skips = {e.get("gpu", {}).get("skipped") for e in result["entries"]} - {None}
     notes = [f"- GPU search skipped: {r}" for r in sorted(gpu_skips)]
     notes += [f"- skipped {s['size']:,} x {s['dim']}: {s['reason']}" for s in result["skipped"]]
+    for e in result["entries"]:
+        c = e["compressed"]
+        notes.append(
+            f"- {e['size']:,} x {e['dim']}: RAM per place {c['ram_bytes_per_place']:.1f} B (codes, ids, "
+            f"quantisers); full descriptors for re-ranking {c['disk_bytes_per_place']:,} B per place on disk "
+            f"({e['descriptors']}); exact flat float32 {e['dim'] * 4:,} B per place in RAM"
+        )
+        if "extrapolated_from" in e["exact"]:
+            notes.append(
+                f"- {e['size']:,} x {e['dim']}: exact search timed on its first {e['exact']['extrapolated_from']:,} "
+                "places in RAM and scaled linearly to the full map (a flat scan's time is linear in its rows)"
+            )
     peak = max((e["peak_rss_gib"] for e in result["entries"]), default=0.0)
     notes.append(f"- peak resident memory of the benchmark process: {peak:.1f} GiB")
     lines += ["", *notes]

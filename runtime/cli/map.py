@@ -30,6 +30,11 @@ def build(
     backend: str = typer.Option("auto", help="Inference backend (auto: from the model's suffix)."),
     batch_size: int = typer.Option(16, help="Images per inference batch."),
     nprobe: int = typer.Option(16, help="IVF lists searched per query (ivfpq)."),
+    rerank: int = typer.Option(
+        100,
+        help="ivfpq: re-rank this many of the compressed index's candidates exactly against the full "
+        "descriptors (float16, memory-mapped from the map); 0: search the compressed codes alone.",
+    ),
     overwrite: bool = typer.Option(
         False, help="Replace an existing map (only once the new one is complete)."
     ),
@@ -40,7 +45,9 @@ def build(
     from runtime.map import MapConfig, build_map
 
     configure_logging(verbose, quiet)
-    config = MapConfig(split=split, index=index, batch_size=batch_size, nprobe=nprobe, overwrite=overwrite)
+    config = MapConfig(
+        split=split, index=index, batch_size=batch_size, nprobe=nprobe, rerank=rerank, overwrite=overwrite
+    )
     path = build_map(model, dataset, out, config, progress=progress, backend=backend)
     typer.echo(str(path))
 

@@ -16,14 +16,24 @@ from runtime.atomic import atomic_directory
 from runtime.backends import Backend, open_backend
 from runtime.map.calibrate import calibrate
 from runtime.map.config import MapConfig
-from runtime.map.index import build_index, faiss_module, gpu_unsupported, search, set_threads
-from runtime.map.places import places_from_dataset
+from runtime.map.index import (
+    RerankedIndex,
+    build_index,
+    exact_search,
+    faiss_module,
+    gpu_unsupported,
+    search,
+    set_threads,
+)
+from runtime.map.places import Places, places_from_dataset
 from runtime.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
 MAP_FORMAT_VERSION = 2  # 2: unknown_threshold is a distinctiveness ratio (1: a similarity)
 INDEX_FILE, PLACES_FILE, META_FILE = "index.faiss", "places.csv", "map.json"
+# full descriptors (N, D) float16 of a compressed map, memory-mapped at search time for exact re-ranking
+DESCRIPTORS_FILE = "descriptors.f16.npy"
 
 
 def extract_descriptors(
@@ -33,17 +43,22 @@ def extract_descriptors(
     batch_size: int = 16,
     workers: int = 2,
     progress: Callable | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Descriptors of ``count`` images: ``read_image(i) -> uint8 (H, W, 3) RGB`` -> ``float32 (count, D)``.
 
     Images are read and preprocessed by ``workers`` threads one batch ahead of inference. Pure function of
-    its inputs, so a distributed job (one shard of indices per worker) can call it unchanged.
+    its inputs, so a distributed job (one shard of indices per worker) can call it unchanged. ``out``: an
+    array ``(count, D)`` to write into instead (a float16 memory map for maps larger than RAM); returned.
     """
     preprocess = Preprocessor(backend.card)
     if backend.max_batch is not None:
         batch_size = min(batch_size, backend.max_batch)
     batches = [range(s, min(s + batch_size, count)) for s in range(0, count, batch_size)]
-    out = np.empty((count, backend.card.descriptor_dim), dtype=np.float32)
+    if out is None:
+        out = np.empty((count, backend.card.descriptor_dim), dtype=np.float32)
+    elif out.shape != (count, backend.card.descriptor_dim):
+        raise ValueError(f"out must be ({count}, {backend.card.descriptor_dim}), got {out.shape}")
     bar = progress(total=count, desc="map descriptors", unit="img") if progress else None
 
     def load(indices: Sequence[int]) -> np.ndarray:
@@ -64,16 +79,18 @@ def extract_descriptors(
     return out
 
 
-def measure_index_recall(index, exact_index, descriptors: np.ndarray, samples: int = 1000) -> dict:
+def measure_index_recall(index, descriptors: np.ndarray, samples: int = 1000) -> dict:
     """Recall of a compressed index against exact search, with map images as queries (self excluded).
 
     R@1: the compressed top-1 equals the exact top-1; R@10: the exact top-1 is in the compressed top-10.
+    Exact search reads ``descriptors`` (float16/float32, may be a memory map) a chunk at a time.
     """
     n = descriptors.shape[0]
     rows = np.linspace(0, n - 1, min(samples, n)).astype(np.int64)
     k = min(n, 11)
-    _, exact = search(exact_index, descriptors[rows], k)
-    _, approx = search(index, descriptors[rows], k)
+    queries = np.asarray(descriptors[rows], dtype=np.float32)
+    _, exact = exact_search(descriptors, queries, k)
+    _, approx = search(index, queries, k)
     r1 = r10 = 0
     for qi, row in enumerate(rows):
         e = [i for i in exact[qi] if i != row and i >= 0]
@@ -111,10 +128,7 @@ def build_map(
     out = Path(out)
     if out.exists() and not config.overwrite:
         raise FileExistsError(f"map '{out}' already exists; choose another --out or pass --overwrite")
-    if not hasattr(dataset, "db_images"):
-        from runtime.datasets import open_dataset
-
-        dataset = open_dataset(dataset)
+    dataset = resolve_dataset(dataset)
     owned = not isinstance(model, Backend)
     engine = open_backend(model, backend) if owned else model
     try:
@@ -124,13 +138,50 @@ def build_map(
             engine.close()
 
 
-def _build(engine: Backend, dataset, out: Path, config: MapConfig, progress) -> Path:
-    places, items = places_from_dataset(dataset, config.split)
+def resolve_dataset(dataset):
+    """A :class:`runtime.datasets.PlaceDataset` (or anything shaped like one) from itself or a spec."""
+    if not hasattr(dataset, "db_images"):
+        from runtime.datasets import open_dataset
+
+        dataset = open_dataset(dataset)
+    return dataset
+
+
+def dataset_places(dataset, split: str) -> tuple[Places, list[tuple[str, int]]]:
+    """The places of ``dataset`` in ``split``; an error naming the dataset when there are none."""
+    places, items = places_from_dataset(dataset, split)
     if not items:
         from runtime.errors import DatasetError
 
-        raise DatasetError(f"dataset '{dataset.name}' has no images in split '{config.split}'")
+        raise DatasetError(f"dataset '{dataset.name}' has no images in split '{split}'")
+    return places, items
+
+
+def descriptor_store(directory: Path, count: int, dim: int, config: MapConfig) -> np.ndarray:
+    """Where a map's descriptors are extracted to: RAM (float32) for a flat map (its index holds them
+    anyway); for a compressed map, its float16 ``descriptors.f16.npy`` as a writable memory map (a map
+    larger than RAM builds with bounded memory, and the file is what search re-ranks against)."""
+    if config.index == "flat":
+        return np.empty((count, dim), dtype=np.float32)
+    return np.lib.format.open_memmap(
+        directory / DESCRIPTORS_FILE, mode="w+", dtype=np.float16, shape=(count, dim)
+    )
+
+
+def model_meta(engine: Backend) -> dict:
     card = engine.card
+    return {
+        "file": engine.path.name,
+        "fingerprint": card.weights_fingerprint,
+        "backbone": card.backbone,
+        "precision": card.precision,
+        "input_size": [card.input_height, card.input_width],
+        "backend": engine.describe(),
+    }
+
+
+def _build(engine: Backend, dataset, out: Path, config: MapConfig, progress) -> Path:
+    places, items = dataset_places(dataset, config.split)
     log.info(
         "building a map of %d places from '%s' (%s) with %s",
         len(items),
@@ -140,21 +191,96 @@ def _build(engine: Backend, dataset, out: Path, config: MapConfig, progress) -> 
     )
     set_threads(config.faiss_threads)
     t0 = time.perf_counter()
-    descriptors = extract_descriptors(
-        engine,
-        lambda i: dataset.read_image(*items[i]),
+    with atomic_directory(out, overwrite=config.overwrite) as tmp:
+        descriptors = descriptor_store(tmp, len(items), engine.card.descriptor_dim, config)
+        extract_descriptors(
+            engine,
+            lambda i: dataset.read_image(*items[i]),
+            len(items),
+            config.batch_size,
+            config.read_workers,
+            progress,
+            out=descriptors,
+        )
+        extract_s = time.perf_counter() - t0
+        meta = write_map_files(
+            tmp,
+            descriptors,
+            places,
+            config,
+            name=out.name,
+            model=model_meta(engine),
+            dataset=dataset_meta(dataset, config.split),
+            geo=_geo_meta(dataset),
+            progress=progress,
+        )
+        meta["build_seconds"] = {"extract": round(extract_s, 3), "total": round(time.perf_counter() - t0, 3)}
+        write_meta(tmp, meta)
+        del descriptors  # close the memory map before the directory is renamed
+    log.info(
+        "wrote map '%s': %d places, %s index, %.1f s",
+        out,
         len(items),
-        config.batch_size,
-        config.read_workers,
-        progress,
+        meta["index"]["type"],
+        time.perf_counter() - t0,
     )
-    extract_s = time.perf_counter() - t0
-    index, index_info = build_index(
-        descriptors, config.index, config.nlist, config.pq_m, config.pq_bits, config.nprobe
-    )
-    if config.index != "flat":
-        exact, _ = build_index(descriptors, "flat")
-        index_info["recall_vs_exact"] = measure_index_recall(index, exact, descriptors)
+    return out
+
+
+def dataset_meta(dataset, split: str) -> dict:
+    return {
+        "name": dataset.name,
+        "root": str(Path(dataset.root).resolve()),
+        "source": dict(dataset.info).get("source"),
+        "split": split,
+    }
+
+
+def write_meta(directory: Path, meta: dict) -> None:
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def write_map_files(
+    directory: Path,
+    descriptors: np.ndarray,
+    places: Places,
+    config: MapConfig,
+    *,
+    name: str,
+    model: dict,
+    dataset: dict,
+    geo: dict | None = None,
+    index=None,
+    index_info: dict | None = None,
+    revision: int = 0,
+    progress: Callable | None = None,
+) -> dict:
+    """Index, calibrate and write a map's files into ``directory`` (the temporary directory of an atomic
+    write); returns map.json's content (written by the caller once it has added its timings).
+
+    ``descriptors (N, D)``: row i is place i (float32 in RAM, or the float16 memory map of
+    ``descriptors.f16.npy`` already in ``directory``). ``index``/``index_info``: a filled index to write
+    instead of building one (``netvlad-map add`` reuses the trained quantisers).
+    """
+    if index is None:
+        index, index_info = build_index(
+            descriptors,
+            config.index,
+            config.nlist,
+            config.pq_m,
+            config.pq_bits,
+            config.nprobe,
+            progress=progress,
+        )
+    index_info = dict(index_info)
+    if index_info["type"] != "flat":
+        searched = index
+        if config.rerank:
+            index_info["rerank"] = {"candidates": config.rerank, "file": DESCRIPTORS_FILE, "dtype": "float16"}
+            searched = RerankedIndex(index, descriptors, config.rerank)
+        else:
+            index_info.pop("rerank", None)
+        index_info["recall_vs_exact"] = measure_index_recall(searched, descriptors)
         log.info("%s recall against exact search: %s", index_info["factory"], index_info["recall_vs_exact"])
     index_info["built_on"] = "cpu"  # trained and filled by faiss on the CPU; open_map moves it to a GPU
     index_info["gpu_search"] = gpu_unsupported(index) or "supported"
@@ -166,43 +292,22 @@ def _build(engine: Backend, dataset, out: Path, config: MapConfig, progress) -> 
         calibration["unknown_threshold"],
         config.unknown_percentile,
     )
-    meta = {
+    faiss_module().write_index(index, str(directory / INDEX_FILE))
+    (directory / PLACES_FILE).write_text(places.to_csv(), encoding="utf-8")
+    if isinstance(descriptors, np.memmap):
+        descriptors.flush()
+    return {
         "format_version": MAP_FORMAT_VERSION,
-        "name": out.name,
+        "name": name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "count": len(items),
+        "revision": revision,
+        "count": len(places),
         "metric": "inner_product",
-        "descriptor_dim": card.descriptor_dim,
-        "model": {
-            "file": engine.path.name,
-            "fingerprint": card.weights_fingerprint,
-            "backbone": card.backbone,
-            "precision": card.precision,
-            "input_size": [card.input_height, card.input_width],
-            "backend": engine.describe(),
-        },
-        "dataset": {
-            "name": dataset.name,
-            "root": str(Path(dataset.root).resolve()),
-            "source": dict(dataset.info).get("source"),
-            "split": config.split,
-        },
-        "geo": _geo_meta(dataset),
+        "descriptor_dim": int(descriptors.shape[1]),
+        "model": model,
+        "dataset": dataset,
+        "geo": geo,
         "index": index_info,
         "calibration": calibration,
         "unknown_threshold": calibration["unknown_threshold"],
-        "build_seconds": {"extract": round(extract_s, 3), "total": round(time.perf_counter() - t0, 3)},
     }
-    faiss = faiss_module()
-    with atomic_directory(out, overwrite=config.overwrite) as tmp:
-        faiss.write_index(index, str(tmp / INDEX_FILE))
-        (tmp / PLACES_FILE).write_text(places.to_csv(), encoding="utf-8")
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    log.info(
-        "wrote map '%s': %d places, %s index, %.1f s",
-        out,
-        len(items),
-        index_info["type"],
-        time.perf_counter() - t0,
-    )
-    return out

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from runtime.map.index import similarities
+
 
 def distinctiveness(s1: float, s2: float) -> float:
     """``s2 / s1`` clipped to [0, 1]; 1 (no evidence) when ``s1 <= 0``."""
@@ -31,15 +33,18 @@ def distinctiveness(s1: float, s2: float) -> float:
 def calibrate(
     descriptors: np.ndarray, utm: np.ndarray, radius_m: float, percentile: float, samples: int, seed: int = 0
 ) -> dict:
-    """Calibration numbers for map.json (similarities are inner products of L2-normalised descriptors)."""
+    """Calibration numbers for map.json (similarities are inner products of L2-normalised descriptors).
+
+    ``descriptors (N, D)``: float32 or float16, may be a memory map larger than RAM (read a chunk at a time).
+    """
     n = descriptors.shape[0]
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(n, size=min(samples, n), replace=False)) if n > samples else np.arange(n)
-    x = np.ascontiguousarray(descriptors, dtype=np.float32)
     ratios, impostor_sims, genuine_sims = [], [], []
-    for start in range(0, len(chosen), 256):
-        rows = chosen[start : start + 256]
-        sims = x[rows] @ x.T  # (B, N)
+    batch = int(np.clip(2**26 // max(1, n), 8, 256))  # (batch, N) float32 similarities: <= 256 MiB
+    for start in range(0, len(chosen), batch):
+        rows = chosen[start : start + batch]
+        sims = similarities(descriptors, np.asarray(descriptors[rows], dtype=np.float32))  # (B, N)
         sims[np.arange(len(rows)), rows] = -np.inf  # never match yourself
         dist = np.linalg.norm(utm[rows][:, None, :] - utm[None, :, :], axis=2)  # (B, N) metres
         far = dist > radius_m

@@ -21,6 +21,9 @@ class MapConfig:
     queries). ``index``: ``flat`` (exact inner product, the default) or ``ivfpq`` (compressed, approximate;
     for maps of hundreds of thousands of places; its recall against exact search is measured at build
     time). ``nlist``/``pq_m``/``pq_bits``: IVF-PQ sizes (None: chosen from the map size and dimension).
+    ``rerank``: for ``ivfpq``, how many of the compressed index's top candidates are re-ranked exactly
+    against the full descriptors (a compressed map keeps them on disk as float16, memory-mapped; 0: search
+    the compressed codes alone).
     ``faiss_threads``: OpenMP threads for faiss (None: its default, one per core).
     ``unknown_percentile``: the share (%) of unmapped-place frames the "unknown place" threshold flags,
     calibrated on the map (:mod:`runtime.map.calibrate`).
@@ -33,6 +36,7 @@ class MapConfig:
     pq_m: int | None = None
     pq_bits: int | None = None
     nprobe: int = 16
+    rerank: int = 100
     gpu: str = "auto"
     radius_m: float = EVAL_RADIUS_M
     unknown_percentile: float = 90.0
@@ -52,6 +56,8 @@ class MapConfig:
         for name in ("batch_size", "nprobe", "calibration_samples", "read_workers"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.rerank < 0:
+            problems.append(f"rerank must be >= 0 (0: no re-ranking), got {self.rerank}")
         for name in ("nlist", "pq_m"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 or None, got {getattr(self, name)}")

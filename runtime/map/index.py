@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -90,51 +92,216 @@ def to_gpu(index):
     return gpu_index
 
 
+# -- the one IVF-PQ sizing rule (the runtime's maps and netvlad-bench search both use it) ----------------
+
+MAX_PQ_BYTES = 64  # bytes of code per place by default: PQ64x8
+TRAIN_POINTS_PER_LIST = 40  # faiss's k-means wants >= 39 points per centroid
+ADD_CHUNK_ROWS = 32_768  # rows converted to float32 at a time when adding / scanning a (memory-mapped) matrix
+
+
+@dataclass(frozen=True)
+class IvfPqSizes:
+    """IVF-PQ shape for a map: ``nlist`` inverted lists, ``pq_m`` sub-quantisers of ``pq_bits`` bits
+    (``pq_m * pq_bits / 8`` bytes of code per place), trained on ``train_points`` sampled places."""
+
+    nlist: int
+    pq_m: int
+    pq_bits: int
+    train_points: int
+
+    @property
+    def factory(self) -> str:
+        return f"IVF{self.nlist},PQ{self.pq_m}x{self.pq_bits}"
+
+
+def ivf_lists(n: int) -> int:
+    """Inverted lists for ``n`` places: the power of two nearest sqrt(n), halved until each list has
+    >= 39 training points. sqrt(n) balances the coarse search (nlist centroids) against the list scan (n/nlist
+    codes per probe); 1M places -> 1024 lists."""
+    nlist = 2 ** round(math.log2(max(1.0, math.sqrt(n))))
+    while nlist > 1 and n < 39 * nlist:
+        nlist //= 2
+    return nlist
+
+
+def pq_subquantizers(dim: int, pq_bytes: int = MAX_PQ_BYTES) -> int:
+    """The largest number of sub-quantisers <= ``pq_bytes`` that divides ``dim``."""
+    return max(m for m in range(1, min(dim, pq_bytes) + 1) if dim % m == 0)
+
+
 def ivfpq_sizes(
-    n: int, dim: int, nlist: int | None, pq_m: int | None, pq_bits: int | None
-) -> tuple[int, int, int]:
-    """IVF-PQ sizes for ``n`` vectors of ``dim``: (nlist, m, bits), each checked against what faiss trains."""
-    if nlist is None:
-        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))  # >= 39 training points per list
+    n: int, dim: int, nlist: int | None = None, pq_m: int | None = None, pq_bits: int | None = None
+) -> IvfPqSizes:
+    """IVF-PQ sizes for ``n`` places of ``dim``; each given value is checked, each None is chosen.
+
+    ``pq_bits``: 8 (256 centroids per sub-quantiser) once the map has >= 1024 places, fewer on tiny maps
+    (2**bits centroids need points to train on). The training sample: 40 points per list and 64 per PQ
+    centroid, capped at the map size (a bounded sample: training on 1M places would cost minutes for
+    nothing).
+    """
+    nlist = ivf_lists(n) if nlist is None else int(nlist)
     if pq_bits is None:
-        pq_bits = int(min(8, max(1, math.floor(math.log2(max(2, n // 4))))))  # 2**bits centroids need points
-    if pq_m is None:
-        pq_m = max(m for m in range(1, min(dim, 64) + 1) if dim % m == 0)
+        pq_bits = int(min(8, max(1, math.floor(math.log2(max(2, n // 4))))))
+    pq_m = pq_subquantizers(dim) if pq_m is None else int(pq_m)
     if dim % pq_m:
         raise ConfigError(f"pq_m ({pq_m}) must divide the descriptor dimension ({dim})")
-    if nlist > n:
-        raise ConfigError(f"nlist ({nlist}) must not exceed the number of places ({n})")
-    return nlist, pq_m, pq_bits
+    if not 1 <= nlist <= n:
+        raise ConfigError(f"nlist ({nlist}) must be in 1..{n} (the number of places)")
+    train_points = min(n, max(TRAIN_POINTS_PER_LIST * nlist, 64 * 2**pq_bits))
+    return IvfPqSizes(nlist, pq_m, int(pq_bits), train_points)
 
 
-def build_index(descriptors: np.ndarray, kind: str, nlist=None, pq_m=None, pq_bits=None, nprobe: int = 16):
-    """A CPU FAISS index over ``descriptors (N, D) float32``; returns ``(index, description dict)``."""
+def training_rows(n: int, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` sorted distinct rows of ``n`` (sorted: sequential reads from a memory map)."""
+    if count >= n:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False)).astype(np.int64)
+
+
+def add_in_chunks(index, descriptors: np.ndarray, progress: Callable | None = None) -> None:
+    """Add ``descriptors (N, D)`` (float16/float32, possibly a memory map) a chunk at a time (bounded RAM)."""
+    n = descriptors.shape[0]
+    bar = progress(total=n, desc="index add", unit="place") if progress and n > ADD_CHUNK_ROWS else None
+    for start in range(0, n, ADD_CHUNK_ROWS):
+        chunk = np.ascontiguousarray(descriptors[start : start + ADD_CHUNK_ROWS], dtype=np.float32)
+        index.add(chunk)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+
+
+def new_ivfpq(dim: int, sizes: IvfPqSizes, seed: int = 0):
+    """An untrained IVF-PQ inner-product index of ``sizes``."""
     faiss = faiss_module()
-    x = np.ascontiguousarray(descriptors, dtype=np.float32)
-    n, dim = x.shape
+    index = faiss.index_factory(dim, sizes.factory, faiss.METRIC_INNER_PRODUCT)
+    ivfpq = faiss.downcast_index(index)
+    # polysemous training (Hamming-ordered codes) costs seconds to minutes and is unused by IVF search
+    ivfpq.do_polysemous_training = False
+    ivfpq.cp.seed = seed
+    ivfpq.pq.cp.seed = seed
+    return index
+
+
+def build_index(
+    descriptors: np.ndarray,
+    kind: str,
+    nlist=None,
+    pq_m=None,
+    pq_bits=None,
+    nprobe: int = 16,
+    seed: int = 0,
+    progress: Callable | None = None,
+):
+    """A CPU FAISS index over ``descriptors (N, D)`` (float16/float32, may be a memory map);
+    returns ``(index, description dict)``. IVF-PQ trains on a bounded sample (:func:`ivfpq_sizes`)."""
+    faiss = faiss_module()
+    n, dim = descriptors.shape
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
         info = {"type": "flat", "factory": "Flat"}
     elif kind == "ivfpq":
-        nlist, m, bits = ivfpq_sizes(n, dim, nlist, pq_m, pq_bits)
-        factory = f"IVF{nlist},PQ{m}x{bits}"
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-        # polysemous training (Hamming-ordered codes) costs seconds to minutes and is unused by IVF search
-        faiss.downcast_index(index).do_polysemous_training = False
-        index.train(x)
-        faiss.extract_index_ivf(index).nprobe = min(nprobe, nlist)
+        sizes = ivfpq_sizes(n, dim, nlist, pq_m, pq_bits)
+        index = new_ivfpq(dim, sizes, seed)
+        rows = training_rows(n, sizes.train_points, seed)
+        index.train(np.ascontiguousarray(descriptors[rows], dtype=np.float32))  # (train_points, D)
+        faiss.extract_index_ivf(index).nprobe = min(nprobe, sizes.nlist)
         info = {
             "type": "ivfpq",
-            "factory": factory,
-            "nlist": nlist,
-            "pq_m": m,
-            "pq_bits": bits,
-            "nprobe": min(nprobe, nlist),
+            "factory": sizes.factory,
+            "nlist": sizes.nlist,
+            "pq_m": sizes.pq_m,
+            "pq_bits": sizes.pq_bits,
+            "nprobe": min(nprobe, sizes.nlist),
+            "train_points": sizes.train_points,
         }
     else:
         raise ConfigError(f"index must be 'flat' or 'ivfpq', got {kind!r}")
-    index.add(x)
+    add_in_chunks(index, descriptors, progress)
     return index, info
+
+
+# -- exact search over a (memory-mapped) descriptor matrix, and exact re-ranking ------------------------
+
+
+def exact_search(
+    descriptors: np.ndarray, queries: np.ndarray, k: int, chunk_rows: int = ADD_CHUNK_ROWS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner products of ``queries (M, D)`` over ``descriptors (N, D)`` read a chunk at a
+    time (a memory map larger than RAM works): ``(similarities (M, k) float32, ids (M, k) int64)``."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    n = descriptors.shape[0]
+    k = max(1, min(int(k), n))
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(q), 0), np.int64)
+    for start in range(0, n, chunk_rows):
+        chunk = np.asarray(descriptors[start : start + chunk_rows], dtype=np.float32)  # (c, D)
+        sims = q @ chunk.T  # (M, c)
+        ids = np.broadcast_to(np.arange(start, start + len(chunk), dtype=np.int64), sims.shape)
+        all_s = np.concatenate([best_s, sims], axis=1)
+        all_i = np.concatenate([best_i, ids], axis=1)
+        keep = np.argpartition(-all_s, k - 1, axis=1)[:, :k] if all_s.shape[1] > k else None
+        if keep is not None:
+            all_s = np.take_along_axis(all_s, keep, axis=1)
+            all_i = np.take_along_axis(all_i, keep, axis=1)
+        best_s, best_i = all_s, all_i
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_i, order, axis=1)
+
+
+def similarities(
+    descriptors: np.ndarray, queries: np.ndarray, chunk_rows: int = ADD_CHUNK_ROWS
+) -> np.ndarray:
+    """All inner products ``queries (M, D) float32`` x ``descriptors (N, D)`` -> ``(M, N) float32``, reading
+    ``descriptors`` (float16/float32, may be a memory map) a chunk at a time."""
+    n = descriptors.shape[0]
+    out = np.empty((len(queries), n), dtype=np.float32)
+    for start in range(0, n, chunk_rows):
+        chunk = np.asarray(descriptors[start : start + chunk_rows], dtype=np.float32)  # (c, D)
+        out[:, start : start + len(chunk)] = queries @ chunk.T
+    return out
+
+
+class RerankedIndex:
+    """A compressed index whose top ``candidates`` are re-ranked exactly against the full descriptors.
+
+    ``descriptors (N, D)``: float16 (usually a read-only memory map of the map's ``descriptors.f16.npy``:
+    only the candidates' rows are read, so the full vectors stay on disk and in the page cache, not in the
+    process). Similarities returned are exact inner products with the float16 descriptors. Thread-safe for
+    searching (the memory map is read-only; faiss searches are).
+    """
+
+    def __init__(self, index, descriptors: np.ndarray, candidates: int) -> None:
+        if descriptors.shape != (index.ntotal, index.d):
+            raise ConfigError(
+                f"re-ranking needs one descriptor per indexed place: index {index.ntotal} x {index.d}-D, "
+                f"descriptors {descriptors.shape}"
+            )
+        if candidates < 1:
+            raise ConfigError(f"re-rank candidates must be >= 1, got {candidates}")
+        self.index = index
+        self.descriptors = descriptors
+        self.candidates = int(candidates)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def d(self) -> int:
+        return int(self.index.d)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        _, candidates = self.index.search(q, max(k, min(self.candidates, self.ntotal)))  # (M, C)
+        sims = np.full((len(q), k), -np.finfo(np.float32).max, np.float32)
+        ids = np.full((len(q), k), -1, np.int64)
+        for row, found in enumerate(candidates):
+            found = np.unique(found[found >= 0])  # sorted rows: sequential reads from the memory map
+            exact = np.asarray(self.descriptors[found], dtype=np.float32) @ q[row]  # (C,)
+            top = np.argsort(-exact, kind="stable")[:k]
+            sims[row, : len(top)], ids[row, : len(top)] = exact[top], found[top]
+        return sims, ids
 
 
 def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,8 +12,8 @@ import numpy as np
 from runtime.card import ModelCard
 from runtime.errors import ArtifactError, MapMismatchError
 from runtime.geo import UtmZone
-from runtime.map.build import INDEX_FILE, MAP_FORMAT_VERSION, META_FILE, PLACES_FILE
-from runtime.map.index import faiss_module, search, set_threads, to_gpu, use_gpu
+from runtime.map.build import DESCRIPTORS_FILE, INDEX_FILE, MAP_FORMAT_VERSION, META_FILE, PLACES_FILE
+from runtime.map.index import RerankedIndex, faiss_module, search, set_threads, to_gpu, use_gpu
 from runtime.map.places import Places
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,11 @@ class PlaceMap:
         self.places = places
 
     @property
+    def revision(self) -> int:
+        """How many times the map was changed in place (``netvlad-map add/remove``) since it was built."""
+        return int(self.meta.get("revision", 0))
+
+    @property
     def descriptor_dim(self) -> int:
         return int(self.meta["descriptor_dim"])
 
@@ -84,6 +89,20 @@ class PlaceMap:
 
     def image_path(self, place_id: int) -> Path:
         return self.dataset_root / self.places.images[place_id]
+
+
+def open_descriptors(path: str | Path) -> np.ndarray:
+    """The full descriptors ``(N, D) float16`` of the compressed map at ``path``, memory-mapped read-only."""
+    file = Path(path) / DESCRIPTORS_FILE
+    if not file.is_file():
+        raise ArtifactError(
+            f"map '{path}' re-ranks against '{DESCRIPTORS_FILE}', which is missing; rebuild the map "
+            "(or build it with --rerank 0 to search the compressed codes alone)"
+        )
+    try:
+        return np.load(file, mmap_mode="r")
+    except ValueError as exc:
+        raise ArtifactError(f"'{file}' cannot be read ({exc}); rebuild the map") from exc
 
 
 def open_map(
@@ -139,5 +158,20 @@ def open_map(
         )
     if use_gpu(gpu):
         index = to_gpu(index)
-    log.info("opened map '%s': %d places, %s", path, len(places), meta["index"]["factory"])
+    rerank = meta["index"].get("rerank")
+    if rerank:
+        descriptors = open_descriptors(path)
+        if descriptors.shape != (index.ntotal, index.d):
+            raise ArtifactError(
+                f"map '{path}' is inconsistent: {DESCRIPTORS_FILE} is {descriptors.shape}, the index "
+                f"{index.ntotal} x {index.d}-D; rebuild it with netvlad-map build"
+            )
+        index = RerankedIndex(index, descriptors, int(rerank["candidates"]))
+    log.info(
+        "opened map '%s': %d places, %s%s",
+        path,
+        len(places),
+        meta["index"]["factory"],
+        f", top {rerank['candidates']} re-ranked exactly" if rerank else "",
+    )
     return PlaceMap(path, meta, index, places)

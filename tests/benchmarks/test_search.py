@@ -9,12 +9,11 @@ from benchmarks.search import (
     SearchConfig,
     compressed_recall,
     gpu_search_unavailable,
-    ivf_lists,
-    pq_subquantizers,
     run_search,
     synthetic_map,
 )
 from runtime.errors import ConfigError
+from runtime.map.index import ivf_lists, pq_subquantizers
 
 TEST_CFG = dict(
     sizes=(4000,),
@@ -71,6 +70,11 @@ def test_search_sweep_recall_bands_and_report(tmp_path):
         assert 0.4 <= r["1-recall@1"] <= 0.9
         assert r["1-recall@10"] >= 0.9
     assert high["1-recall@10"] >= low["1-recall@10"]
+    # re-ranking 100 candidates exactly against the float16 descriptors recovers exact search's top-1
+    reranked = compressed["by_nprobe"]["16+R100"]
+    assert reranked["rerank"] == 100 and reranked["1-recall@1"] >= 0.99 > high["1-recall@1"]
+    # 16-byte codes + 8-byte ids per place, plus the quantisers (PQ codebooks, IVF centroids) spread over 4000
+    assert 16 + 8 < compressed["ram_bytes_per_place"] < 70 and compressed["disk_bytes_per_place"] == 256
     for timing in (exact["batch1"], high["batch8"]):
         assert timing["p50_ms"] > 0 and timing["p99_ms"] >= timing["p50_ms"]
     reason = gpu_search_unavailable()
@@ -91,8 +95,23 @@ def test_search_skips_maps_over_the_memory_limit(tmp_path):
     assert [e["size"] for e in result["entries"]] == [4000]
     (skip,) = result["skipped"]
     assert (
-        skip["size"] == 1_000_000 and "needs 0.5 GiB" in skip["reason"] and "--max-gib 0.1" in skip["reason"]
+        skip["size"] == 1_000_000
+        and "float16 descriptors need 0.2 GiB, over --max-gib 0.1; pass --scratch DIR" in skip["reason"]
     )
+
+
+def test_search_memory_maps_descriptors_over_the_limit_and_scales_exact_timing(tmp_path):
+    # 4000 x 128 float16 is 1 MiB: over a 0.5 MiB limit, so memory-mapped under scratch and deleted after;
+    # the exact index is timed on the 1024 float32 rows (0.5 MiB) that fit and scaled to 4000
+    cfg = SearchConfig.preset(
+        "tiny", **{**TEST_CFG, "max_gib": 0.5 / 1024, "scratch": str(tmp_path / "scratch"), "rerank": (50,)}
+    )
+    (entry,) = run_search(cfg, None)["entries"]
+    assert entry["descriptors"].startswith("float16 memory map")
+    assert entry["exact"]["extrapolated_from"] == 1024 and entry["exact"]["bytes"] == 4000 * 128 * 4
+    assert list((tmp_path / "scratch").iterdir()) == []
+    assert entry["compressed"]["by_nprobe"]["16+R50"]["1-recall@1"] >= 0.99
+    assert entry["gpu"]["skipped"]
 
 
 def test_search_config_rejects_bad_values():

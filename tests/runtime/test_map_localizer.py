@@ -100,25 +100,40 @@ def test_localizer_finds_the_places(world):
 
 def test_compressed_index_reports_its_recall(world, tmp_path):
     dataset = make_stand_in_world(tmp_path / "data", places=300, spacing_m=30.0, seed=4, size=(48, 64))
-    out = build_map(
-        world["model"],
-        dataset,
-        tmp_path / "ivf",
-        MapConfig(index="ivfpq", pq_m=16, nprobe=4, faiss_threads=1),
-    )
-    meta = read_map_meta(out)
-    assert meta["index"]["factory"].startswith("IVF") and "PQ16" in meta["index"]["factory"]
-    recall = meta["index"]["recall_vs_exact"]
-    assert recall["queries"] == 300 and recall["recall_at_10"] >= 0.8
-    exact = build_map(world["model"], dataset, tmp_path / "flat", MapConfig(split="all", faiss_threads=1))
-    assert read_map_meta(exact)["count"] == 600
-    # the compressed map still localises most queries at the right place
-    with Localizer.open(world["model"], out) as localizer:
-        hits = sum(
-            localizer.localize(dataset.read_image("queries", i), color="RGB").best.place_id == i
-            for i in range(0, 300, 10)
-        )
-    assert hits >= 25
+    config = MapConfig(index="ivfpq", pq_m=16, nprobe=4, faiss_threads=1)
+    out = build_map(world["model"], dataset, tmp_path / "ivf", config)
+    plain = build_map(world["model"], dataset, tmp_path / "ivf-plain", config.replace(rerank=0))
+    meta, plain_meta = read_map_meta(out), read_map_meta(plain)
+    assert meta["index"]["factory"] == "IVF4,PQ16x6"  # the one sizing rule: 300 places -> 4 lists, 6 bits
+    assert meta["index"]["rerank"] == {"candidates": 100, "file": "descriptors.f16.npy", "dtype": "float16"}
+    assert "rerank" not in plain_meta["index"]  # its descriptors.f16.npy serves add/remove, not search
+    stored = np.load(out / "descriptors.f16.npy")
+    assert stored.dtype == np.float16 and stored.shape == (300, 64)
+    # re-ranking the compressed candidates exactly finds exact search's top-1; the codes alone do not
+    recall, plain_recall = meta["index"]["recall_vs_exact"], plain_meta["index"]["recall_vs_exact"]
+    assert recall["queries"] == 300 and recall["recall_at_1"] == 1.0 and recall["recall_at_10"] == 1.0
+    assert plain_recall["recall_at_1"] < 0.9 and plain_recall["recall_at_10"] >= 0.8
+    exact = build_map(world["model"], dataset, tmp_path / "flat", MapConfig(faiss_threads=1))
+    # the compressed map answers as the exact one does: same places, similarities to float16 precision
+    with Localizer.open(world["model"], out) as compressed, Localizer.open(world["model"], exact) as flat:
+        assert type(compressed.map.index).__name__ == "RerankedIndex"
+        for i in range(0, 300, 10):
+            image = dataset.read_image("queries", i)
+            a, b = compressed.localize(image, color="RGB"), flat.localize(image, color="RGB")
+            assert len({m.place_id for m in a.matches} & {m.place_id for m in b.matches}) >= 4
+            assert a.best.place_id == b.best.place_id
+            assert a.best.similarity == pytest.approx(b.best.similarity, abs=2e-3)
+    all_split = build_map(world["model"], dataset, tmp_path / "all", MapConfig(split="all", faiss_threads=1))
+    assert read_map_meta(all_split)["count"] == 600
+
+
+def test_compressed_map_without_its_descriptors_is_refused(world, tmp_path):
+    dataset = make_stand_in_world(tmp_path / "data", places=60, seed=5)
+    out = build_map(world["model"], dataset, tmp_path / "ivf", MapConfig(index="ivfpq", faiss_threads=1))
+    (out / "descriptors.f16.npy").unlink()
+    expected = f"map '{out}' re-ranks against 'descriptors.f16.npy', which is missing; rebuild the map"
+    with pytest.raises(ArtifactError, match=re.escape(expected)):
+        open_map(out)
 
 
 def test_recall_from_the_localizer_equals_exact_ranking(world):
