@@ -28,6 +28,7 @@ KNOWN_PACKAGES: dict[str, tuple[str, str]] = {
     "matplotlib": ("matplotlib", "plots"),
     "tensorrt": ("tensorrt", "tensorrt"),
     "cuda": ("cuda-python", "gpu"),
+    "rosbags": ("rosbags", "ros"),
 }
 
 

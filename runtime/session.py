@@ -39,6 +39,8 @@ class RunConfig:
     video: Path | None = None
     images: Path | None = None
     rtsp: str | None = None
+    rosbag: Path | None = None  # a ROS 1 .bag or ROS 2 bag; images of `topic`
+    topic: str | None = None
     backend: str = "auto"
     threads: int | None = None
     jsonl: Path | None = None
@@ -52,11 +54,14 @@ class RunConfig:
     loop: int = 1  # replay a file source this many times (soak tests)
 
     def __post_init__(self) -> None:
-        given = [n for n in ("camera", "video", "images", "rtsp") if getattr(self, n) is not None]
+        given = [n for n in ("camera", "video", "images", "rtsp", "rosbag") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ConfigError(
-                f"give exactly one source (--camera, --video, --images or --rtsp), got {len(given)}: {given}"
+                "give exactly one source (--camera, --video, --images, --rtsp or --rosbag), "
+                f"got {len(given)}: {given}"
             )
+        if self.topic is not None and self.rosbag is None:
+            raise ConfigError("--topic selects a ROS bag's image topic; give the bag with --rosbag")
         if self.loop < 1 or (self.max_frames is not None and self.max_frames < 1):
             raise ConfigError(f"loop and max_frames must be >= 1, got {self.loop} and {self.max_frames}")
         if self.loop > 1 and (self.camera is not None or self.rtsp is not None):
@@ -70,6 +75,10 @@ class RunConfig:
             return RtspSource(self.rtsp, queue_size=1)
         if self.video is not None:
             return VideoFileSource(self.video)
+        if self.rosbag is not None:
+            from runtime.sources_rosbag import RosbagSource
+
+            return RosbagSource(self.rosbag, self.topic)
         return ImageFolderSource(self.images)
 
 

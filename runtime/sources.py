@@ -374,13 +374,20 @@ class ImageFolderSource(FrameSource):
 
 
 def open_source(spec: str | int | Path, **kwargs) -> FrameSource:
-    """A source from a spec: an integer (camera index), ``rtsp://``/``http(s)://`` URL, folder or video file."""
+    """A source from a spec: an integer (camera index), ``rtsp://``/``http(s)://`` URL, ROS bag (pass
+    ``topic=``), folder or video file."""
     text = str(spec)
     if isinstance(spec, int) or text.isdigit():
         return CameraSource(int(text), **kwargs)
     if "://" in text:
         return RtspSource(text, **kwargs)
     path = Path(text)
+    from runtime.rosbag import is_bag
+
+    if is_bag(path):  # a ROS 1 .bag, ROS 2 .mcap/.db3 or bag folder: needs topic="/camera/..."
+        from runtime.sources_rosbag import RosbagSource
+
+        return RosbagSource(path, **kwargs)
     if path.is_dir():
         return ImageFolderSource(path, **kwargs)
     return VideoFileSource(path, **kwargs)

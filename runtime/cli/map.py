@@ -21,7 +21,15 @@ app = typer.Typer(
 @command_boundary
 def build(
     model: Path = typer.Option(..., help="Model file: .onnx, .engine or .plan (with its card)."),
-    dataset: str = typer.Option(..., help="Dataset: a folder with database.csv/queries.csv, 'nordland', ..."),
+    dataset: str = typer.Option(
+        None, help="Dataset: a folder with database.csv/queries.csv, 'nordland', ... (or give --rosbag)."
+    ),
+    rosbag: Path = typer.Option(
+        None, help="Build from a robot's drive: a ROS 1 .bag or ROS 2 bag with a camera and a GPS topic."
+    ),
+    image_topic: str = typer.Option(None, help="--rosbag: the camera topic (Image or CompressedImage)."),
+    gps_topic: str = typer.Option(None, help="--rosbag: the GPS topic (sensor_msgs/NavSatFix)."),
+    every: float = typer.Option(5.0, help="--rosbag: metres travelled between keyframes."),
     out: Path = typer.Option(..., help="Map directory to write (atomically)."),
     split: str = typer.Option("database", help="Images that become places: 'database' or 'all'."),
     index: str = typer.Option(
@@ -41,14 +49,45 @@ def build(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Extract descriptors of the dataset's images and write the map."""
+    """Extract descriptors of the dataset's images (or a ROS bag's keyframes) and write the map."""
     from runtime.map import MapConfig, build_map
 
     configure_logging(verbose, quiet)
+    if (dataset is None) == (rosbag is None):
+        raise typer.BadParameter("give either --dataset or --rosbag (with --image-topic and --gps-topic)")
     config = MapConfig(
         split=split, index=index, batch_size=batch_size, nprobe=nprobe, rerank=rerank, overwrite=overwrite
     )
-    path = build_map(model, dataset, out, config, progress=progress, backend=backend)
+    if rosbag is not None:
+        from runtime.datasets.rosbag import DriveConfig
+        from runtime.map.from_bag import build_map_from_bag
+
+        drive = DriveConfig(image_topic, gps_topic, every_m=every)
+        path = build_map_from_bag(model, rosbag, drive, out, config, progress=progress, backend=backend)
+    else:
+        path = build_map(model, dataset, out, config, progress=progress, backend=backend)
+    typer.echo(str(path))
+
+
+@app.command("bag-dataset")
+@command_boundary
+def bag_dataset(
+    rosbag: Path = typer.Option(..., help="A ROS 1 .bag or ROS 2 bag (folder, .mcap or .db3) of one drive."),
+    image_topic: str = typer.Option(..., help="The camera topic (Image or CompressedImage)."),
+    gps_topic: str = typer.Option(..., help="The GPS topic (sensor_msgs/NavSatFix)."),
+    out: Path = typer.Option(..., help="Dataset folder (generic format) to write into."),
+    split: str = typer.Option("database", help="Which split this drive becomes: 'database' or 'queries'."),
+    every: float = typer.Option(5.0, help="Metres travelled between keyframes."),
+    overwrite: bool = typer.Option(False, help="Replace this split if the folder already has it."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Write a drive's GPS-tagged keyframes as one split of a generic dataset (for training and maps)."""
+    from runtime.datasets.rosbag import DriveConfig, write_bag_dataset
+
+    configure_logging(verbose, quiet)
+    drive = DriveConfig(image_topic, gps_topic, every_m=every)
+    path = write_bag_dataset(rosbag, drive, out, split, overwrite=overwrite, progress=progress)
     typer.echo(str(path))
 
 

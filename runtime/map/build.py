@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ MAP_FORMAT_VERSION = 2  # 2: unknown_threshold is a distinctiveness ratio (1: a 
 INDEX_FILE, PLACES_FILE, META_FILE = "index.faiss", "places.csv", "map.json"
 # full descriptors (N, D) float16 of a compressed map, memory-mapped at search time for exact re-ranking
 DESCRIPTORS_FILE = "descriptors.f16.npy"
+EMBEDDED_IMAGES = "images"  # where a self-contained map keeps its place images (MapConfig.embed_images)
 
 
 def extract_descriptors(
@@ -214,6 +216,8 @@ def _build(engine: Backend, dataset, out: Path, config: MapConfig, progress) -> 
             geo=_geo_meta(dataset),
             progress=progress,
         )
+        if config.embed_images:
+            meta["dataset"]["root"] = embed_images(tmp, Path(dataset.root), places.images)
         meta["build_seconds"] = {"extract": round(extract_s, 3), "total": round(time.perf_counter() - t0, 3)}
         write_meta(tmp, meta)
         del descriptors  # close the memory map before the directory is renamed
@@ -234,6 +238,20 @@ def dataset_meta(dataset, split: str) -> dict:
         "source": dict(dataset.info).get("source"),
         "split": split,
     }
+
+
+def embed_images(directory: Path, root: Path, images: Sequence[str]) -> str:
+    """Copy the place images into ``directory/images`` (a self-contained map); returns the root to record,
+    relative to the map."""
+    for image in images:
+        target = directory / EMBEDDED_IMAGES / image
+        if not target.resolve().is_relative_to((directory / EMBEDDED_IMAGES).resolve()):
+            from runtime.errors import DatasetError
+
+            raise DatasetError(f"image path '{image}' leaves the dataset folder; it cannot be embedded in a map")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / image, target)
+    return EMBEDDED_IMAGES
 
 
 def write_meta(directory: Path, meta: dict) -> None:

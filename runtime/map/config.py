@@ -27,6 +27,7 @@ class MapConfig:
     ``faiss_threads``: OpenMP threads for faiss (None: its default, one per core).
     ``unknown_percentile``: the share (%) of unmapped-place frames the "unknown place" threshold flags,
     calibrated on the map (:mod:`runtime.map.calibrate`).
+    ``embed_images``: copy the place images into the map (``images/``), so it works without the dataset.
     """
 
     split: str = "database"
@@ -44,6 +45,7 @@ class MapConfig:
     read_workers: int = 2
     faiss_threads: int | None = None
     overwrite: bool = False
+    embed_images: bool = False
 
     def __post_init__(self) -> None:
         problems = []
