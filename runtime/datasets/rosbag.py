@@ -249,7 +249,7 @@ def write_bag_dataset(
     folder = Path(folder)
     csv_path = folder / SPLIT_FILES[split]
     if (csv_path.exists() or (folder / split).exists()) and not overwrite:
-        raise FileExistsError(
+        raise ConfigError(
             f"'{csv_path}' or '{folder / split}' already exists; pass --overwrite to replace them"
         )
     drive = read_drive(bag, config, folder, prefix=f"{split}/", progress=progress)

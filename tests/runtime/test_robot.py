@@ -170,22 +170,24 @@ def test_bag_dataset_for_training(robot, tmp_path):
     assert dataset.num_db == dataset.num_queries == 18 and dataset.info["utm_zone"] == "33T"
     assert np.abs(dataset.db_utm[:, 0] - (E0 + SPACING * np.array(EXPECTED_PLACES))).max() < 1.0
     assert dataset.db_images[0] == "database/000000.png" and np.abs(dataset.db_heading - 90).max() < 5.0
-    with pytest.raises(FileExistsError, match="pass --overwrite"):
-        runner.invoke(
-            map_app,
-            [
-                "bag-dataset",
-                "--rosbag",
-                str(robot["map_bag"]),
-                "--image-topic",
-                CAM,
-                "--gps-topic",
-                GPS,
-                "--out",
-                str(folder),
-            ],
-            catch_exceptions=False,
-        )
+    again = runner.invoke(
+        map_app,
+        [
+            "bag-dataset",
+            "--rosbag",
+            str(robot["map_bag"]),
+            "--image-topic",
+            CAM,
+            "--gps-topic",
+            GPS,
+            "--out",
+            str(folder),
+        ],
+    )
+    expected = (
+        f"error: '{folder / 'database.csv'}' or '{folder / 'database'}' already exists; pass --overwrite"
+    )
+    assert again.exit_code == 2 and expected in again.output
 
 
 def test_bad_drives_get_clear_errors(robot, tmp_path):
