@@ -248,7 +248,9 @@ def embed_images(directory: Path, root: Path, images: Sequence[str]) -> str:
         if not target.resolve().is_relative_to((directory / EMBEDDED_IMAGES).resolve()):
             from runtime.errors import DatasetError
 
-            raise DatasetError(f"image path '{image}' leaves the dataset folder; it cannot be embedded in a map")
+            raise DatasetError(
+                f"image path '{image}' leaves the dataset folder; it cannot be embedded in a map"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / image, target)
     return EMBEDDED_IMAGES
