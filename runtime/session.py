@@ -44,6 +44,7 @@ class RunConfig:
     backend: str = "auto"
     threads: int | None = None
     jsonl: Path | None = None
+    out_bag: Path | None = None  # a ROS 2 bag (MCAP) of the results (runtime.outbag)
     save_video: Path | None = None
     show: bool = False
     temporal: bool = False
@@ -135,6 +136,11 @@ def run_session(
         if config.jsonl:
             Path(config.jsonl).parent.mkdir(parents=True, exist_ok=True)
             jsonl = stack.enter_context(open(config.jsonl, "w", encoding="utf-8", buffering=1))
+        out_bag = None
+        if config.out_bag:
+            from runtime.outbag import ResultBag
+
+            out_bag = stack.enter_context(ResultBag(config.out_bag, localizer.map.geo))
         overlay = writer = None
         if config.save_video or config.show:
             from runtime.overlay import Overlay
@@ -154,6 +160,8 @@ def run_session(
                     stages[s].append(getattr(loc.times, s))
                 if jsonl is not None:
                     jsonl.write(json.dumps(loc.to_record()) + "\n")
+                if out_bag is not None:
+                    out_bag.write(loc)
                 now = time.perf_counter()
                 fps = summary.frames / max(now - start, 1e-9)
                 if overlay is not None:

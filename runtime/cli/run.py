@@ -26,6 +26,9 @@ def main(
     backend: str = typer.Option("auto", help="auto, onnxruntime[-cpu|-cuda|-tensorrt] or tensorrt."),
     threads: int = typer.Option(None, help="Inference threads (ONNX Runtime; default: one per core)."),
     jsonl: Path = typer.Option(None, help="Write one JSON record per frame here."),
+    out_bag: Path = typer.Option(
+        None, help="Write the results as a ROS 2 bag (MCAP): NavSatFix, pose, confidence, unknown verdict."
+    ),
     show: bool = typer.Option(False, help="Show the overlay in a window (needs a GUI OpenCV)."),
     save_video: Path = typer.Option(None, help="Write the overlay video here (.mp4 or .avi)."),
     temporal: bool = typer.Option(False, help="Filter positions over time (for sequences)."),
@@ -62,6 +65,7 @@ def main(
         backend=backend,
         threads=threads,
         jsonl=jsonl,
+        out_bag=out_bag,
         save_video=save_video,
         show=show,
         temporal=temporal,

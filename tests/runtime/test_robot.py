@@ -126,11 +126,14 @@ def test_map_from_a_bag_then_localise_another_bag(robot, tmp_path):
             CAM,
             "--jsonl",
             str(jsonl),
+            "--out-bag",
+            str(tmp_path / "results"),
             "-q",
         ],
     )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    check_result_bag(tmp_path / "results", records)
     assert len(records) == PLACES and [r["timestamp"] for r in records] == [
         T0 + 1000 + i for i in range(PLACES)
     ]
@@ -215,3 +218,40 @@ def test_bad_drives_get_clear_errors(robot, tmp_path):
     with pytest.raises(SourceError, match=re.escape(expected)):
         build_map_from_bag(robot["model"], late, DriveConfig(CAM, CAM), tmp_path / "m3")
     assert not (tmp_path / "m1").exists() and not list(tmp_path.glob(".m*"))  # nothing left behind
+
+
+def check_result_bag(path, records):
+    """The --out-bag bag read back with rosbags: one message per topic per frame, stamped with the frame's
+    time, NavSatFix covariance from the uncertainty, the pose in the map's UTM frame."""
+    from rosbags.highlevel import AnyReader
+
+    assert sorted(p.name for p in path.iterdir()) == ["metadata.yaml", "results.mcap"]
+    assert not list(path.parent.glob(".results.*"))  # the temporary folder is gone
+    with AnyReader([path]) as reader:
+        types = {name: info.msgtype for name, info in reader.topics.items()}
+        assert types == {
+            "/netvlad/fix": "sensor_msgs/msg/NavSatFix",
+            "/netvlad/pose": "geometry_msgs/msg/PoseWithCovarianceStamped",
+            "/netvlad/confidence": "std_msgs/msg/Float32",
+            "/netvlad/unknown": "std_msgs/msg/Bool",
+        }
+        got: dict[str, list] = {topic: [] for topic in types}
+        for connection, t_ns, raw in reader.messages():
+            got[connection.topic].append((t_ns, reader.deserialize(raw, connection.msgtype)))
+    assert all(len(v) == len(records) for v in got.values())
+    for r, (t_fix, fix), (t_pose, pose), (_, conf), (_, unknown) in zip(
+        records, *(got[f"/netvlad/{name}"] for name in ("fix", "pose", "confidence", "unknown")), strict=True
+    ):
+        t_ns = round(r["timestamp"] * 1e9)
+        assert t_fix == t_pose == t_ns and fix.header.stamp.sec == t_ns // 10**9
+        assert (fix.latitude, fix.longitude) == pytest.approx((r["lat"], r["lon"]), abs=1e-7)
+        assert fix.position_covariance[0] == pytest.approx(r["uncertainty_m"] ** 2, rel=1e-3)
+        assert fix.position_covariance_type == 2 and fix.status.status == (-1 if r["unknown"] else 0)
+        assert pose.header.frame_id == "utm_33N"
+        assert (pose.pose.pose.position.x, pose.pose.pose.position.y) == pytest.approx(
+            (r["easting"], r["northing"]), abs=1e-3
+        )
+        assert pose.pose.covariance[7] == pytest.approx(r["uncertainty_m"] ** 2, rel=1e-3)
+        # heading ~90 (east) is an ENU yaw of ~0: quaternion z ~ 0, w ~ 1
+        assert abs(pose.pose.pose.orientation.z) < 0.05 and pose.pose.pose.orientation.w > 0.99
+        assert conf.data == pytest.approx(r["confidence"], abs=1e-4) and unknown.data == r["unknown"]
