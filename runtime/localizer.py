@@ -190,10 +190,18 @@ class Localizer:
         owns_backend: bool = False,
     ) -> None:
         self.backend = backend
-        self.map = place_map
         self.config = config or LocalizerConfig()
         self.preprocess = Preprocessor(backend.card)
         self._owns_backend = owns_backend
+        # held while a frame is searched and scored, and while reload() swaps the map: a frame sees one map
+        self._map_lock = threading.Lock()
+        self._use_map(place_map)
+        self._stop = threading.Event()
+
+    def _use_map(self, place_map: PlaceMap) -> None:
+        """Make ``place_map`` current with the state derived from it (call with ``_map_lock`` held, or
+        before any frame runs)."""
+        self.map = place_map
         self.threshold = (
             self.map.unknown_threshold
             if self.config.unknown_threshold is None
@@ -203,7 +211,33 @@ class Localizer:
         self._radius = float(self.map.meta["calibration"]["radius_m"])
         self._spacing = place_spacing(self.map.places.utm)
         self._geo = self.map.geo
-        self._stop = threading.Event()
+
+    def reload(self, override_map_check: bool = False) -> bool:
+        """Re-open the map from its directory (after ``netvlad-map add/remove`` or a rebuild) and switch to
+        it without stopping: frames being localised finish on the old map, later ones use the new one
+        (a stream's sequence filter restarts, as place ids changed). The new map is checked against the
+        model like :meth:`open` does; if it cannot be opened, the error is raised and the old map stays.
+        Returns whether the map changed (its map.json ``created``/``revision`` differ). Thread-safe.
+        """
+        current = self.map
+        fresh = open_map(
+            current.path, self.backend.card, model_name=str(self.backend.path), override=override_map_check
+        )
+        changed = (fresh.meta.get("created"), fresh.revision, len(fresh)) != (
+            current.meta.get("created"),
+            current.revision,
+            len(current),
+        )
+        with self._map_lock:
+            self._use_map(fresh)
+        log.info(
+            "reloaded map '%s': %d places, revision %d%s",
+            fresh.path,
+            len(fresh),
+            fresh.revision,
+            "" if changed else " (unchanged)",
+        )
+        return changed
 
     @classmethod
     def open(
@@ -241,7 +275,10 @@ class Localizer:
         t2 = time.perf_counter()
         times = {"decode": 0.0, "preprocess": t1 - t0, "inference": t2 - t1}
         meta = Frame(frame, timestamp, source, index, 0.0, t0)
-        return self._finish(meta, descriptor, times, None, keep=frame if self.config.keep_frames else None)
+        with self._map_lock:
+            return self._finish(
+                meta, descriptor, times, None, keep=frame if self.config.keep_frames else None
+            )
 
     def _finish(
         self,
@@ -335,6 +372,7 @@ class Localizer:
             else (TemporalConfig() if temporal is True else (temporal or None))
         )
         tracker = TemporalFilter(self.map.places.utm, temporal_config) if temporal_config else None
+        tracker_map = self.map
         stop = threading.Event()
         prepared: queue.Queue = queue.Queue(maxsize=depth)
         inferred: queue.Queue = queue.Queue(maxsize=depth)
@@ -411,9 +449,13 @@ class Localizer:
                     raise item
                 frame, descriptor, pre_s, infer_s = item
                 times = {"decode": frame.decode_s, "preprocess": pre_s, "inference": infer_s}
-                yield self._finish(
-                    frame, descriptor, times, tracker, frame.image if self.config.keep_frames else None
-                )
+                with self._map_lock:
+                    if tracker is not None and tracker_map is not self.map:  # reloaded: new place ids
+                        tracker, tracker_map = TemporalFilter(self.map.places.utm, temporal_config), self.map
+                    result = self._finish(
+                        frame, descriptor, times, tracker, frame.image if self.config.keep_frames else None
+                    )
+                yield result
         finally:
             # Producers poll `stop` (their puts and gets time out), so nothing needs draining here. Draining
             # from this thread could deadlock: a Ctrl-C that lands inside inferred.get() can leave that

@@ -1,4 +1,5 @@
-"""``netvlad-map``: build a map from a model and a geotagged dataset; show a map; score a run's JSONL."""
+"""``netvlad-map``: build a map from a model and a geotagged dataset; add or remove places; show a map; score
+a run's JSONL."""
 
 from __future__ import annotations
 
@@ -89,6 +90,59 @@ def bag_dataset(
     drive = DriveConfig(image_topic, gps_topic, every_m=every)
     path = write_bag_dataset(rosbag, drive, out, split, overwrite=overwrite, progress=progress)
     typer.echo(str(path))
+
+
+@app.command()
+@command_boundary
+def add(
+    map_path: Path = typer.Option(..., "--map", help="The map to grow (rewritten atomically)."),
+    dataset: str = typer.Option(..., help="Dataset whose images become new places."),
+    model: Path = typer.Option(..., help="The model the map was built with (its fingerprint is checked)."),
+    split: str = typer.Option("database", help="Images that become places: 'database' or 'all'."),
+    backend: str = typer.Option("auto", help="Inference backend (auto: from the model's suffix)."),
+    batch_size: int = typer.Option(16, help="Images per inference batch."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Append a dataset's images to a map without a rebuild (the IVF quantiser and PQ codebooks are reused;
+    the unknown-place calibration is updated). A running Localizer sees them after reload()."""
+    from runtime.map import add_to_map
+
+    configure_logging(verbose, quiet)
+    added = add_to_map(
+        map_path, model, dataset, split=split, backend=backend, batch_size=batch_size, progress=progress
+    )
+    typer.echo(f"{map_path}: added {added} places")
+
+
+@app.command()
+@command_boundary
+def remove(
+    map_path: Path = typer.Option(..., "--map", help="The map to shrink (rewritten atomically)."),
+    image: list[str] = typer.Option(
+        [], help="Remove places whose image (as in places.csv) matches this shell pattern; repeatable."
+    ),
+    region: str = typer.Option(
+        None, help="Remove places inside this UTM box: easting_min,northing_min,easting_max,northing_max (m)."
+    ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Take places out of a map, by image or by region (the rest keep their order; calibration updated)."""
+    from runtime.errors import ConfigError
+    from runtime.map import remove_from_map
+
+    configure_logging(verbose, quiet)
+    box = None
+    if region is not None:
+        try:
+            box = tuple(float(v) for v in region.split(","))
+        except ValueError:
+            raise ConfigError(
+                f"--region must be four numbers easting_min,northing_min,easting_max,northing_max, got {region!r}"
+            ) from None
+    removed = remove_from_map(map_path, image, box, progress=progress)
+    typer.echo(f"{map_path}: removed {removed} places")
 
 
 @app.command()

@@ -2,12 +2,26 @@
 
 ``index.faiss`` (FAISS, inner product), ``places.csv`` (id, image, easting, northing, heading, time,
 split; row i = FAISS id i) and ``map.json`` (model fingerprint, descriptor dimension, metric, index type,
-count, the calibrated unknown-place threshold, the dataset root the image paths are relative to).
+count, the calibrated unknown-place threshold, the dataset root the image paths are relative to, the
+revision counting in-place changes). A compressed (IVF-PQ) map also keeps ``descriptors.f16.npy``, the
+full descriptors (N, D) float16 that search memory-maps to re-rank the index's candidates exactly.
+Maps grow and shrink in place with :func:`add_to_map` / :func:`remove_from_map`.
 """
 
 from runtime.map.build import build_map, extract_descriptors
 from runtime.map.config import MapConfig
 from runtime.map.places import Places
 from runtime.map.store import PlaceMap, open_map, read_map_meta
+from runtime.map.update import add_to_map, remove_from_map
 
-__all__ = ["MapConfig", "PlaceMap", "Places", "build_map", "extract_descriptors", "open_map", "read_map_meta"]
+__all__ = [
+    "MapConfig",
+    "PlaceMap",
+    "Places",
+    "add_to_map",
+    "build_map",
+    "extract_descriptors",
+    "open_map",
+    "read_map_meta",
+    "remove_from_map",
+]

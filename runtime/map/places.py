@@ -28,6 +28,30 @@ class Places:
     def __len__(self) -> int:
         return len(self.images)
 
+    def take(self, rows: np.ndarray) -> Places:
+        """The places at ``rows`` (int indices or a boolean mask), in that order."""
+        rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, np.int64)
+        return Places(
+            tuple(self.images[i] for i in rows),
+            self.utm[rows],
+            self.heading[rows],
+            self.time[rows],
+            tuple(self.split[i] for i in rows),
+        )
+
+    def concat(self, other: Places) -> Places:
+        """These places followed by ``other``'s (ids of ``other`` shift by ``len(self)``)."""
+        return Places(
+            self.images + other.images,
+            np.concatenate([self.utm, other.utm]),
+            np.concatenate([self.heading, other.heading]),
+            np.concatenate([self.time, other.time]),
+            self.split + other.split,
+        )
+
+    def with_images(self, images: tuple[str, ...]) -> Places:
+        return Places(images, self.utm, self.heading, self.time, self.split)
+
     def to_csv(self) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")

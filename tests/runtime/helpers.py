@@ -131,18 +131,20 @@ def make_stand_in_world(
     size=(96, 128),
     noise: int = 20,
     distract: float = 0.0,
+    origin: tuple[float, float] = (500000.0, 5000000.0),
 ):
     """A route of ``places`` distinct places along a line; database and query images per place, CSVs too.
 
     Queries are the place image with noise and a small shift, so a pooled-pixel model recognises them;
     ``distract`` blends a random unrelated scene into each query (0: none, 1: only the distractor).
+    ``origin``: UTM (easting, northing) of the first place; the route runs east.
     """
     rng = np.random.default_rng(seed)
     h, w = size
     (root / "database").mkdir(parents=True, exist_ok=True)
     (root / "queries").mkdir(parents=True, exist_ok=True)
     db, q = [], []
-    utm = np.stack([500000.0 + spacing_m * np.arange(places), np.full(places, 5000000.0)], axis=1)
+    utm = np.stack([origin[0] + spacing_m * np.arange(places), np.full(places, origin[1])], axis=1)
     for i in range(places):
         image = place_image(rng, h, w)
         cv2.imwrite(str(root / "database" / f"{i:04d}.png"), image)
