@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -79,6 +81,22 @@ def _copy_rows(target: np.ndarray, offset: int, source: np.ndarray, rows: np.nda
     return offset + n
 
 
+def _embedded_root(meta: dict) -> str | None:
+    """The image folder inside a self-contained map (its dataset root is relative to the map), else None."""
+    root = meta["dataset"]["root"]
+    return None if Path(root).is_absolute() else root
+
+
+def _carry_images(source: Path, target: Path, images: Sequence[str]) -> None:
+    """Give a rewritten self-contained map the ``images`` it keeps (hard links: no copy where possible)."""
+    for image in images:
+        (target / image).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source / image, target / image)
+        except OSError:
+            shutil.copyfile(source / image, target / image)
+
+
 def _history(meta: dict, entry: dict) -> list:
     return [
         *meta.get("history", []),
@@ -118,10 +136,16 @@ def add_to_map(
                 f"('{meta['model']['file']}'), or rebuild the map with this one"
             )
         new_places, items = dataset_places(dataset, split)
-        map_root = Path(meta["dataset"]["root"])
+        source_images = new_places.images
+        embedded = _embedded_root(meta)
         root = Path(dataset.root).resolve()
-        if root != map_root:  # image paths are relative to the map's dataset root: record these in full
-            new_places = new_places.with_images(tuple(str(root / image) for image in new_places.images))
+        revision = int(meta.get("revision", 0)) + 1
+        if embedded is not None:  # a self-contained map: the new images go inside it too
+            new_places = new_places.with_images(tuple(f"added-r{revision}/{i}" for i in source_images))
+        elif root != Path(
+            meta["dataset"]["root"]
+        ):  # paths are relative to the map's root: record these in full
+            new_places = new_places.with_images(tuple(str(root / image) for image in source_images))
         old_places = Places.read_csv(map_path / PLACES_FILE)
         already = sorted(set(old_places.images) & set(new_places.images))
         if already:
@@ -146,6 +170,11 @@ def add_to_map(
     places = old_places.concat(new_places)
     config = map_config(meta)
     with atomic_directory(map_path, overwrite=True) as tmp:
+        if embedded is not None:
+            _carry_images(map_path / embedded, tmp / embedded, old_places.images)
+            for source, image in zip(source_images, new_places.images, strict=True):
+                (tmp / embedded / image).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(root / source, tmp / embedded / image)
         if meta["index"]["type"] == "flat":
             index.add(added)
             descriptors = _map_descriptors(tmp, meta, index)
@@ -166,7 +195,7 @@ def add_to_map(
             geo=meta.get("geo"),
             index=index,
             index_info=meta["index"],
-            revision=int(meta.get("revision", 0)) + 1,
+            revision=revision,
             progress=progress,
         )
         new_meta["history"] = _history(
@@ -242,7 +271,11 @@ def remove_from_map(
     faiss = faiss_module()
     index = faiss.read_index(str(map_path / INDEX_FILE))
     old = _map_descriptors(map_path, meta, index)
+    kept = places.take(keep)
     with atomic_directory(map_path, overwrite=True) as tmp:
+        embedded = _embedded_root(meta)
+        if embedded is not None:
+            _carry_images(map_path / embedded, tmp / embedded, kept.images)
         if meta["index"]["type"] == "flat":
             descriptors = np.ascontiguousarray(old[keep])  # (K, D) float32
             index = faiss.IndexFlatIP(index.d)
@@ -257,7 +290,7 @@ def remove_from_map(
         new_meta = write_map_files(
             tmp,
             descriptors,
-            places.take(keep),
+            kept,
             map_config(meta),
             name=meta["name"],
             model=meta["model"],

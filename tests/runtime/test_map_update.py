@@ -13,7 +13,15 @@ from runtime.backends import open_backend
 from runtime.cli.map import app as map_app
 from runtime.errors import ConfigError, MapMismatchError
 from runtime.localizer import Localizer
-from runtime.map import MapConfig, add_to_map, build_map, extract_descriptors, read_map_meta, remove_from_map
+from runtime.map import (
+    MapConfig,
+    add_to_map,
+    build_map,
+    extract_descriptors,
+    open_map,
+    read_map_meta,
+    remove_from_map,
+)
 from runtime.map.index import faiss_module
 from runtime.map.places import Places
 from tests.runtime.helpers import make_onnx_model, make_stand_in_world
@@ -199,3 +207,19 @@ def test_cli_add_and_remove(worlds, tmp_path):
     assert "--region must be four numbers easting_min,northing_min,easting_max,northing_max, got '1,2,x'" in (
         result.output
     )
+
+
+def test_a_self_contained_map_keeps_its_images_inside_when_it_grows_and_shrinks(worlds, tmp_path):
+    config = MapConfig(embed_images=True, faiss_threads=1)
+    map_dir = build_map(worlds["model"], worlds["first"], tmp_path / "map", config)
+    add_to_map(map_dir, worlds["model"], worlds["second"], faiss_threads=1)
+    opened = open_map(map_dir)
+    assert opened.meta["dataset"]["root"] == "images"
+    assert opened.places.images[0] == "database/0000.png"
+    assert opened.places.images[30] == "added-r1/database/0000.png"
+    assert all(opened.image_path(i).is_file() for i in range(50))
+    assert opened.image_path(30).read_bytes() == (worlds["second"].root / "database/0000.png").read_bytes()
+    remove_from_map(map_dir, images=["added-r1/*"])
+    opened = open_map(map_dir)
+    assert len(opened) == 30 and all(opened.image_path(i).is_file() for i in range(30))
+    assert not (map_dir / "images" / "added-r1").exists()
