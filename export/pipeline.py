@@ -22,12 +22,14 @@ from export.config import ExportConfig
 from export.images import ImageSet, fixed_images, iter_batches, load_images, open_image_set
 from runtime.card import ModelCard, read_onnx_card, read_sidecar
 from runtime.errors import ArtifactError, DatasetError, ModelCardError
+from runtime.outputs import clean_stale, output_lock
 from runtime.protocol import EVAL_RADIUS_M
 
 log = logging.getLogger(__name__)
 
 ProgressFactory = Callable[..., Any]  # like runtime.console.progress(total=..., desc=..., unit=...)
 ARTIFACT_PATTERNS = ("*.onnx", "*.engine")
+STAGING_PREFIX = ".export-"  # hidden folder inside the output where artifacts are made
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,24 @@ def run_export(
     cfg: ExportConfig | None = None,
     progress: ProgressFactory | None = None,
 ) -> ExportResult:
+    """Export ``checkpoint`` into ``out_dir`` (see :func:`_export`), as the only writer of ``out_dir``.
+
+    A second export to the same folder meanwhile is refused (:class:`OutputError` naming this PID); the
+    staging folders of an export that was killed are removed first.
+    """
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ArtifactError(f"output '{out_dir}' exists and is not a folder; choose another --out")
+    with output_lock(out_dir, "export folder"):
+        clean_stale(out_dir, extra_patterns=(f"{STAGING_PREFIX}*",))
+        return _export(checkpoint, out_dir, cfg, progress)
+
+
+def _export(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    cfg: ExportConfig | None = None,
+    progress: ProgressFactory | None = None,
+) -> ExportResult:
     """Export ``checkpoint`` into ``out_dir`` as ``cfg`` asks; returns what was written.
 
     Writes ``model.onnx`` always, ``model.fp16.onnx`` (``fp16``), ``model.int8.onnx`` /
@@ -208,7 +228,7 @@ def run_export(
     fingerprint = model.fingerprint()
     check_output_folder(out_dir, fingerprint)
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
     try:
         artifacts: dict[str, Path] = {}
         fp32 = export_place_model(model, staging / "model.onnx", cfg, source=str(checkpoint))

@@ -22,6 +22,7 @@ import numpy as np
 
 from runtime.errors import ConfigError
 from runtime.localizer import Localization, Localizer, LocalizerConfig
+from runtime.outputs import check_writable_file, output_lock
 from runtime.sources import CameraSource, FrameSource, ImageFolderSource, RtspSource, VideoFileSource
 from runtime.temporal import TemporalConfig
 
@@ -124,6 +125,8 @@ def run_session(
         keep_frames=bool(config.save_video or config.show),
     )
     options = {} if config.threads is None else {"threads": config.threads}
+    check_writable_file(config.jsonl, "--jsonl")  # before minutes of work, not after them
+    check_writable_file(config.save_video, "--save-video")
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     with contextlib.ExitStack() as stack:
         localizer = stack.enter_context(
@@ -135,6 +138,7 @@ def run_session(
         jsonl = None
         if config.jsonl:
             Path(config.jsonl).parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(output_lock(config.jsonl, "--jsonl"))  # one run per JSONL
             jsonl = stack.enter_context(open(config.jsonl, "w", encoding="utf-8", buffering=1))
         out_bag = None
         if config.out_bag:

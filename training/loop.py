@@ -79,6 +79,51 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
         )
 
 
+def resolve_device(device: str) -> torch.device:
+    """``auto``/``cpu``/``cuda[:N]`` -> a torch device that exists here (ConfigError naming what is missing)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":", 1)[1]) if ":" in device and device.split(":", 1)[1].isdigit() else 0
+        if index >= count:
+            raise ConfigError(
+                f"--device {device}: this machine has {count} usable CUDA device(s) (torch "
+                f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu or auto"
+            )
+    return torch.device(device)
+
+
+def check_own_run(out_dir: Path, resumed_config: dict) -> None:
+    """A ``last.pt`` is resumed only in the run folder that wrote it: its config matches the folder's run file.
+
+    A checkpoint copied in from another run (or a folder whose run file is gone) is refused.
+    """
+    run_file = out_dir / RUN_FILE
+    try:
+        recorded = json.loads(run_file.read_text(encoding="utf-8"))["config"]
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"cannot resume: '{out_dir / 'last.pt'}' has no {RUN_FILE} beside it, so it was not written by a "
+            f"run in '{out_dir}'; start a new run in another --out"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"cannot resume: '{run_file}' is unreadable ({exc}); start a new run") from exc
+    resumed_config = json.loads(
+        json.dumps(resumed_config, default=str)
+    )  # tuples -> lists, as in the run file
+    differing = sorted(
+        k for k in set(recorded) | set(resumed_config)
+        if k not in BUDGET_FIELDS and recorded.get(k) != resumed_config.get(k)
+    )  # fmt: skip
+    if differing:
+        raise ArtifactError(
+            f"cannot resume: '{out_dir / 'last.pt'}' belongs to another run than '{run_file}' "
+            f"({', '.join(differing)} differ); it was copied in from elsewhere. Resume it in its own folder or "
+            "start a new run"
+        )
+
+
 def resolve_dataset(cfg: TrainConfig, data_dir: Path, progress: Callable | None = None) -> PlaceDataset:
     """``cfg.dataset`` through open_dataset, or the synthetic world (generated under ``data_dir`` if missing)."""
     from runtime.datasets import load_generic, open_dataset
@@ -114,6 +159,7 @@ class Trainer:
     ) -> None:
         self.out_dir = Path(out_dir)
         check_out_dir(self.out_dir, resume)
+        self.device = resolve_device(cfg.device)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.resume_payload = None
         if resume:
@@ -124,6 +170,7 @@ class Trainer:
                     f"'{self.out_dir / 'last.pt'}' has no training state and cannot be resumed; it is a model-only "
                     "checkpoint. Start a new run in another --out"
                 )
+            check_own_run(self.out_dir, state["config"])
             stored = TrainConfig.from_dict(state["config"])
             differing = [
                 k
@@ -139,9 +186,6 @@ class Trainer:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.out_dir / "cache"
         self.progress = progress
         self.metrics = Metrics(self.out_dir / "metrics.jsonl")
-        self.device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-        )
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         torch.set_num_threads(cfg.threads)
 

@@ -36,9 +36,16 @@ def train(
     differ from the original config. ``cache_dir``: where the synthetic world and the frozen-feature cache
     live (default ``out_dir/cache``; share it between runs to skip regenerating them).
     """
+    from runtime.errors import OutputError
+    from runtime.outputs import clean_stale, output_lock
     from training.loop import Trainer
 
-    return Trainer(cfg, Path(out_dir), resume, Path(cache_dir) if cache_dir else None, progress).run()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out '{out_dir}' is a file, not a training folder; choose another --out")
+    with output_lock(out_dir, "training folder"):
+        clean_stale(out_dir, extra_patterns=(".*.tmp",))  # checkpoints a killed run was writing
+        return Trainer(cfg, out_dir, resume, Path(cache_dir) if cache_dir else None, progress).run()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,6 +42,7 @@ def main(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     from runtime.atomic import atomic_write_text
+    from runtime.outputs import check_writable_file
     from runtime.session import RunConfig, run_session
 
     configure_logging(verbose, quiet)
@@ -75,6 +76,7 @@ def main(
         max_frames=max_frames,
         loop=loop,
     )
+    check_writable_file(summary, "--summary")  # before the run, not after it
     try:
         result = run_session(config, on_status=status)
     finally:

@@ -27,6 +27,7 @@ from runtime.map.index import (
     set_threads,
 )
 from runtime.map.places import Places, places_from_dataset
+from runtime.outputs import check_not_dataset, check_replaceable_map, clean_stale, output_lock
 from runtime.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
@@ -128,16 +129,19 @@ def build_map(
     """
     config = config or MapConfig()
     out = Path(out)
-    if out.exists() and not config.overwrite:
-        raise FileExistsError(f"map '{out}' already exists; choose another --out or pass --overwrite")
+    check_replaceable_map(out, config.overwrite, META_FILE)
     dataset = resolve_dataset(dataset)
-    owned = not isinstance(model, Backend)
-    engine = open_backend(model, backend) if owned else model
-    try:
-        return _build(engine, dataset, out, config, progress)
-    finally:
-        if owned:
-            engine.close()
+    check_not_dataset(out, Path(dataset.root))
+    with output_lock(out, "map"):
+        clean_stale(out)
+        check_replaceable_map(out, config.overwrite, META_FILE)  # again: a writer may have just finished
+        owned = not isinstance(model, Backend)
+        engine = open_backend(model, backend) if owned else model
+        try:
+            return _build(engine, dataset, out, config, progress)
+        finally:
+            if owned:
+                engine.close()
 
 
 def resolve_dataset(dataset):

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from runtime.errors import ArtifactError, ConfigError, MapMismatchError
+from runtime.errors import ArtifactError, ConfigError, MapMismatchError, OutputError
 from runtime.localizer import Localizer, LocalizerConfig
 from runtime.map import MapConfig, build_map, open_map, read_map_meta
 from runtime.recall import rank_database, recall_at_n
@@ -43,7 +43,7 @@ def test_map_files_and_metadata(world):
 
 
 def test_map_is_written_atomically_and_not_overwritten(world, tmp_path):
-    with pytest.raises(FileExistsError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists; choose another --out or pass --overwrite"):
         build_map(world["model"], world["dataset"], world["map"])
     # a failing build leaves no directory behind
     broken = tmp_path / "broken.onnx"

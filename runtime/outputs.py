@@ -1,0 +1,152 @@
+"""Safe outputs: replace only what the kit wrote, one writer per output, no debris from a killed run.
+
+- :func:`output_lock` holds an exclusive ``flock`` on a hidden ``.<name>.lock`` beside an output for the
+  whole time one process writes it; a second writer gets :class:`OutputError` naming the holder's PID. The
+  kernel drops the lock when its holder dies (even by ``kill -9``), so a lock never goes stale.
+- :func:`clean_stale` removes, under that lock, the temporary siblings (``.<name>.*.tmp``, ``.<name>.old-*``)
+  that :mod:`runtime.atomic` leaves when a run is killed mid-write, and says so.
+- :func:`check_replaceable_map`, :func:`check_not_dataset` and :func:`check_writable_file` refuse, before any
+  work, an output that would destroy something the kit did not write or could not be written at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from runtime.errors import OutputError
+
+log = logging.getLogger(__name__)
+
+
+def _lock_file(dest: Path) -> Path:
+    dest = Path(os.path.abspath(dest))
+    return dest.parent / f".{dest.name}.lock"
+
+
+@contextlib.contextmanager
+def output_lock(dest: str | os.PathLike, what: str = "output") -> Iterator[Path]:
+    """Hold the exclusive writer's lock of ``dest`` (a file or a folder) for the ``with`` block.
+
+    Raises :class:`OutputError` at once when another process holds it, naming its PID. The lock file is
+    removed on release.
+    """
+    dest = Path(dest)
+    lock = _lock_file(dest)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputError(
+                f"{what} '{dest}' is being written by another netvlad-kit process (PID {holder}); wait for it "
+                f"to finish or choose another output path"
+            ) from None
+        # the previous holder may have unlinked the file between our open and our flock: retry on a fresh one
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield lock
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)  # releases the flock
+
+
+def clean_stale(dest: str | os.PathLike, extra_patterns: tuple[str, ...] = ()) -> list[Path]:
+    """Remove what a killed writer of ``dest`` left beside it; call it only while holding its lock.
+
+    Removes ``.<name>.*.tmp`` and ``.<name>.old-*`` siblings of ``dest`` (runtime.atomic's temporaries) and
+    whatever matches ``extra_patterns`` inside ``dest`` (for example ``.export-*`` staging folders). Logs a
+    warning naming each removed path; returns them.
+    """
+    dest = Path(os.path.abspath(dest))
+    found: list[Path] = []
+    if dest.parent.is_dir():
+        for pattern in (f".{dest.name}.*.tmp", f".{dest.name}.old-*"):
+            found += sorted(dest.parent.glob(pattern))
+    if dest.is_dir():
+        for pattern in extra_patterns:
+            found += sorted(dest.glob(pattern))
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        log.warning("removed '%s', left behind by an earlier run that was killed while writing", path)
+    return found
+
+
+def describe_contents(folder: Path, limit: int = 6) -> str:
+    """``'a.jpg', 'b.csv', ... (12 entries)`` for an error message."""
+    names = sorted(p.name for p in folder.iterdir())
+    shown = ", ".join(f"'{n}'" for n in names[:limit])
+    return (
+        (shown + (", ..." if len(names) > limit else "") + f" ({len(names)} entries)") if names else "nothing"
+    )
+
+
+def check_replaceable_map(out: Path, overwrite: bool, meta_file: str = "map.json") -> None:
+    """``out`` may become a map: it does not exist, or it is a kit map folder and ``overwrite`` is set."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise OutputError(
+            f"--out '{out}' is a file, not a map folder; netvlad-map replaces only a map it wrote "
+            "(a folder with map.json); choose another --out"
+        )
+    if not (out / meta_file).is_file():
+        raise OutputError(
+            f"--out '{out}' is a folder that is not a netvlad-kit map (no {meta_file}; it holds "
+            f"{describe_contents(out)}); netvlad-map replaces only a map it wrote; choose another --out"
+        )
+    if not overwrite:
+        raise OutputError(f"map '{out}' already exists; choose another --out or pass --overwrite")
+
+
+def check_not_dataset(out: Path, dataset_root: Path, flag: str = "--out") -> None:
+    """Refuse an output folder that is the dataset's folder or one of its parents (it would be replaced)."""
+    out_r, root_r = Path(os.path.abspath(out)).resolve(), Path(os.path.abspath(dataset_root)).resolve()
+    if out_r == root_r or out_r in root_r.parents:
+        raise OutputError(
+            f"{flag} '{out}' is {'the dataset folder' if out_r == root_r else 'a folder holding the dataset'} "
+            f"'{dataset_root}'; writing it would replace the dataset's images; choose another {flag}"
+        )
+
+
+def check_writable_file(path: str | os.PathLike | None, flag: str) -> None:
+    """Before a run: ``path`` can be created or replaced as a file (not a folder; a writable folder)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{flag} '{path}' is a folder; give a file name, for example {path / 'run.out'}")
+    parent = Path(os.path.abspath(path)).parent
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{flag} '{path}': '{existing}' is a file, not a folder; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} '{path}': folder '{existing}' is not writable; choose another path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputError(f"{flag} '{path}' exists and is read-only; choose another path or make it writable")
