@@ -54,6 +54,8 @@ class RunConfig:
     override_map_check: bool = False
     max_frames: int | None = None
     loop: int = 1  # replay a file source this many times (soak tests)
+    serve: str | None = None  # "[HOST:]PORT" of the live web view (runtime.web)
+    realtime: bool = False  # replay a file source at the pace of its timestamps (to watch it)
 
     def __post_init__(self) -> None:
         given = [n for n in ("camera", "video", "images", "rtsp", "rosbag") if getattr(self, n) is not None]
@@ -68,6 +70,10 @@ class RunConfig:
             raise ConfigError(f"loop and max_frames must be >= 1, got {self.loop} and {self.max_frames}")
         if self.loop > 1 and (self.camera is not None or self.rtsp is not None):
             raise ConfigError("--loop replays files; it cannot be used with a camera or a stream")
+        if self.serve is not None:
+            from runtime.web.server import parse_address
+
+            parse_address(self.serve)
 
     def open_source(self) -> FrameSource:
         # live sources: a one-frame queue, so the localiser always works on the newest frame (low latency)
@@ -122,7 +128,7 @@ def run_session(
         top_k=config.top_k,
         unknown_threshold=config.unknown_threshold,
         temporal=TemporalConfig() if config.temporal else None,
-        keep_frames=bool(config.save_video or config.show),
+        keep_frames=bool(config.save_video or config.show or config.serve),
     )
     options = {} if config.threads is None else {"threads": config.threads}
     check_writable_file(config.jsonl, "--jsonl")  # before minutes of work, not after them
@@ -140,6 +146,13 @@ def run_session(
             Path(config.jsonl).parent.mkdir(parents=True, exist_ok=True)
             stack.enter_context(output_lock(config.jsonl, "--jsonl"))  # one run per JSONL
             jsonl = stack.enter_context(open(config.jsonl, "w", encoding="utf-8", buffering=1))
+        view = None
+        if config.serve is not None:
+            from runtime.web.server import LiveView, parse_address
+
+            view = stack.enter_context(LiveView(localizer.map, *parse_address(config.serve)))
+            if on_status is not None:
+                on_status(f"live view: {view.url}")
         out_bag = None
         if config.out_bag:
             from runtime.outbag import ResultBag
@@ -166,6 +179,8 @@ def run_session(
                     jsonl.write(json.dumps(loc.to_record()) + "\n")
                 if out_bag is not None:
                     out_bag.write(loc)
+                if view is not None:
+                    view.publish(loc)
                 now = time.perf_counter()
                 fps = summary.frames / max(now - start, 1e-9)
                 if overlay is not None:
@@ -214,9 +229,22 @@ def _frames(config: RunConfig, sources: list) -> Iterator:
         source = config.open_source()
         sources.append(source)
         try:
-            yield from source
+            yield from (_paced(source) if config.realtime else source)
         finally:
             source.close()
+
+
+def _paced(frames: Iterator) -> Iterator:
+    """``frames`` at the pace of their timestamps (a recording replayed as it was recorded)."""
+    start_wall = start_stamp = None
+    for frame in frames:
+        if start_wall is None:
+            start_wall, start_stamp = time.monotonic(), frame.timestamp
+        else:
+            ahead = (frame.timestamp - start_stamp) - (time.monotonic() - start_wall)
+            if ahead > 0:
+                time.sleep(min(ahead, 5.0))  # a gap in the recording waits 5 s at most
+        yield frame
 
 
 def _ms(values: list[float], q: float) -> float:

@@ -37,6 +37,15 @@ def main(
     override_map_check: bool = typer.Option(False, help="Use a map built by another model (not advised)."),
     max_frames: int = typer.Option(None, help="Stop after this many frames."),
     loop: int = typer.Option(1, help="Replay a video or folder this many times (soak test)."),
+    serve: str = typer.Option(
+        None,
+        metavar="[HOST:]PORT",
+        help="Serve a live web view (frame, best map image, confidence, track) on HOST:PORT "
+        "(default host 127.0.0.1; 0.0.0.0 to watch from another machine).",
+    ),
+    realtime: bool = typer.Option(
+        False, help="Replay a video, folder or bag at the pace of its timestamps (to watch it with --serve)."
+    ),
     summary: Path = typer.Option(None, help="Write the run summary (FPS, latencies, memory) as JSON here."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -75,6 +84,8 @@ def main(
         override_map_check=override_map_check,
         max_frames=max_frames,
         loop=loop,
+        serve=serve,
+        realtime=realtime,
     )
     check_writable_file(summary, "--summary")  # before the run, not after it
     try:
