@@ -255,3 +255,33 @@ def check_result_bag(path, records):
         # heading ~90 (east) is an ENU yaw of ~0: quaternion z ~ 0, w ~ 1
         assert abs(pose.pose.pose.orientation.z) < 0.05 and pose.pose.pose.orientation.w > 0.99
         assert conf.data == pytest.approx(r["confidence"], abs=1e-4) and unknown.data == r["unknown"]
+
+
+def test_run_without_a_topic_lists_the_bag_image_topics(robot, tmp_path):
+    world = robot["root"] / "world"
+    map_dir = tmp_path / "metric-map"
+    assert (
+        runner.invoke(
+            map_app,
+            ["build", "--model", str(robot["model"]), "--dataset", str(world), "--out", str(map_dir), "-q"],
+        ).exit_code
+        == 0
+    )
+    args = ["--model", str(robot["model"]), "--map", str(map_dir), "--rosbag", str(robot["query_bag"]), "-q"]
+    result = runner.invoke(run_app, args)
+    expected = (
+        f"error: ROS bag '{robot['query_bag']}': choose the image topic with --topic; its image topics "
+        "(sensor_msgs/msg/Image or sensor_msgs/msg/CompressedImage): /camera/image_raw "
+        "(sensor_msgs/msg/CompressedImage, 24 messages)"
+    )
+    assert result.exit_code == 2 and expected in result.output
+    # a metric-only map (no UTM zone): the result bag has the pose in frame "map" and no NavSatFix topic
+    result = runner.invoke(run_app, [*args, "--topic", CAM, "--out-bag", str(tmp_path / "metric-results")])
+    assert result.exit_code == 0, result.output
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([tmp_path / "metric-results"]) as reader:
+        assert sorted(reader.topics) == ["/netvlad/confidence", "/netvlad/pose", "/netvlad/unknown"]
+        poses = [c for c in reader.connections if c.topic == "/netvlad/pose"]
+        (connection, _, raw), *_ = reader.messages(connections=poses)
+        assert reader.deserialize(raw, connection.msgtype).header.frame_id == "map"
