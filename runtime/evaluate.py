@@ -5,7 +5,8 @@ Each JSONL record names its frame (``source``: an image file name such as ``0001
 A query is found at N when one of its first N matches lies within ``radius_m`` of the query's position,
 which is exactly the protocol's definition (positives = database images within 25 m) when the map was
 built from the dataset's database split. Queries without any database image within ``radius_m`` are left
-out, as in the training evaluation.
+out of recall, as in the training evaluation; with the dataset's unmapped-place frames they are where the
+"unknown place" verdict is measured (:mod:`runtime.metrics`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import DatasetError
+from runtime.metrics import trust_metrics
 from runtime.protocol import EVAL_RADIUS_M
 from runtime.recall import recall_at_n
 
@@ -44,31 +46,60 @@ def query_index(source: str, by_name: dict[str, int]) -> int | None:
 
 
 def recall_from_jsonl(
-    jsonl: str | Path, dataset, ns: Sequence[int] = (1, 5, 10), radius_m: float = EVAL_RADIUS_M
+    jsonl: str | Path | Sequence[str | Path],
+    dataset,
+    ns: Sequence[int] = (1, 5, 10),
+    radius_m: float = EVAL_RADIUS_M,
 ) -> dict:
-    """``{"recall": {N: fraction}, "queries": counted, "records": read, "unmatched": frames not a query}``."""
+    """Recall@N and the trust numbers of one or more runs' JSONL (e.g. the queries' and the unmapped places').
+
+    Returns ``{"recall": {N: fraction}, "queries": counted, "records": read, "unmatched": frames that are
+    neither a query nor an unmapped place, "radius_m", "trust": runtime.metrics.trust_metrics(...)}``.
+    Trust counts every query with a positive (correct: best match within ``radius_m``) and every unmapped
+    frame: a frame of the dataset's ``unmapped_images``, or a query without any database image within
+    ``radius_m`` (recall leaves those out).
+    """
     if not hasattr(dataset, "q_images"):
         from runtime.datasets import open_dataset
 
         dataset = open_dataset(dataset)
-    records = read_jsonl(jsonl)
+    paths = [jsonl] if isinstance(jsonl, (str, Path)) else list(jsonl)
+    records = [record for path in paths for record in read_jsonl(path)]
     by_name = {Path(name).name: i for i, name in enumerate(dataset.q_images)}
-    has_positive = np.array([len(p) > 0 for p in dataset.positives(radius_m)])
+    unmapped_names = {Path(name).name for name in dataset.unmapped_images}
+    has_positive = np.array([len(p) > 0 for p in dataset.positives(radius_m)], dtype=bool)
     k = min((len(r["matches"]) for r in records), default=0)
     ns = [n for n in ns if n <= k]
-    ranked, positives, unmatched, seen = [], [], 0, set()
+    ranked, positives, unmatched, seen, seen_unmapped = [], [], 0, set(), set()
+    correct, confidence, unknown, unmapped = [], [], [], []
     for record in records:
         qi = query_index(record["source"], by_name)
         if qi is None or qi >= dataset.num_queries:
-            unmatched += 1
+            name = Path(record["source"]).name
+            if name in unmapped_names and name not in seen_unmapped:
+                seen_unmapped.add(name)
+                correct.append(False)
+                confidence.append(float(record["confidence"]))
+                unknown.append(bool(record["unknown"]))
+                unmapped.append(True)
+            elif name not in unmapped_names:
+                unmatched += 1
             continue
-        if not has_positive[qi] or qi in seen:
+        if qi in seen:
             continue
         seen.add(qi)
+        confidence.append(float(record["confidence"]))
+        unknown.append(bool(record["unknown"]))
+        if not has_positive[qi]:  # a query of a place the map does not hold
+            correct.append(False)
+            unmapped.append(True)
+            continue
         where = np.array([[m["easting"], m["northing"]] for m in record["matches"][:k]])  # (k, 2)
         near = np.linalg.norm(where - dataset.q_utm[qi], axis=1) <= radius_m
         ranked.append(np.arange(k))
         positives.append(np.flatnonzero(near))
+        correct.append(bool(near[0]))
+        unmapped.append(False)
     if not ranked:
         raise DatasetError(
             f"no record of '{jsonl}' names a query of dataset '{dataset.name}' with a positive"
@@ -82,4 +113,7 @@ def recall_from_jsonl(
         "records": len(records),
         "unmatched": unmatched,
         "radius_m": radius_m,
+        "trust": trust_metrics(
+            np.array(correct), np.array(confidence), np.array(unknown), np.array(unmapped)
+        ),
     }

@@ -34,7 +34,7 @@ import numpy as np
 from runtime.backends import Backend, open_backend
 from runtime.errors import ConfigError
 from runtime.map import PlaceMap, open_map
-from runtime.map.calibrate import distinctiveness
+from runtime.map.calibrate import SEARCH_CANDIDATES, Verdict
 from runtime.preprocess import Preprocessor
 from runtime.protocol import EVAL_RADIUS_M
 from runtime.sources import Frame
@@ -48,13 +48,10 @@ def _is_last(item) -> bool:
     return item is _END or isinstance(item, BaseException)
 
 
-SEARCH_CANDIDATES = 32  # places searched per frame: enough to find the best one away from the top match
-
-
 @dataclass(frozen=True)
 class LocalizerConfig:
-    """``top_k``: places reported per frame. ``unknown_threshold``: distinctiveness ratio above which a frame
-    is an unknown place; None = the map's calibrated value.
+    """``top_k``: places reported per frame. ``unknown_threshold``: confidence below which a frame is an
+    unknown place; None = the map's calibrated operating point (:mod:`runtime.map.calibrate`).
     ``position_radius_m``: places within this distance of the best match are averaged (weighted by
     similarity) into the position. ``temporal``: a :class:`TemporalConfig` to filter sequences, or None.
     ``queue_size``: frames in flight between pipeline stages. ``keep_frames``: attach each frame to its
@@ -105,10 +102,10 @@ class Localization:
     """Where one frame was taken, according to the map.
 
     ``matches``: top-k places, best first (after the temporal filter when it is on). ``position``: UTM
-    (easting, northing) in metres. ``distinctiveness``: ``s2 / s1``, the best similarity farther than the
-    map's radius from the reported place over the reported place's own (0: unambiguous, 1: no evidence;
-    :mod:`runtime.map.calibrate`). ``unknown``: distinctiveness above the map's calibrated threshold (the
-    position is still the best guess). ``confidence``: 1 at half the threshold or below, 0 at the threshold.
+    (easting, northing) in metres. ``evidence``: how far the reported place's similarity stands above
+    the places elsewhere in the map, in units of their spread (0: none; :mod:`runtime.map.calibrate`).
+    ``confidence``: the share of unmapped places that show less evidence (calibrated on the map).
+    ``unknown``: confidence below the map's operating point (the position is still the best guess).
     ``frame``: the BGR frame when ``keep_frames`` was set, else None.
     ``uncertainty_m``: position uncertainty (metres, one sigma): the similarity-weighted RMS distance of the
     candidates that formed the position from it, at least half the map's typical place spacing.
@@ -125,7 +122,7 @@ class Localization:
     unknown: bool
     times: StageTimes
     filtered: bool = False
-    distinctiveness: float = 0.0
+    evidence: float = 0.0
     frame: np.ndarray | None = field(default=None, repr=False, compare=False)
     uncertainty_m: float = 0.0
     lat: float | None = None
@@ -147,7 +144,7 @@ class Localization:
             "confidence": round(self.confidence, 4),
             "unknown": self.unknown,
             "filtered": self.filtered,
-            "distinctiveness": round(self.distinctiveness, 4),
+            "evidence": round(self.evidence, 4),
             "uncertainty_m": round(self.uncertainty_m, 3),
             **({} if self.lat is None else {"lat": round(self.lat, 8), "lon": round(self.lon, 8)}),
             **({} if self.heading is None else {"heading": round(self.heading, 2)}),
@@ -202,13 +199,8 @@ class Localizer:
         """Make ``place_map`` current with the state derived from it (call with ``_map_lock`` held, or
         before any frame runs)."""
         self.map = place_map
-        self.threshold = (
-            self.map.unknown_threshold
-            if self.config.unknown_threshold is None
-            else self.config.unknown_threshold
-        )
-        self._full = min(self.map.confidence_full, self.threshold - 1e-3)
-        self._radius = float(self.map.meta["calibration"]["radius_m"])
+        self.verdict = Verdict(self.map.meta["calibration"], self.config.unknown_threshold)
+        self.threshold = self.verdict.unknown_below  # confidence below which a frame is an unknown place
         self._spacing = place_spacing(self.map.places.utm)
         self._geo = self.map.geo
 
@@ -305,8 +297,9 @@ class Localizer:
             PlaceMatch(int(i), float(s), places.images[i], float(places.utm[i, 0]), float(places.utm[i, 1]))
             for i, s in zip(top_ids.tolist(), top_sims.tolist(), strict=True)
         )
-        ratio = self._distinctiveness(int(top_ids[0]), float(top_sims[0]), ids, sims)
-        confidence = float(np.clip((self.threshold - ratio) / (self.threshold - self._full), 0.0, 1.0))
+        # the verdict on the reported place: its similarity against the candidates elsewhere
+        order = np.r_[np.flatnonzero(ids == top_ids[0]), np.flatnonzero(ids != top_ids[0])]
+        evidence, confidence, unknown = self.verdict.judge(sims[order], ids[order], self.map.places.utm)
         position, uncertainty = self._position(top_ids, top_sims)
         latlon = self._geo.to_latlon(*position) if self._geo is not None else (None, None)
         heading = float(places.heading[top_ids[0]])
@@ -320,24 +313,16 @@ class Localizer:
             matches,
             position,
             confidence,
-            ratio > self.threshold,
+            unknown,
             StageTimes(**times),
             temporal is not None,
-            ratio,
+            evidence,
             keep,
             uncertainty_m=uncertainty,
             lat=latlon[0],
             lon=latlon[1],
             heading=None if np.isnan(heading) else heading,
         )
-
-    def _distinctiveness(self, best_id: int, best_sim: float, ids: np.ndarray, sims: np.ndarray) -> float:
-        """``s2 / s1``: the best similarity farther than the map's radius from the reported place, over its own."""
-        utm = self.map.places.utm
-        away = np.linalg.norm(utm[ids] - utm[best_id], axis=1) > self._radius  # (k,)
-        # none of the candidates is far away: the last one bounds s2 from above (a conservative ratio)
-        s2 = float(sims[away][0]) if away.any() else float(sims[-1])
-        return distinctiveness(best_sim, s2)
 
     def _position(self, ids: np.ndarray, sims: np.ndarray) -> tuple[tuple[float, float], float]:
         """Similarity-weighted mean of the matches within position_radius_m of the best one (metres), and

@@ -19,9 +19,10 @@ POSITIVE_RADIUS_M = 10.0  # training positives: within 10 m
 NEGATIVE_RADIUS_M = 25.0  # training negatives: beyond 25 m
 EVAL_RADIUS_M = 25.0  # evaluation positives: within 25 m (also the map's "same place" radius)
 
-Split = Literal["database", "queries"]
+Split = Literal["database", "queries", "unmapped"]  # unmapped: queries of places not in the database
 SPLITS: tuple[str, ...] = ("database", "queries")
 SPLIT_FILES = {"database": "database.csv", "queries": "queries.csv"}  # the generic dataset format
+UNMAPPED_FILE = "unmapped.csv"  # optional, same format: queries of places not in the database
 
 RECALL_NS = (1, 5, 10, 20)  # recall@N reported by evaluation
 GATED_NS = (1, 5, 10)  # recall@N the export parity gate checks

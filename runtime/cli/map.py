@@ -157,15 +157,45 @@ def info(map_path: Path = typer.Argument(..., metavar="MAP", help="A map directo
 @app.command()
 @command_boundary
 def recall(
-    jsonl: Path = typer.Option(..., help="JSONL written by netvlad-run --jsonl."),
+    jsonl: list[Path] = typer.Option(
+        ...,
+        help="JSONL written by netvlad-run --jsonl; repeat it to score several runs together "
+        "(e.g. the queries and the dataset's unmapped places).",
+    ),
     dataset: str = typer.Option(..., help="The dataset whose queries were localised."),
     radius: float = typer.Option(
         EVAL_RADIUS_M, help="A match within this many metres of the query is correct."
     ),
+    as_json: bool = typer.Option(False, "--json", help="Print every number as JSON."),
 ) -> None:
-    """Recall@N of a netvlad-run JSONL against the dataset's query positions."""
+    """Recall@N, precision-recall of the confidence (AUC-PR, recall at 99 % / 100 % precision) and the
+    "unknown place" verdict's rates (correct frames flagged; unmapped-place frames flagged)."""
     from runtime.evaluate import recall_from_jsonl
 
     configure_logging(quiet=True)
     result = recall_from_jsonl(jsonl, dataset, radius_m=radius)
-    typer.echo(json.dumps(result, indent=2))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(format_recall(result))
+
+
+def format_recall(result: dict) -> str:
+    """The human-readable summary of :func:`runtime.evaluate.recall_from_jsonl`'s result."""
+
+    def rate(count: int, total: int) -> str:
+        return f"{count} of {total} ({100.0 * count / total:.1f} %)" if total else "n/a (none)"
+
+    trust = result["trust"]
+    recalls = "  ".join(f"R@{n} {100.0 * r:.1f} %" for n, r in result["recall"].items())
+    return "\n".join(
+        [
+            f"{result['queries']} queries with a place within {result['radius_m']:g} m: {recalls}",
+            f"confidence: AUC-PR {trust['auc_pr']:.3f}, recall at 99 % precision "
+            f"{trust['recall_at_99_precision']:.3f}, at 100 % {trust['recall_at_100_precision']:.3f}",
+            "correct frames flagged unknown: "
+            + rate(trust["correct_flagged_unknown"], trust["correct_frames"]),
+            "unmapped-place frames flagged unknown: "
+            + rate(trust["unmapped_flagged_unknown"], trust["unmapped_frames"]),
+        ]
+    )

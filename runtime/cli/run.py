@@ -33,7 +33,9 @@ def main(
     save_video: Path = typer.Option(None, help="Write the overlay video here (.mp4 or .avi)."),
     temporal: bool = typer.Option(False, help="Filter positions over time (for sequences)."),
     top_k: int = typer.Option(5, help="Places reported per frame."),
-    threshold: float = typer.Option(None, help="Unknown-place similarity threshold (default: the map's)."),
+    threshold: float = typer.Option(
+        None, help="Confidence below which a frame is an unknown place (default: the map's calibrated one)."
+    ),
     override_map_check: bool = typer.Option(False, help="Use a map built by another model (not advised)."),
     max_frames: int = typer.Option(None, help="Stop after this many frames."),
     loop: int = typer.Option(1, help="Replay a video or folder this many times (soak test)."),

@@ -17,7 +17,7 @@ import numpy as np
 
 from runtime.datasets.place import PlaceDataset
 from runtime.errors import DatasetError
-from runtime.protocol import SPLIT_FILES
+from runtime.protocol import SPLIT_FILES, UNMAPPED_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,8 @@ def latlon_to_utm(lat: np.ndarray, lon: np.ndarray, where: str) -> tuple[np.ndar
 
 
 def load_generic(folder: str | Path, name: str | None = None, check_images: bool = True) -> PlaceDataset:
-    """Load a generic dataset folder (``database.csv`` + ``queries.csv``) as a :class:`PlaceDataset`.
+    """Load a generic dataset folder (``database.csv`` + ``queries.csv``, and ``unmapped.csv`` when present:
+    queries of places that are not in the database) as a :class:`PlaceDataset`.
 
     ``check_images``: verify every listed image exists (an error names the first missing one).
     Raises :class:`DatasetError` naming the file, row and value for malformed input.
@@ -178,6 +179,27 @@ def load_generic(folder: str | Path, name: str | None = None, check_images: bool
                         "paths in the image column are relative to the dataset folder"
                     )
 
+    unmapped_images: tuple[str, ...] = ()
+    unmapped_utm = None
+    if (folder / UNMAPPED_FILE).is_file():
+        cols = read_split_csv(folder / UNMAPPED_FILE)
+        if ("lat" in cols) != kinds["database"]:
+            raise DatasetError(f"{folder}: {UNMAPPED_FILE} must use the same coordinates as database.csv")
+        if "lat" in cols:
+            unmapped_utm, _ = latlon_to_utm(
+                np.array(cols["lat"]), np.array(cols["lon"]), str(folder / UNMAPPED_FILE)
+            )
+        else:
+            unmapped_utm = np.stack([cols["easting"], cols["northing"]], axis=1)
+        unmapped_images = tuple(cols["image"])
+        if check_images:
+            for row_number, image in enumerate(unmapped_images, start=2):
+                if not (folder / image).is_file():
+                    raise DatasetError(
+                        f"{folder / UNMAPPED_FILE}, row {row_number}: image '{folder / image}' does not exist; "
+                        "paths in the image column are relative to the dataset folder"
+                    )
+
     def optional(split: str, column: str) -> np.ndarray | None:
         values = splits[split].get(column)
         return None if values is None else np.asarray(values, dtype=np.float64)
@@ -194,6 +216,8 @@ def load_generic(folder: str | Path, name: str | None = None, check_images: bool
         db_time=optional("database", "timestamp"),
         q_time=optional("queries", "timestamp"),
         info=info,
+        unmapped_images=unmapped_images,
+        unmapped_utm=unmapped_utm,
     )
     logger.info("loaded %s: %d database, %d query images", dataset.name, dataset.num_db, dataset.num_queries)
     return dataset

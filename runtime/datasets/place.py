@@ -58,6 +58,9 @@ class PlaceDataset:
     ``db_heading`` / ``q_heading``: degrees (clockwise from north) or None; ``db_time`` / ``q_time``: seconds
     or None. ``info``: where it came from (``{"source": "synth" | "generic" | "aligned" | "pittsburgh" |
     "tokyo247", ...}``, plus e.g. ``utm_zone``).
+    ``unmapped_images`` / ``unmapped_utm`` ``(N_u, 2)``: queries of places that are not in the database
+    (none within 25 m), apart from ``q_images``: recall never counts them; the "unknown place" verdict is
+    measured on them (:mod:`runtime.metrics`). Empty for most datasets.
     """
 
     name: str
@@ -71,6 +74,8 @@ class PlaceDataset:
     db_time: np.ndarray | None = None
     q_time: np.ndarray | None = None
     info: Mapping[str, Any] = field(default_factory=dict)
+    unmapped_images: tuple[str, ...] = ()
+    unmapped_utm: np.ndarray | None = None
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -79,9 +84,13 @@ class PlaceDataset:
         object.__setattr__(self, "q_images", tuple(str(p) for p in self.q_images))
         object.__setattr__(self, "db_utm", _as_positions(self.db_utm, f"{self.name}: database"))
         object.__setattr__(self, "q_utm", _as_positions(self.q_utm, f"{self.name}: queries"))
+        object.__setattr__(self, "unmapped_images", tuple(str(p) for p in self.unmapped_images))
+        unmapped = np.zeros((0, 2)) if self.unmapped_utm is None else self.unmapped_utm
+        object.__setattr__(self, "unmapped_utm", _as_positions(unmapped, f"{self.name}: unmapped"))
         for split, images, utm in (
             ("database", self.db_images, self.db_utm),
             ("queries", self.q_images, self.q_utm),
+            ("unmapped", self.unmapped_images, self.unmapped_utm),
         ):
             if len(images) != utm.shape[0]:
                 raise DatasetError(
@@ -114,12 +123,19 @@ class PlaceDataset:
         """Number of query images."""
         return len(self.q_images)
 
+    @property
+    def num_unmapped(self) -> int:
+        """Number of unmapped-place queries."""
+        return len(self.unmapped_images)
+
     def _images(self, split: str) -> tuple[str, ...]:
         if split in ("database", "db"):
             return self.db_images
         if split in ("queries", "query", "q"):
             return self.q_images
-        raise ValueError(f"split must be 'database' or 'queries', got {split!r}")
+        if split == "unmapped":
+            return self.unmapped_images
+        raise ValueError(f"split must be 'database', 'queries' or 'unmapped', got {split!r}")
 
     def image_path(self, split: Split, index: int) -> Path:
         """Absolute path of image ``index`` of ``split`` ("database" or "queries")."""
@@ -196,9 +212,10 @@ class PlaceDataset:
         return self.select(query_indices=np.flatnonzero(keep), info=info)
 
     def __repr__(self) -> str:
+        unmapped = f", num_unmapped={self.num_unmapped}" if self.num_unmapped else ""
         return (
             f"PlaceDataset(name={self.name!r}, root='{self.root}', num_db={self.num_db}, "
-            f"num_queries={self.num_queries}, source={self.info.get('source')!r})"
+            f"num_queries={self.num_queries}{unmapped}, source={self.info.get('source')!r})"
         )
 
 

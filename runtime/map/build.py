@@ -15,7 +15,7 @@ import numpy as np
 
 from runtime.atomic import atomic_directory
 from runtime.backends import Backend, open_backend
-from runtime.map.calibrate import calibrate
+from runtime.map.calibrate import calibrate, calibrate_on_queries
 from runtime.map.config import MapConfig
 from runtime.map.index import (
     RerankedIndex,
@@ -29,14 +29,17 @@ from runtime.map.index import (
 from runtime.map.places import Places, places_from_dataset
 from runtime.outputs import check_not_dataset, check_replaceable_map, clean_stale, output_lock
 from runtime.preprocess import Preprocessor
+from runtime.whitening import MapWhitening, map_whitening_dim
 
 log = logging.getLogger(__name__)
 
-MAP_FORMAT_VERSION = 2  # 2: unknown_threshold is a distinctiveness ratio (1: a similarity)
+# 3: calibrated evidence quantiles and confidence, optional whitening (2: a distinctiveness ratio, 1: a similarity)
+MAP_FORMAT_VERSION = 3
 INDEX_FILE, PLACES_FILE, META_FILE = "index.faiss", "places.csv", "map.json"
 # full descriptors (N, D) float16 of a compressed map, memory-mapped at search time for exact re-ranking
 DESCRIPTORS_FILE = "descriptors.f16.npy"
 EMBEDDED_IMAGES = "images"  # where a self-contained map keeps its place images (MapConfig.embed_images)
+WHITENING_FILE = "whitening.npz"  # the PCA-whitening fitted on the map (MapConfig.whitening)
 
 
 def extract_descriptors(
@@ -198,17 +201,38 @@ def _build(engine: Backend, dataset, out: Path, config: MapConfig, progress) -> 
     set_threads(config.faiss_threads)
     t0 = time.perf_counter()
     with atomic_directory(out, overwrite=config.overwrite) as tmp:
-        descriptors = descriptor_store(tmp, len(items), engine.card.descriptor_dim, config)
-        extract_descriptors(
-            engine,
-            lambda i: dataset.read_image(*items[i]),
-            len(items),
-            config.batch_size,
-            config.read_workers,
-            progress,
-            out=descriptors,
-        )
+        whitening = None
+        if config.whitening:  # model descriptors in RAM, the map's whitened ones in its store
+            model_descriptors = extract_descriptors(
+                engine,
+                lambda i: dataset.read_image(*items[i]),
+                len(items),
+                config.batch_size,
+                config.read_workers,
+                progress,
+            )
+            whitening = fit_map_whitening(model_descriptors, engine.card, config)
+            descriptors = descriptor_store(tmp, len(items), whitening.dim, config)
+            for start in range(0, len(items), 4096):
+                descriptors[start : start + 4096] = whitening.apply(model_descriptors[start : start + 4096])
+            del model_descriptors
+        else:
+            descriptors = descriptor_store(tmp, len(items), engine.card.descriptor_dim, config)
+            extract_descriptors(
+                engine,
+                lambda i: dataset.read_image(*items[i]),
+                len(items),
+                config.batch_size,
+                config.read_workers,
+                progress,
+                out=descriptors,
+            )
         extract_s = time.perf_counter() - t0
+        calibration = None
+        if config.calibration == "queries":
+            calibration = calibrate_on_held_out_queries(
+                engine, dataset, descriptors, places.utm, whitening, config, progress
+            )
         meta = write_map_files(
             tmp,
             descriptors,
@@ -219,6 +243,8 @@ def _build(engine: Backend, dataset, out: Path, config: MapConfig, progress) -> 
             dataset=dataset_meta(dataset, config.split),
             geo=_geo_meta(dataset),
             progress=progress,
+            whitening=whitening,
+            calibration=calibration,
         )
         if config.embed_images:
             meta["dataset"]["root"] = embed_images(tmp, Path(dataset.root), places.images)
@@ -278,13 +304,17 @@ def write_map_files(
     index_info: dict | None = None,
     revision: int = 0,
     progress: Callable | None = None,
+    whitening: MapWhitening | None = None,
+    calibration: dict | None = None,
 ) -> dict:
     """Index, calibrate and write a map's files into ``directory`` (the temporary directory of an atomic
     write); returns map.json's content (written by the caller once it has added its timings).
 
     ``descriptors (N, D)``: row i is place i (float32 in RAM, or the float16 memory map of
     ``descriptors.f16.npy`` already in ``directory``). ``index``/``index_info``: a filled index to write
-    instead of building one (``netvlad-map add`` reuses the trained quantisers).
+    instead of building one (``netvlad-map add`` reuses the trained quantisers). ``whitening``: the map's
+    whitening (``descriptors`` are then whitened: the index's space); ``calibration``: the verdict's, when
+    made on held-out queries (None: calibrated on the map's own descriptors here).
     """
     if index is None:
         index, index_info = build_index(
@@ -308,15 +338,19 @@ def write_map_files(
         log.info("%s recall against exact search: %s", index_info["factory"], index_info["recall_vs_exact"])
     index_info["built_on"] = "cpu"  # trained and filled by faiss on the CPU; open_map moves it to a GPU
     index_info["gpu_search"] = gpu_unsupported(index) or "supported"
-    calibration = calibrate(
-        descriptors, places.utm, config.radius_m, config.unknown_percentile, config.calibration_samples
-    )
+    if calibration is None:
+        calibration = calibrate(
+            descriptors, places.utm, config.radius_m, config.unknown_percentile, config.calibration_samples
+        )
     log.info(
-        "unknown-place threshold: distinctiveness ratio %.4f (flags %g%% of unmapped places)",
+        "unknown-place verdict calibrated on the %s: evidence below %.4f (flags %g%% of unmapped places)",
+        calibration["source"],
         calibration["unknown_threshold"],
         config.unknown_percentile,
     )
     faiss_module().write_index(index, str(directory / INDEX_FILE))
+    if whitening is not None:
+        whitening.save(directory / WHITENING_FILE)
     (directory / PLACES_FILE).write_text(places.to_csv(), encoding="utf-8")
     if isinstance(descriptors, np.memmap):
         descriptors.flush()
@@ -327,11 +361,56 @@ def write_map_files(
         "revision": revision,
         "count": len(places),
         "metric": "inner_product",
-        "descriptor_dim": int(descriptors.shape[1]),
+        "descriptor_dim": whitening.in_dim if whitening is not None else int(descriptors.shape[1]),
         "model": model,
         "dataset": dataset,
         "geo": geo,
         "index": index_info,
         "calibration": calibration,
-        "unknown_threshold": calibration["unknown_threshold"],
+        "whitening": whitening.describe() if whitening is not None else None,
     }
+
+
+def fit_map_whitening(descriptors: np.ndarray, card, config: MapConfig) -> MapWhitening:
+    """PCA-whitening fitted without labels on the map's own model descriptors ``(N, D)``."""
+    dim = config.whitening_dim or map_whitening_dim(descriptors.shape[0], card.descriptor_dim)
+    whitening = MapWhitening.fit(descriptors, dim, card.weights_fingerprint, config.whitening_shrinkage)
+    log.info(
+        "whitening fitted on the map's %d descriptors: %d -> %d-D",
+        descriptors.shape[0],
+        card.descriptor_dim,
+        dim,
+    )
+    return whitening
+
+
+def calibrate_on_held_out_queries(
+    engine: Backend, dataset, descriptors, utm, whitening: MapWhitening | None, config: MapConfig, progress
+) -> dict:
+    """The verdict's calibration on up to ``config.calibration_queries`` of the dataset's queries (evenly
+    spaced), each playing an unmapped place in the query domain (:func:`calibrate_on_queries`)."""
+    if config.split != "database" or dataset.num_queries == 0:
+        from runtime.errors import ConfigError
+
+        raise ConfigError(
+            "calibration='queries' needs a map of the database split of a dataset with queries; "
+            f"'{dataset.name}' has {dataset.num_queries} queries and the map is split '{config.split}'; "
+            "use calibration='map'"
+        )
+    count = min(config.calibration_queries, dataset.num_queries)
+    chosen = np.unique(np.linspace(0, dataset.num_queries - 1, count).astype(np.int64))
+    queries = extract_descriptors(
+        engine,
+        lambda i: dataset.read_image("queries", int(chosen[i])),
+        len(chosen),
+        config.batch_size,
+        config.read_workers,
+        progress,
+    )
+    if whitening is not None:
+        queries = whitening.apply(queries)
+    calibration = calibrate_on_queries(
+        queries, dataset.q_utm[chosen], descriptors, utm, config.radius_m, config.unknown_percentile
+    )
+    calibration["query_indices"] = f"{len(chosen)} evenly spaced of {dataset.num_queries}"
+    return calibration

@@ -11,6 +11,7 @@ from runtime.protocol import EVAL_RADIUS_M
 SPLITS = ("database", "all")
 INDEX_TYPES = ("flat", "ivfpq")
 GPU_CHOICES = ("auto", "yes", "no")
+CALIBRATIONS = ("map", "queries")
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,12 @@ class MapConfig:
     against the full descriptors (a compressed map keeps them on disk as float16, memory-mapped; 0: search
     the compressed codes alone).
     ``faiss_threads``: OpenMP threads for faiss (None: its default, one per core).
-    ``unknown_percentile``: the share (%) of unmapped-place frames the "unknown place" threshold flags,
-    calibrated on the map (:mod:`runtime.map.calibrate`).
+    ``unknown_percentile``: the share (%) of unmapped-place frames the "unknown place" verdict flags
+    (:mod:`runtime.map.calibrate`). ``calibration``: ``map`` (the map's own images play unmapped places) or
+    ``queries`` (up to ``calibration_queries`` of the dataset's queries, evenly spaced, do, in their own
+    domain; needs a dataset with queries). ``whitening``: fit PCA-whitening on the map's descriptors and
+    search in it (:mod:`runtime.whitening`); ``whitening_dim``: its dimension (None: from the map's size,
+    :func:`runtime.whitening.map_whitening_dim`); ``whitening_shrinkage``: its regularisation.
     ``embed_images``: copy the place images into the map (``images/``), so it works without the dataset.
     """
 
@@ -42,6 +47,11 @@ class MapConfig:
     radius_m: float = EVAL_RADIUS_M
     unknown_percentile: float = 90.0
     calibration_samples: int = 2000
+    calibration: str = "map"
+    calibration_queries: int = 500
+    whitening: bool = False
+    whitening_dim: int | None = None
+    whitening_shrinkage: float = 1.0
     read_workers: int = 2
     faiss_threads: int | None = None
     overwrite: bool = False
@@ -53,9 +63,15 @@ class MapConfig:
             problems.append(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.index not in INDEX_TYPES:
             problems.append(f"index must be one of {INDEX_TYPES}, got {self.index!r}")
+        if self.calibration not in CALIBRATIONS:
+            problems.append(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        if self.whitening_dim is not None and self.whitening_dim < 1:
+            problems.append(f"whitening_dim must be >= 1 or None, got {self.whitening_dim}")
+        if self.whitening_shrinkage < 0:
+            problems.append(f"whitening_shrinkage must be >= 0, got {self.whitening_shrinkage}")
         if self.gpu not in GPU_CHOICES:
             problems.append(f"gpu must be one of {GPU_CHOICES}, got {self.gpu!r}")
-        for name in ("batch_size", "nprobe", "calibration_samples", "read_workers"):
+        for name in ("batch_size", "nprobe", "calibration_samples", "calibration_queries", "read_workers"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.rerank < 0:

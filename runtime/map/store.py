@@ -12,9 +12,17 @@ import numpy as np
 from runtime.card import ModelCard
 from runtime.errors import ArtifactError, MapMismatchError
 from runtime.geo import UtmZone
-from runtime.map.build import DESCRIPTORS_FILE, INDEX_FILE, MAP_FORMAT_VERSION, META_FILE, PLACES_FILE
+from runtime.map.build import (
+    DESCRIPTORS_FILE,
+    INDEX_FILE,
+    MAP_FORMAT_VERSION,
+    META_FILE,
+    PLACES_FILE,
+    WHITENING_FILE,
+)
 from runtime.map.index import RerankedIndex, faiss_module, search, set_threads, to_gpu, use_gpu
 from runtime.map.places import Places
+from runtime.whitening import MapWhitening
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +50,20 @@ def read_map_meta(path: str | Path) -> dict[str, Any]:
 
 
 class PlaceMap:
-    """An opened map: FAISS index + places + metadata. Thread-safe for searching."""
+    """An opened map: FAISS index + places + metadata (+ the whitening fitted on it). Thread-safe for searching.
 
-    def __init__(self, path: Path, meta: dict, index, places: Places) -> None:
+    :meth:`search` takes the model's descriptors: when the map was built with whitening it applies it first
+    (:meth:`prepare`), so callers never see the index's own space.
+    """
+
+    def __init__(
+        self, path: Path, meta: dict, index, places: Places, whitening: MapWhitening | None = None
+    ) -> None:
         self.path = path
         self.meta = meta
         self.index = index
         self.places = places
+        self.whitening = whitening
 
     @property
     def revision(self) -> int:
@@ -58,17 +73,6 @@ class PlaceMap:
     @property
     def descriptor_dim(self) -> int:
         return int(self.meta["descriptor_dim"])
-
-    @property
-    def unknown_threshold(self) -> float:
-        """Distinctiveness ratio above which a frame is an unknown place (calibrated at build time,
-        see :mod:`runtime.map.calibrate`)."""
-        return float(self.meta["unknown_threshold"])
-
-    @property
-    def confidence_full(self) -> float:
-        """Distinctiveness ratio at or below which confidence is 1."""
-        return float(self.meta["calibration"]["confidence_full"])
 
     @property
     def dataset_root(self) -> Path:
@@ -83,9 +87,13 @@ class PlaceMap:
     def __len__(self) -> int:
         return len(self.places)
 
+    def prepare(self, descriptors: np.ndarray) -> np.ndarray:
+        """The model's descriptors ``(M, D)`` in the index's space: whitened ``(M, d)`` when the map has it."""
+        return descriptors if self.whitening is None else self.whitening.apply(descriptors)
+
     def search(self, descriptors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``descriptors (M, D) float32`` -> ``(similarities (M, k) float32, place ids (M, k) int64)``."""
-        return search(self.index, descriptors, k)
+        """Model ``descriptors (M, D) float32`` -> ``(similarities (M, k) float32, place ids (M, k) int64)``."""
+        return search(self.index, self.prepare(descriptors), k)
 
     def image_path(self, place_id: int) -> Path:
         return self.dataset_root / self.places.images[place_id]
@@ -147,14 +155,12 @@ def open_map(
             f"'{path / INDEX_FILE}' cannot be read by faiss ({exc}); rebuild the map"
         ) from exc
     places = Places.read_csv(path / PLACES_FILE)
-    if (
-        index.ntotal != len(places)
-        or index.ntotal != int(meta["count"])
-        or index.d != int(meta["descriptor_dim"])
-    ):
+    whitening = read_whitening(path, meta)
+    index_dim = whitening.dim if whitening is not None else int(meta["descriptor_dim"])
+    if index.ntotal != len(places) or index.ntotal != int(meta["count"]) or index.d != index_dim:
         raise ArtifactError(
             f"map '{path}' is inconsistent: index has {index.ntotal} x {index.d}-D, places.csv {len(places)} rows, "
-            f"map.json {meta['count']} x {meta['descriptor_dim']}-D; rebuild it with netvlad-map build"
+            f"map.json {meta['count']} x {index_dim}-D; rebuild it with netvlad-map build"
         )
     if use_gpu(gpu):
         index = to_gpu(index)
@@ -174,4 +180,27 @@ def open_map(
         meta["index"]["factory"],
         f", top {rerank['candidates']} re-ranked exactly" if rerank else "",
     )
-    return PlaceMap(path, meta, index, places)
+    return PlaceMap(path, meta, index, places, whitening)
+
+
+def read_whitening(path: Path, meta: dict) -> MapWhitening | None:
+    """The map's whitening (None when built without), checked against the model the map was built with."""
+    described = meta.get("whitening")
+    if not described:
+        return None
+    if not (path / WHITENING_FILE).is_file():
+        raise ArtifactError(
+            f"map '{path}' is incomplete: '{WHITENING_FILE}' is missing; rebuild it with netvlad-map build"
+        )
+    whitening = MapWhitening.load(path / WHITENING_FILE)
+    if (
+        whitening.fingerprint != meta["model"]["fingerprint"]
+        or whitening.in_dim != int(meta["descriptor_dim"])
+        or whitening.dim != int(described["dim"])
+    ):
+        raise ArtifactError(
+            f"map '{path}': '{WHITENING_FILE}' ({whitening.in_dim} -> {whitening.dim}-D, model "
+            f"{whitening.fingerprint}) does not belong to this map (model {meta['model']['fingerprint']}, "
+            f"{meta['descriptor_dim']} -> {described['dim']}-D); rebuild it with netvlad-map build"
+        )
+    return whitening

@@ -41,7 +41,7 @@ from runtime.map.build import (
 from runtime.map.config import MapConfig
 from runtime.map.index import ADD_CHUNK_ROWS, add_in_chunks, faiss_module, set_threads
 from runtime.map.places import Places
-from runtime.map.store import open_descriptors, read_map_meta
+from runtime.map.store import open_descriptors, read_map_meta, read_whitening
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,9 @@ def add_to_map(
         added = extract_descriptors(
             engine, lambda i: dataset.read_image(*items[i]), len(items), batch_size, read_workers, progress
         )  # (M, D) float32
+        whitening = read_whitening(map_path, meta)
+        if whitening is not None:  # the map searches in its own whitened space
+            added = whitening.apply(added)  # (M, d)
         extract_s = time.perf_counter() - t0
     finally:
         if owned:
@@ -180,7 +183,7 @@ def add_to_map(
             descriptors = _map_descriptors(tmp, meta, index)
         else:
             descriptors = np.lib.format.open_memmap(
-                tmp / DESCRIPTORS_FILE, mode="w+", dtype=np.float16, shape=(len(places), dim)
+                tmp / DESCRIPTORS_FILE, mode="w+", dtype=np.float16, shape=(len(places), old.shape[1])
             )
             _copy_rows(descriptors, _copy_rows(descriptors, 0, old), added)
             index.add(added)  # encoded with the map's trained IVF quantiser and PQ codebooks
@@ -197,6 +200,7 @@ def add_to_map(
             index_info=meta["index"],
             revision=revision,
             progress=progress,
+            whitening=whitening,
         )
         new_meta["history"] = _history(
             meta, {"op": "add", "dataset": str(root), "split": split, "places": len(items)}
@@ -300,6 +304,7 @@ def remove_from_map(
             index_info=meta["index"],
             revision=int(meta.get("revision", 0)) + 1,
             progress=progress,
+            whitening=read_whitening(map_path, meta),
         )
         new_meta["history"] = _history(meta, {"op": "remove", "what": what, "places": int(remove.sum())})
         new_meta["build_seconds"] = {"total": round(time.perf_counter() - t0, 3)}

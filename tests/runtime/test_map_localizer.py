@@ -31,10 +31,11 @@ def test_map_files_and_metadata(world):
     assert meta["count"] == 40 and meta["descriptor_dim"] == 64 and meta["metric"] == "inner_product"
     assert meta["model"]["fingerprint"] == card.weights_fingerprint
     assert meta["index"]["type"] == "flat" and meta["dataset"]["split"] == "database"
-    # the calibrated threshold flags 90 % of the impostors: the 10th percentile of their ratios
+    # calibrated on the map: 40 images play unmapped places; the verdict flags 90 % of them
     cal = meta["calibration"]
-    assert cal["impostor_ratio"]["p10"] == pytest.approx(meta["unknown_threshold"])
-    assert 0.5 < meta["unknown_threshold"] < cal["impostor_ratio"]["p50"] < 1.0
+    assert cal["source"] == "map" and cal["samples"] == 40 and cal["impostors"] == 40
+    assert cal["unknown_below_confidence"] == 0.9 and meta["whitening"] is None
+    assert cal["unknown_threshold"] == pytest.approx(np.quantile(cal["impostor_quantiles"], 0.9), rel=0.05)
     lines = (world["map"] / "places.csv").read_text().splitlines()
     assert lines[0] == "id,image,easting,northing,heading,time,split"
     assert lines[2] == "1,database/0001.png,500030.000,5000000.000,,,database"
@@ -77,7 +78,7 @@ def test_localizer_finds_the_places(world):
         assert [r.index for r in results] == list(range(40))
         assert all(r.best.place_id == i for i, r in enumerate(results))
         assert all(not r.unknown and 0 < r.confidence <= 1 for r in results)
-        assert all(r.distinctiveness < localizer.threshold for r in results)
+        assert all(r.confidence >= localizer.threshold == 0.9 for r in results)
         first = results[0]
         assert first.position == pytest.approx((500000.0, 5000000.0), abs=1e-6)
         assert first.times.inference > 0 and first.times.total >= first.times.inference

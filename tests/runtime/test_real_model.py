@@ -82,7 +82,7 @@ def test_exported_model_recall_matches_training_evaluation(tmp_path):
         ],
     )
     assert out.exit_code == 0, out.output
-    out = runner.invoke(map_app, ["recall", "--jsonl", str(jsonl), "--dataset", str(dataset.root)])
+    out = runner.invoke(map_app, ["recall", "--jsonl", str(jsonl), "--dataset", str(dataset.root), "--json"])
     got = {int(n): r for n, r in json.loads(out.output)["recall"].items()}
     assert 0.3 < expected[1] < 1.0  # a task that is neither trivial nor hopeless
     assert got == {n: expected[n] for n in (1, 5, 10)}

@@ -58,9 +58,12 @@ def test_cli_writes_the_generic_format(tiny_dir, tiny_world):
     assert (ds.num_db, ds.num_queries) == (tiny_world.num_db, tiny_world.num_queries)
     assert 150 <= ds.num_db <= 260 and ds.num_queries == pytest.approx(ds.num_db / 2, abs=2)
     assert sorted(p.name for p in tiny_dir.iterdir()) == [
-        "database", "database.csv", "queries", "queries.csv", "queries.mp4", "synth.json"
+        "database", "database.csv", "queries", "queries.csv", "queries.mp4", "synth.json", "unmapped",
+        "unmapped.csv",
     ]  # fmt: skip
-    for split, n in (("database", ds.num_db), ("queries", ds.num_queries)):
+    assert ds.num_unmapped == tiny_world.num_unmapped == 48
+    np.testing.assert_allclose(ds.unmapped_utm, tiny_world.unmapped.utm, atol=1e-3)
+    for split, n in (("database", ds.num_db), ("queries", ds.num_queries), ("unmapped", ds.num_unmapped)):
         assert len(list((tiny_dir / split).iterdir())) == n
         image = ds.read_image(split, n - 1)
         assert image.shape == (240, 320, 3) and image.dtype == np.uint8
@@ -90,6 +93,26 @@ def test_deterministic_for_a_seed_and_different_across_seeds(tiny_world):
         assert np.abs(tiny_world.image(split, index).astype(int) - other.image(split, index)).mean() > 10
     np.testing.assert_array_equal(tiny_world.queries.utm, again.queries.utm)
     assert not np.allclose(tiny_world.city.route[:4], other.city.route[:4])
+
+
+def test_unmapped_places_are_off_the_route_and_seeded_apart(tiny_world):
+    """The unmapped-place queries: on streets the database drive never comes near, every condition, seeded
+    on their own (turning them off changes no other image)."""
+    unmapped, cfg = tiny_world.unmapped, tiny_world.cfg
+    assert tiny_world.num_unmapped == cfg.unmapped_queries == 48
+    nearest = np.linalg.norm(unmapped.utm[:, None] - tiny_world.database.utm[None], axis=2).min(axis=1)
+    # centrelines >= 50 m from the route, the camera up to 2.5 + 3 m off it: never within 25 m of a place
+    assert nearest.min() >= cfg.unmapped_min_distance_m - 2.5 - cfg.max_lateral_m and nearest.min() > 25.0
+    assert list(dict.fromkeys(unmapped.conditions)) == list(CONDITIONS)
+    assert len({tuple(np.round(p)) for p in unmapped.utm}) >= 40  # spread over the streets, not one spot
+    without = SynthWorld(SynthConfig.preset("tiny", seed=SEED, unmapped_queries=0))
+    assert without.num_unmapped == 0
+    assert np.array_equal(without.image("queries", 5), tiny_world.image("queries", 5))
+    np.testing.assert_array_equal(without.queries.utm, tiny_world.queries.utm)
+    again = SynthWorld(SynthConfig.preset("tiny", seed=SEED))
+    assert np.array_equal(again.image("unmapped", 7), tiny_world.image("unmapped", 7))
+    with pytest.raises(ValueError, match="split must be 'database', 'queries' or 'unmapped'"):
+        tiny_world.image("elsewhere", 0)
 
 
 @pytest.mark.slow

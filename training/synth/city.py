@@ -56,6 +56,7 @@ class CityPlan:
     route: np.ndarray  # (R+1, 2) closed polyline (first == last), world metres
     route_cum: np.ndarray  # (R+1,) cumulative length
     length_m: float
+    grid_cells: tuple[int, int, int, int] = (0, 0, 0, 0)  # blocks i in [i0, i1], j in [j0, j1] (built)
 
     def point_at(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Positions ``(N, 2)`` and unit directions ``(N, 2)`` at arc lengths ``s`` (wrapped around the loop)."""
@@ -74,6 +75,35 @@ class CityPlan:
         behind, _ = self.point_at(np.asarray(s) - smooth_m)
         d = ahead - behind
         return pos, np.arctan2(d[:, 1], d[:, 0])
+
+    def side_streets(self, min_distance_m: float, step_m: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Centreline points of streets off the route: ``(positions (P, 2), directions (P, 2))``.
+
+        Every grid street with buildings on both sides (the outermost grid lines have them on one side
+        only) is sampled every ``step_m``; points closer than ``min_distance_m`` to the route are dropped.
+        """
+        i0, i1, j0, j1 = self.grid_cells
+        route_points, _ = self.point_at(np.arange(0.0, self.length_m, step_m))  # (R, 2)
+        points, directions = [], []
+        for along_x, lines, span in (
+            (True, range(j0 + 1, j1 + 1), (i0, i1 + 1)),
+            (False, range(i0 + 1, i1 + 1), (j0, j1 + 1)),
+        ):
+            t = np.arange(span[0] * self.block_m, span[1] * self.block_m + 1e-6, step_m)
+            for line in lines:
+                offset = line * self.block_m
+                xy = np.stack(
+                    [t, np.full_like(t, offset)] if along_x else [np.full_like(t, offset), t], axis=1
+                )
+                points.append(self.origin + xy)
+                directions.append(np.tile([1.0, 0.0] if along_x else [0.0, 1.0], (t.size, 1)))
+        pts, dirs = np.concatenate(points), np.concatenate(directions)
+        nearest = np.full(pts.shape[0], np.inf)
+        for start in range(0, pts.shape[0], 2048):  # (B, R) distances in blocks: bounded memory
+            block = np.linalg.norm(pts[start : start + 2048, None, :] - route_points[None], axis=2)
+            nearest[start : start + 2048] = block.min(axis=1)
+        keep = nearest >= min_distance_m
+        return pts[keep], dirs[keep]
 
 
 # The shared facade vocabulary: base colours (plaster, brick, stone, paint), sign and door colours.
@@ -293,4 +323,5 @@ def build_city(cfg: SynthConfig) -> CityPlan:
         route=route,
         route_cum=cum,
         length_m=float(cum[-1]),
+        grid_cells=(gx0, gx1, gy0, gy1),
     )

@@ -20,6 +20,9 @@ class SynthConfig:
 
     Lengths are metres, angles degrees. ``conditions``: query conditions, assigned to consecutive
     stretches of the query traversal in this order (one name: every query under that condition).
+    ``unmapped_queries``: extra queries taken on streets the database drive never comes within
+    ``unmapped_min_distance_m`` of (the "unknown place" verdict is measured on them); written apart from
+    the query traversal (``unmapped.csv``, ``unmapped/``), not in the query video.
     """
 
     name: str = "custom"
@@ -41,6 +44,8 @@ class SynthConfig:
     write_video: bool = True
     video_fps: float = 10.0
     workers: int = 1
+    unmapped_queries: int = 0
+    unmapped_min_distance_m: float = 50.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "conditions", tuple(self.conditions))
@@ -69,6 +74,11 @@ class SynthConfig:
             (self.image_format in IMAGE_FORMATS, f"image_format must be one of {', '.join(IMAGE_FORMATS)}"),
             (0.5 <= self.video_fps <= 120.0, "video_fps must be within [0.5, 120]"),
             (self.workers >= 1, "workers must be >= 1"),
+            (0 <= self.unmapped_queries <= 100_000, "unmapped_queries must be within [0, 100000]"),
+            (
+                25.0 <= self.unmapped_min_distance_m <= 500.0,
+                "unmapped_min_distance_m must be within [25, 500] (25 m: the evaluation radius)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -88,10 +98,16 @@ class SynthConfig:
 
 
 PRESETS: dict[str, SynthConfig] = {
-    # tests: a ~1 km loop, ~190 database + ~95 query images, seconds to generate
-    "tiny": SynthConfig(name="tiny", route_length_m=960.0, db_spacing_m=5.0, query_spacing_m=10.0),
+    # tests: a ~1 km loop, ~190 database + ~95 query (+ 48 unmapped) images, seconds to generate
+    "tiny": SynthConfig(
+        name="tiny", route_length_m=960.0, db_spacing_m=5.0, query_spacing_m=10.0, unmapped_queries=48
+    ),
     # ~5 km loop, 1,000 database + 1,000 query images
-    "small": SynthConfig(name="small", route_length_m=5000.0, db_spacing_m=5.0, query_spacing_m=5.0),
+    "small": SynthConfig(
+        name="small", route_length_m=5000.0, db_spacing_m=5.0, query_spacing_m=5.0, unmapped_queries=250
+    ),
     # ~20 km loop, 4,000 database + 2,000 query images
-    "medium": SynthConfig(name="medium", route_length_m=20000.0, db_spacing_m=5.0, query_spacing_m=10.0),
+    "medium": SynthConfig(
+        name="medium", route_length_m=20000.0, db_spacing_m=5.0, query_spacing_m=10.0, unmapped_queries=500
+    ),
 }

@@ -39,7 +39,7 @@ def _render_and_write(job: tuple[str, int, str]) -> np.ndarray | None:
     params = [cv2.IMWRITE_JPEG_QUALITY, 93] if path.endswith(".jpg") else [cv2.IMWRITE_PNG_COMPRESSION, 1]
     if not cv2.imwrite(path, bgr, params):
         raise OSError(f"cannot write image '{path}'")
-    return bgr if split == "queries" else None
+    return bgr if split == "queries" else None  # the video holds the query traversal only
 
 
 def generate(
@@ -53,7 +53,8 @@ def generate(
 
     Layout: ``database.csv`` / ``queries.csv`` (image, easting, northing, heading, timestamp; queries also
     ``condition``), ``database/NNNNNN.jpg``, ``queries/NNNNNN.jpg``, ``queries.mp4`` (query traversal,
-    mp4v) and ``synth.json`` (the config). ``progress``: optional wrapper such as
+    mp4v), ``synth.json`` (the config) and, when ``cfg.unmapped_queries``, ``unmapped.csv`` +
+    ``unmapped/uNNNNNN.jpg`` (places off the route: no database image within 25 m). ``progress``: optional wrapper such as
     :func:`runtime.console.progress` (called as ``progress(iterable, total=..., desc=...)``).
     """
     import cv2
@@ -64,11 +65,16 @@ def generate(
     ext = cfg.image_format
     db_names = tuple(f"database/{i:06d}.{ext}" for i in range(world.num_db))
     q_names = tuple(f"queries/{i:06d}.{ext}" for i in range(world.num_queries))
+    # "u" prefix: file names stay unique across splits (a run's JSONL names frames by file name)
+    u_names = tuple(f"unmapped/u{i:06d}.{ext}" for i in range(world.num_unmapped))
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         (tmp / "database").mkdir()
         (tmp / "queries").mkdir()
         jobs = [("database", i, str(tmp / n)) for i, n in enumerate(db_names)]
         jobs += [("queries", i, str(tmp / n)) for i, n in enumerate(q_names)]
+        if u_names:
+            (tmp / "unmapped").mkdir()
+            jobs += [("unmapped", i, str(tmp / n)) for i, n in enumerate(u_names)]
         video = None
         if cfg.write_video:
             fourcc = cv2.VideoWriter.fourcc(*"mp4v")
@@ -99,6 +105,16 @@ def generate(
         write_split_csv(
             tmp / "queries.csv", q_names, q.utm, q.heading_deg, q.time_s, extra={"condition": q.conditions}
         )
+        if u_names:
+            u = world.unmapped
+            write_split_csv(
+                tmp / "unmapped.csv",
+                u_names,
+                u.utm,
+                u.heading_deg,
+                u.time_s,
+                extra={"condition": u.conditions},
+            )
         meta = {
             "generator": "training.synth",
             "config": _config_dict(cfg),
@@ -106,10 +122,11 @@ def generate(
         }
         (tmp / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
     logger.info(
-        "wrote %s: %d database + %d query images (%s preset, seed %d) in %.1f s",
+        "wrote %s: %d database + %d query + %d unmapped-place images (%s preset, seed %d) in %.1f s",
         out_dir,
         world.num_db,
         world.num_queries,
+        world.num_unmapped,
         cfg.name,
         cfg.seed,
         time.perf_counter() - start,

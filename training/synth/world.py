@@ -16,7 +16,7 @@ DRIVE_LANE_M = -2.5  # the database camera drives 2.5 m right of the centreline 
 SPEED_M_S = 10.0
 DB_EPOCH_S = 1_780_315_200.0  # 2026-06-01 12:00 UTC: the database drive
 QUERY_EPOCH_S = 1_795_000_000.0  # ~2026-11-18: the revisit
-SPLIT_CODES = {"database": 1, "queries": 2}
+SPLIT_CODES = {"database": 1, "queries": 2, "unmapped": 3}
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,10 @@ def compass_heading(yaw: np.ndarray) -> np.ndarray:
 class SynthWorld:
     """A deterministic street world for ``cfg`` that renders database and query images on the fly.
 
-    ``world.image("database", i)`` / ``world.image("queries", i)``: uint8 ``(H, W, 3)`` RGB, identical to what
-    :func:`training.synth.generate` writes. Poses: ``world.database`` / ``world.queries`` (:class:`Traversal`).
+    ``world.image("database", i)`` / ``world.image("queries", i)`` / ``world.image("unmapped", i)``: uint8
+    ``(H, W, 3)`` RGB, identical to what :func:`training.synth.generate` writes. Poses: ``world.database``,
+    ``world.queries`` and ``world.unmapped`` (:class:`Traversal`; the last: places on streets the database
+    drive never comes near, ``cfg.unmapped_queries`` of them, none when 0).
     """
 
     def __init__(self, cfg: SynthConfig) -> None:
@@ -54,6 +56,7 @@ class SynthWorld:
         self.renderer = Renderer(self.city, cfg)
         self.database = self._traversal("database")
         self.queries = self._traversal("queries")
+        self.unmapped = self._unmapped()
 
     @property
     def num_db(self) -> int:
@@ -62,6 +65,45 @@ class SynthWorld:
     @property
     def num_queries(self) -> int:
         return int(self.queries.utm.shape[0])
+
+    @property
+    def num_unmapped(self) -> int:
+        return int(self.unmapped.utm.shape[0])
+
+    def _unmapped(self) -> Traversal:
+        """Poses on streets off the route: seeded apart from the traversals, so turning them on or off
+        leaves the database and query images unchanged. Conditions: in stretches, like the queries."""
+        cfg = self.cfg
+        n = cfg.unmapped_queries
+        rng = np.random.default_rng([cfg.seed, SPLIT_CODES["unmapped"], 0x7A5])
+        points, directions = (
+            self.city.side_streets(cfg.unmapped_min_distance_m) if n else (np.zeros((0, 2)),) * 2
+        )
+        if n and points.shape[0] == 0:
+            raise ValueError(
+                f"no street lies {cfg.unmapped_min_distance_m} m from the route in this city; "
+                "lower unmapped_min_distance_m or set unmapped_queries=0"
+            )
+        pick = (
+            np.sort(rng.choice(points.shape[0], size=n, replace=points.shape[0] < n))
+            if n
+            else np.zeros(0, int)
+        )
+        direction = directions[pick] * rng.choice([-1.0, 1.0], size=(n, 1))  # either way along the street
+        yaw = np.arctan2(direction[:, 1], direction[:, 0])
+        left = np.stack([-np.sin(yaw), np.cos(yaw)], axis=1)
+        lateral = DRIVE_LANE_M + _truncated_normal(rng, cfg.max_lateral_m, n)
+        utm = points[pick] + left * np.clip(lateral, -ROAD_HALF_M + 0.5, ROAD_HALF_M - 0.5)[:, None]  # (n, 2)
+        yaw = yaw + np.radians(_truncated_normal(rng, cfg.max_yaw_deg, n))
+        n_cond = len(cfg.conditions)
+        return Traversal(
+            utm=utm,
+            yaw=yaw,
+            heading_deg=compass_heading(yaw),
+            time_s=QUERY_EPOCH_S + self.city.length_m / SPEED_M_S + 60.0 * np.arange(n),
+            arc_m=np.full(n, np.nan),  # not on the route
+            conditions=tuple(cfg.conditions[k * n_cond // n] for k in range(n)),
+        )
 
     def _traversal(self, split: str) -> Traversal:
         cfg = self.cfg
@@ -101,14 +143,14 @@ class SynthWorld:
         return REFERENCE if condition == "reference" else QUERY_LIGHTING[condition]
 
     def image(self, split: str, index: int) -> np.ndarray:
-        """Render image ``index`` of ``split`` ("database" or "queries"): uint8 ``(H, W, 3)`` RGB."""
+        """Render image ``index`` of ``split`` ("database", "queries" or "unmapped"): uint8 ``(H, W, 3)`` RGB."""
         if split not in SPLIT_CODES:
-            raise ValueError(f"split must be 'database' or 'queries', got {split!r}")
-        trav = self.database if split == "database" else self.queries
+            raise ValueError(f"split must be 'database', 'queries' or 'unmapped', got {split!r}")
+        trav = {"database": self.database, "queries": self.queries, "unmapped": self.unmapped}[split]
         if not 0 <= index < trav.utm.shape[0]:
             raise IndexError(f"{split} index {index} out of range 0..{trav.utm.shape[0] - 1}")
         rng = np.random.default_rng([self.cfg.seed, SPLIT_CODES[split], int(index)])
-        occluders = sample_occluders(rng, self.cfg.occluders) if split == "queries" else []
+        occluders = sample_occluders(rng, self.cfg.occluders) if split != "database" else []
         return self.renderer.render(
             trav.utm[index],
             float(trav.yaw[index]),
