@@ -73,7 +73,9 @@ def test_map_info_and_run_with_jsonl_and_overlay(built):
     summary = json.loads((root / "summary.json").read_text())
     assert summary["frames"] == 30 and summary["latency_ms"]["inference"]["p50"] > 0
     # recall computed from the JSONL equals recall computed from the dataset's own positives
-    result = runner.invoke(map_app, ["recall", "--jsonl", str(jsonl), "--dataset", str(dataset.root), "--json"])
+    result = runner.invoke(
+        map_app, ["recall", "--jsonl", str(jsonl), "--dataset", str(dataset.root), "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["recall"] == {"1": 1.0, "5": 1.0}
 
