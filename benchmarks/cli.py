@@ -165,5 +165,38 @@ def latency(
     _print_markdown(run_latency(checkpoint, models, dataset, out, cfg, progress=progress))
 
 
+@app.command()
+@command_boundary
+def drive(
+    model: Path = typer.Option(..., help="An exported model (.onnx or engine)."),
+    dataset: str = typer.Option(..., help="Dataset: database = the mapping drive, queries = a later drive."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for drive.json and drive.md."),
+    zone: str = typer.Option("18T", help="UTM zone the dataset's easting/northing are taken to lie in."),
+    every: float = typer.Option(5.0, help="Metres between keyframes of the map built from the bag."),
+    noise: float = typer.Option(1.5, help="GPS noise (metres, one sigma)."),
+    outage: float = typer.Option(10.0, help="Length of one GPS outage mid-drive (seconds; 0: none)."),
+    limit: int = typer.Option(None, help="Use only the first N database and query images."),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
+) -> None:
+    """A drive through ROS bags: map from a bag vs from the folder, uncertainty coverage, bag read rate."""
+    from benchmarks.drive import drive_benchmark
+    from runtime.console import configure_logging, progress
+
+    configure_logging(verbose, quiet)
+    result = drive_benchmark(
+        model,
+        dataset,
+        out,
+        zone=zone,
+        every_m=every,
+        noise_m=noise,
+        outage_s=outage,
+        limit=limit,
+        progress=progress,
+    )
+    _print_markdown(result)
+
+
 if __name__ == "__main__":
     app()

@@ -23,7 +23,8 @@ def _typestore(kind: str):
 
 
 def _header(types, kind: str, t: float, frame_id: str, seq: int):
-    stamp = types.types["builtin_interfaces/msg/Time"](sec=int(t), nanosec=round((t - int(t)) * 1e9))
+    t_ns = round(t * 1e9)
+    stamp = types.types["builtin_interfaces/msg/Time"](sec=t_ns // 10**9, nanosec=t_ns % 10**9)
     if kind == "ros1":
         return types.types["std_msgs/msg/Header"](seq=seq, stamp=stamp, frame_id=frame_id)
     return types.types["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
