@@ -71,7 +71,8 @@ def open_bag(path: str | Path) -> Iterator:
 
 def _bag_error(path: Path, exc: BaseException) -> SourceError:
     reason = " ".join(str(a) for a in exc.args) or type(exc).__name__
-    if "damaged" in reason or "end magic" in reason or "could not be read" in reason:
+    damaged = ("damaged", "end magic", "could not be read", "malformed")  # ROS 1 index, MCAP footer, sqlite
+    if any(word in reason for word in damaged):
         return SourceError(
             f"ROS bag '{path}' is truncated or damaged ({reason}); a recording cut off before it was closed "
             "needs re-indexing: 'rosbag reindex' (ROS 1) or 'ros2 bag reindex' (ROS 2)"

@@ -78,9 +78,9 @@ def test_not_a_bag_and_truncated_bags_are_reported(tmp_path):
     )
     with pytest.raises(SourceError, match=re.escape(expected)):
         open_source(junk, topic="/camera/image_raw")
-    for kind in ("ros1", "mcap"):
-        path = write_bag(bag_path(tmp_path, kind), kind, frames_of(4))
-        data_file = path if kind == "ros1" else path / "drive.mcap"
+    for kind in ("ros1", "mcap", "sqlite3"):
+        path = write_bag(bag_path(tmp_path, kind, name=kind), kind, frames_of(4))
+        data_file = {"ros1": path, "mcap": path / "mcap.mcap", "sqlite3": path / "sqlite3.db3"}[kind]
         data = data_file.read_bytes()
         data_file.write_bytes(data[: len(data) // 2])  # a recording cut off before it was closed
         expected = f"ROS bag '{path}' is truncated or damaged ("
