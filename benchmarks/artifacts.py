@@ -1,8 +1,9 @@
 """The backends a benchmark compares: the PyTorch reference and every exported artifact it is given.
 
-Each one becomes an *extractor*: ``infer(uint8 (N, H, W, 3)) -> float32 (N, D)`` with a label, a
-precision and a ``close()``. Exported models are opened through the runtime's own backends
-(``runtime.backends.open_backend``), so the benchmarks measure what robots run. What cannot run here
+Each one is opened as a runtime :class:`~runtime.backends.base.Backend` (``infer(uint8 (N, H, W, 3),
+batch_size) -> float32 (N, D)``, ``card``, ``close()``): exported models through
+``runtime.backends.open_backend``, so the benchmarks measure what robots run, and the PyTorch reference as
+:class:`training.model.TorchBackend`. What cannot run here
 (FP16 on a CPU provider without FP16 kernels, TensorRT without ``tensorrt``) is listed as skipped with
 the reason, never silently replaced.
 """
@@ -14,25 +15,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from runtime.card import ModelCard, read_onnx_card, read_sidecar
+from runtime.card import read_card
 from runtime.errors import ArtifactError
-from runtime.optional import available, require
+from runtime.optional import available
+from runtime.protocol import ENGINE_SUFFIXES, MODEL_SUFFIXES, ONNX_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-ONNX_SUFFIXES = (".onnx",)
-ENGINE_SUFFIXES = (".engine", ".plan")
 PRECISION_LABEL = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8 QDQ"}
-
-
-def read_card(path: str | Path) -> ModelCard:
-    """The model card of an exported artifact (ONNX metadata or an engine's JSON sidecar)."""
-    path = Path(path)
-    if path.suffix.lower() in ENGINE_SUFFIXES:
-        return read_sidecar(path)
-    return read_onnx_card(path)
 
 
 def find_artifacts(paths: Iterable[str | Path]) -> list[Path]:
@@ -40,9 +30,7 @@ def find_artifacts(paths: Iterable[str | Path]) -> list[Path]:
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(
-                f for f in p.iterdir() if f.suffix.lower() in ONNX_SUFFIXES + ENGINE_SUFFIXES and f.is_file()
-            )
+            found += sorted(f for f in p.iterdir() if f.suffix.lower() in MODEL_SUFFIXES and f.is_file())
         elif p.is_file():
             found.append(p)
         else:
@@ -120,53 +108,15 @@ def _ort_has_cuda() -> bool:
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
-class TorchExtractor:
-    """The PyTorch reference: ``DeployModel(load_model(checkpoint))`` in eval mode, no autograd."""
-
-    def __init__(self, checkpoint: str | Path, threads: int = 2, device: str = "cpu") -> None:
-        torch = require("torch", "the PyTorch reference")
-        from training.checkpoint import load_model
-        from training.model import DeployModel
-
-        if device == "cpu" and threads:
-            torch.set_num_threads(threads)
-        self._torch = torch
-        self.device = device
-        self.place_model = load_model(checkpoint)
-        self.model = DeployModel(self.place_model).eval().to(device)
-        self.card = self.model.card()
-
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        """``uint8 (N, H, W, 3)`` -> ``float32 (N, D)``."""
-        with self._torch.inference_mode():
-            x = self._torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-            out = self.model(x)
-            return out.float().cpu().numpy()
-
-    def close(self) -> None:
-        self.model = None
-
-
 def open_extractor(plan: BackendPlan, threads: int = 2):
-    """Open ``plan`` as an extractor (``.infer``, ``.card``, ``.close()``); a runtime backend for exports."""
+    """Open ``plan`` as a :class:`~runtime.backends.base.Backend` (the PyTorch reference included)."""
     if plan.kind == "pytorch":
-        return TorchExtractor(plan.path, threads=threads, device=plan.device)
+        from training.model import TorchBackend
+
+        return TorchBackend(plan.path, device=plan.device, threads=threads)
     from runtime.backends import open_backend
 
     if plan.kind == "onnxruntime":
         options = {"threads": threads} if plan.provider == "cpu" else {}
         return open_backend(plan.path, backend=f"onnxruntime-{plan.provider}", **options)
     return open_backend(plan.path, backend="tensorrt")
-
-
-def extract(extractor, images: np.ndarray, batch_size: int, progress=None) -> np.ndarray:
-    """Descriptors of ``images`` (uint8 NHWC) in batches of ``batch_size`` -> ``float32 (N, D)``."""
-    parts = []
-    bar = progress(total=len(images), desc="descriptors", unit="img") if progress else None
-    for start in range(0, len(images), batch_size):
-        parts.append(np.asarray(extractor.infer(images[start : start + batch_size]), dtype=np.float32))
-        if bar is not None:
-            bar.update(min(batch_size, len(images) - start))
-    if bar is not None:
-        bar.close()
-    return np.concatenate(parts)

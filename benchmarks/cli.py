@@ -78,7 +78,7 @@ def search(
     configure_logging(verbose, quiet)
     dim_list = _ints(dims, "--dims")
     if model is not None:
-        from benchmarks.artifacts import read_card
+        from runtime.card import read_card
 
         own = read_card(model).descriptor_dim
         base = dim_list or SearchConfig.preset(preset).dims

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.artifacts import BackendPlan, extract, open_extractor, plan_backends
+from benchmarks.artifacts import BackendPlan, open_extractor, plan_backends
 from benchmarks.environment import machine_info, machine_line
 from benchmarks.evalset import EvalSet, load_eval_set
 from benchmarks.report import markdown_table, write_report
@@ -132,10 +132,15 @@ def run_parity(
         try:
             if plan is not reference_plan:
                 _check_same_model(ref_card, plan, extractor.card)
+            total = len(evals.db_images) + len(evals.q_images)
+            bar = progress(total=total, desc="descriptors", unit="img") if progress else None
+            update = bar.update if bar is not None else None
             start = time.perf_counter()
-            db = extract(extractor, evals.db_images, cfg.batch_size, progress)
-            q = extract(extractor, evals.q_images, cfg.batch_size, progress)
+            db = extractor.infer(evals.db_images, cfg.batch_size, update)
+            q = extractor.infer(evals.q_images, cfg.batch_size, update)
             seconds = time.perf_counter() - start
+            if bar is not None:
+                bar.close()
         finally:
             extractor.close()
         descriptors[plan.label] = (db, q)

@@ -23,13 +23,23 @@ app = typer.Typer(
 )
 
 
+def check_export_extras() -> None:
+    """A runtime-only install lacks PyTorch and onnx: say which extra brings them, not a traceback."""
+    from runtime.errors import MissingDependencyError
+    from runtime.optional import available
+
+    missing = [m for m in ("torch", "onnx", "onnxscript", "onnxruntime") if not available(m)]
+    if missing:
+        raise MissingDependencyError(
+            f"netvlad-export needs {', '.join(missing)} (it loads PyTorch checkpoints and writes ONNX), "
+            "which this install lacks; install them with: pip install 'netvlad-kit[train,export]'"
+        )
+
+
 @app.command()
 @command_boundary
 def main(
-    checkpoint: Path = typer.Argument(..., help="checkpoint written by python -m training.train (best.pt)"),
-    onnx: bool = typer.Option(
-        True, "--onnx", help="FP32 ONNX model.onnx (always written; the others derive from it)"
-    ),
+    checkpoint: Path = typer.Argument(..., help="checkpoint written by python -m training.train (model.pt)"),
     fp16: bool = typer.Option(
         False, "--fp16", help="also model.fp16.onnx: FP16 backbone, float32 head and I/O"
     ),
@@ -46,7 +56,11 @@ def main(
     engine: bool = typer.Option(
         False, "--engine", help="also TensorRT engines (needs tensorrt and a CUDA GPU)"
     ),
-    batch: str = typer.Option("1:8:32", "--batch", help="engine batch range MIN:OPT:MAX"),
+    batch_profile: str = typer.Option(
+        "1:8:32",
+        "--batch-profile",
+        help="TensorRT optimisation profile of the engines' batch size, MIN:OPT:MAX (tuned for OPT)",
+    ),
     val: str | None = typer.Option(
         None,
         "--val",
@@ -55,6 +69,7 @@ def main(
     val_limit: int = typer.Option(500, "--val-limit", help="at most this many database images and queries"),
     out: Path = typer.Option(Path("export"), "--out", help="output folder"),
     force: bool = typer.Option(False, "--force", help="keep artifacts that miss a parity gate"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace artifacts already in --out"),
     threads: int = typer.Option(2, "--threads", help="CPU threads for ONNX Runtime during parity"),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="more log output"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings and errors only"),
@@ -64,7 +79,7 @@ def main(
 
     configure_logging(verbose, quiet)
     cfg = ExportConfig(
-        batch=BatchRange.parse(batch),
+        batch=BatchRange.parse(batch_profile),
         fp16=fp16,
         int8=int8,
         engine=engine,
@@ -74,8 +89,10 @@ def main(
         validation=val,
         validation_limit=val_limit,
         force=force,
+        overwrite=overwrite,
         threads=threads,
     )
+    check_export_extras()
     from export.pipeline import run_export
 
     result = run_export(checkpoint, out, cfg, progress=progress)

@@ -29,7 +29,7 @@ class BatchRange:
         if not self.min <= self.opt <= self.max:
             raise ConfigError(
                 f"batch range must satisfy min <= opt <= max, got min={self.min} opt={self.opt} max={self.max}; "
-                "write it as MIN:OPT:MAX, for example --batch 1:8:32"
+                "write it as MIN:OPT:MAX, for example --batch-profile 1:8:32"
             )
 
     @classmethod
@@ -40,7 +40,7 @@ class BatchRange:
             values = [int(p) for p in parts]
         except ValueError:
             raise ConfigError(
-                f"batch range {text!r} is not MIN:OPT:MAX with integers, for example --batch 1:8:32"
+                f"batch range {text!r} is not MIN:OPT:MAX with integers, for example --batch-profile 1:8:32"
             ) from None
         if len(values) == 1:
             values = values * 3
@@ -80,6 +80,7 @@ class ExportConfig:
     fixed_images: int = 8
     onnx_min_cosine: float = 0.9999
     force: bool = False
+    overwrite: bool = False
     threads: int = 2
     workspace_mib: int = 2048
     # per-precision gate overrides (export.parity.ParityThresholds); None: export.parity.THRESHOLDS

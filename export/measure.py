@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from export.images import fixed_images
-    from export.onnx import onnx_session
     from export.quantize import ort_kernels
+    from runtime.backends.onnxruntime import create_session
     from runtime.card import read_onnx_card
     from training.checkpoint import load_model
     from training.model import DeployModel
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
         runners["pytorch eager fp32"] = eager
         for path in models:
-            session = onnx_session(path, args.threads)
+            session = create_session(path, threads=args.threads)
             runners[f"onnxruntime {path.name}"] = lambda s=session, x=images: s.run(None, {"image": x})
         times = time_interleaved(runners, args.rounds)
         medians = {name: statistics.median(t) for name, t in times.items()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 from export.config import ExportConfig
 from runtime.atomic import atomic_write_bytes
 from runtime.card import ModelCard, attach_to_onnx
-from runtime.errors import ArtifactError, ParityError
+from runtime.errors import ArtifactError, BackendError, ParityError
 from runtime.optional import require
 
 log = logging.getLogger(__name__)
@@ -167,36 +168,19 @@ def trace_deploy_model(deploy_model: Any, card: ModelCard, cfg: ExportConfig) ->
         return onnx.load_from_string(buffer.getvalue())
 
 
-def onnx_session(model: Any, threads: int = 2) -> Any:
-    """An ONNX Runtime CPU session over a ModelProto, serialized bytes or a path."""
-    ort = require("onnxruntime", "running ONNX models")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
-    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+def onnx_descriptors(proto: Any, images: np.ndarray, threads: int, source: str) -> np.ndarray:
+    """Descriptors of ``images`` from an in-memory model (card attached) through the runtime's ONNX Runtime
+    CPU backend, exactly as a robot would run the written file."""
+    from runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-
-def run_session(session: Any, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    """Descriptors of ``images`` ``uint8 (N, H, W, 3)`` -> ``float32 (N, D)`` in batches."""
-    name = session.get_inputs()[0].name
-    parts = [
-        session.run(None, {name: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(parts).astype(np.float32, copy=False)
-
-
-def torch_descriptors(deploy_model: Any, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    """FP32 PyTorch reference descriptors of ``uint8 (N, H, W, 3)`` images -> ``float32 (N, D)``."""
-    torch = require("torch", "computing reference descriptors")
-    parts = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            parts.append(
-                deploy_model(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size]))).numpy()
-            )
-    return np.concatenate(parts).astype(np.float32, copy=False)
+    with tempfile.TemporaryDirectory(prefix="netvlad-export-") as tmp:
+        path = Path(tmp) / Path(source).name
+        path.write_bytes(proto.SerializeToString())
+        try:
+            with OnnxRuntimeBackend(path, provider="cpu", threads=threads) as backend:
+                return backend.infer(images, batch_size=8)
+        except BackendError as exc:  # the graph's output does not have the card's shape
+            raise ArtifactError(f"exported graph {source}: {exc}") from exc
 
 
 def export_place_model(
@@ -205,24 +189,20 @@ def export_place_model(
     """Export an in-memory ``PlaceModel`` to ``out`` (see :func:`export_onnx`)."""
     from export.images import fixed_images
     from export.parity import compare_images
-    from training.model import DeployModel
+    from training.model import DeployModel, TorchBackend
 
     out = Path(out)
     model.eval()
-    deploy = DeployModel(model).eval()
     base_card = model.card(precision="fp32")
     log.info("tracing %s with the %s exporter (opset %d)", source, cfg.exporter, cfg.opset)
-    proto = trace_deploy_model(deploy, base_card, cfg)
+    proto = trace_deploy_model(DeployModel(model).eval(), base_card, cfg)
     summary = check_graph(proto, base_card, source=str(out))
     log.info("graph: %d nodes %s", summary.num_nodes, dict(sorted(summary.op_counts.items())))
 
     images = fixed_images(base_card, cfg.fixed_images)
-    reference = torch_descriptors(deploy, images)
-    candidate = run_session(onnx_session(proto, cfg.threads), images)
-    if candidate.shape != reference.shape:
-        raise ArtifactError(
-            f"exported graph {out} returns {candidate.shape} descriptors, PyTorch {reference.shape}"
-        )
+    with TorchBackend(model) as torch_model:
+        reference = torch_model.infer(images, batch_size=8)
+    candidate = onnx_descriptors(attach_to_onnx(proto, base_card), images, cfg.threads, str(out))
     report = compare_images(str(out), "fp32", reference, candidate, f"{len(images)} fixed images")
     log.info(
         "ONNX vs PyTorch on %d fixed images: worst cosine %.7f, median %.7f",

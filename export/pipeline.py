@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,15 +20,16 @@ import numpy as np
 
 from export.config import ExportConfig
 from export.images import ImageSet, fixed_images, iter_batches, load_images, open_image_set
-from runtime.card import ModelCard, read_onnx_card, read_sidecar
-from runtime.errors import ArtifactError, DatasetError, ModelCardError
+from runtime.card import ModelCard, read_card
+from runtime.datasets import is_dataset_spec
+from runtime.errors import ArtifactError, DatasetError, ModelCardError, ParityError
 from runtime.outputs import clean_stale, output_lock
-from runtime.protocol import EVAL_RADIUS_M
+from runtime.protocol import EVAL_RADIUS_M, MODEL_SUFFIXES, is_engine
 
 log = logging.getLogger(__name__)
 
 ProgressFactory = Callable[..., Any]  # like runtime.console.progress(total=..., desc=..., unit=...)
-ARTIFACT_PATTERNS = ("*.onnx", "*.engine")
+REFERENCE = "PyTorch FP32 (reference)"
 STAGING_PREFIX = ".export-"  # hidden folder inside the output where artifacts are made
 
 
@@ -42,27 +43,33 @@ class ExportResult:
     parity_json: Path
 
 
-def check_output_folder(out_dir: Path, fingerprint: str) -> None:
-    """Refuse an output folder that holds artifacts of another model (different weights fingerprint)."""
+def check_output_folder(out_dir: Path, fingerprint: str, names: Sequence[str], overwrite: bool) -> None:
+    """Refuse an output folder that holds artifacts of another model (different weights fingerprint), or,
+    unless ``overwrite``, an artifact of one of ``names`` (what this export will write)."""
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
         raise ArtifactError(f"output '{out_dir}' exists and is not a folder; choose another --out")
-    for pattern in ARTIFACT_PATTERNS:
-        for path in sorted(out_dir.glob(pattern)):
-            try:
-                card = read_sidecar(path) if path.suffix == ".engine" else read_onnx_card(path)
-            except ModelCardError as exc:
-                raise ArtifactError(
-                    f"output folder '{out_dir}' holds '{path.name}', which is not a netvlad-kit artifact of "
-                    f"this model ({exc}); choose another --out or remove it"
-                ) from exc
-            if card.weights_fingerprint != fingerprint:
-                raise ArtifactError(
-                    f"output folder '{out_dir}' holds artifacts of another model: '{path.name}' has weights "
-                    f"fingerprint {card.weights_fingerprint}, this checkpoint is {fingerprint}; choose another "
-                    "--out, or delete the old artifacts first"
-                )
+    for path in sorted(p for p in out_dir.iterdir() if p.suffix.lower() in MODEL_SUFFIXES and p.is_file()):
+        try:
+            card = read_card(path)
+        except ModelCardError as exc:
+            raise ArtifactError(
+                f"output folder '{out_dir}' holds '{path.name}', which is not a netvlad-kit artifact of "
+                f"this model ({exc}); choose another --out or remove it"
+            ) from exc
+        if card.weights_fingerprint != fingerprint:
+            raise ArtifactError(
+                f"output folder '{out_dir}' holds artifacts of another model: '{path.name}' has weights "
+                f"fingerprint {card.weights_fingerprint}, this checkpoint is {fingerprint}; choose another "
+                "--out, or delete the old artifacts first"
+            )
+    existing = [n for n in names if (out_dir / n).exists()]
+    if existing and not overwrite:
+        raise ArtifactError(
+            f"output folder '{out_dir}' already holds {', '.join(existing)}; pass --overwrite to replace "
+            "them, or choose another --out"
+        )
 
 
 def validation_subset(spec: str, limit: int, radius_m: float = EVAL_RADIUS_M) -> Any:
@@ -85,22 +92,25 @@ def validation_subset(spec: str, limit: int, radius_m: float = EVAL_RADIUS_M) ->
     return subset
 
 
-def _is_dataset(spec: str) -> bool:
-    path = Path(spec)
-    return (
-        (path / "database.csv").is_file()
-        or spec.startswith(("nordland", "aligned:"))
-        or path.suffix == ".mat"
-    )
+def open_artifact(path: Path, threads: int) -> Any:
+    """The runtime backend a robot would run ``path`` with: ONNX Runtime's CPU provider, or TensorRT."""
+    from runtime.backends import open_backend
+
+    if is_engine(path):
+        return open_backend(path, "tensorrt")
+    return open_backend(path, "onnxruntime-cpu", threads=threads)
 
 
-def _describe_with(describe: Callable, paths: list[Path], card: ModelCard, bar: Any) -> np.ndarray:
-    parts = []
-    for batch in iter_batches(paths, card, 8):
-        parts.append(np.asarray(describe(batch), dtype=np.float32))
-        if bar is not None:
-            bar.update(len(batch))
-    return np.concatenate(parts)
+def describe_files(
+    backends: Mapping[str, Any], paths: Sequence[Path], card: ModelCard, progress: Any = None
+) -> dict[str, np.ndarray]:
+    """Descriptors ``(N, D)`` of image files through every backend (each file decoded once)."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in backends}
+    update = progress.update if progress is not None else None
+    for batch in iter_batches(paths, card, 32):  # (B, H, W, 3)
+        for name, backend in backends.items():
+            parts[name].append(backend.infer(batch, batch_size=8, progress=update))
+    return {name: np.concatenate(p) for name, p in parts.items()}
 
 
 def measure_parity(
@@ -110,74 +120,92 @@ def measure_parity(
     calibration: ImageSet | None,
     progress: ProgressFactory | None = None,
 ) -> list[Any]:
-    """Parity reports of every artifact against the FP32 PyTorch ``model`` (see :mod:`export.parity`)."""
-    from export.onnx import onnx_session, run_session, torch_descriptors
-    from export.parity import compare_images, compare_retrieval
-    from training.model import DeployModel
+    """Parity reports of every artifact against the FP32 PyTorch ``model`` (see :mod:`export.parity`).
 
-    deploy = DeployModel(model).eval()
+    Both sides run through the runtime's :class:`~runtime.backends.base.Backend` interface: the reference as
+    :class:`training.model.TorchBackend`, each artifact through the backend a robot would run it with.
+    """
+    from export.parity import compare_images, compare_retrieval
+    from training.model import TorchBackend
+
     card = model.card()
     overrides = dict(cfg.parity_thresholds or {})
-    spec = cfg.validation or (cfg.calibration if cfg.calibration and _is_dataset(cfg.calibration) else None)
-
-    def describer(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-        if path.suffix == ".onnx":
-            session = onnx_session(path, cfg.threads)
-            return lambda images: run_session(session, images)
-        from runtime.backends import open_backend
-
-        backend = open_backend(path, "tensorrt")
-        return lambda images: backend.infer(images, batch_size=16)
-
-    reports = []
-    if spec is not None:
-        dataset = validation_subset(spec, cfg.validation_limit)
-        paths = [dataset.image_path("database", i) for i in range(dataset.num_db)]
-        paths += [dataset.image_path("queries", i) for i in range(dataset.num_queries)]
-        positives = dataset.positives(EVAL_RADIUS_M)
-        what = f"{dataset.name}: {dataset.num_db} database images, {dataset.num_queries} queries"
-        total = len(paths) * (1 + len(artifacts))
-        bar = progress(total=total, desc="parity", unit="img") if progress else None
-        ref = _describe_with(lambda x: torch_descriptors(deploy, x), paths, card, bar)
-        split = dataset.num_db
+    spec = cfg.validation or (
+        cfg.calibration if cfg.calibration and is_dataset_spec(cfg.calibration) else None
+    )
+    backends: dict[str, Any] = {}
+    try:
+        backends[REFERENCE] = TorchBackend(model)
         for name, path in artifacts.items():
-            cand = _describe_with(describer(path), paths, card, bar)
-            precision = _card_of(path).precision
-            reports.append(
-                compare_retrieval(
-                    name,
-                    precision,
-                    (ref[:split], ref[split:]),
-                    (cand[:split], cand[split:]),
-                    positives,
-                    what,
-                    thresholds=overrides.get(precision),
+            backends[name] = open_artifact(path, cfg.threads)
+        precisions = {name: b.card.precision for name, b in backends.items()}
+        reports = []
+        if spec is not None:
+            dataset = validation_subset(spec, cfg.validation_limit)
+            paths = [dataset.image_path("database", i) for i in range(dataset.num_db)]
+            paths += [dataset.image_path("queries", i) for i in range(dataset.num_queries)]
+            positives = dataset.positives(EVAL_RADIUS_M)
+            what = f"{dataset.name}: {dataset.num_db} database images, {dataset.num_queries} queries"
+            bar = progress(total=len(paths) * len(backends), desc="parity", unit="img") if progress else None
+            described = describe_files(backends, paths, card, bar)
+            if bar is not None:
+                bar.close()
+            ref, split = described.pop(REFERENCE), dataset.num_db
+            for name, cand in described.items():
+                reports.append(
+                    compare_retrieval(
+                        name,
+                        precisions[name],
+                        (ref[:split], ref[split:]),
+                        (cand[:split], cand[split:]),
+                        positives,
+                        what,
+                        thresholds=overrides.get(precisions[name]),
+                    )
                 )
+        else:
+            log.warning(
+                "no validation dataset (--val DATASET, or a dataset as --calib): parity gates descriptor "
+                "cosine only, not recall"
             )
-        if bar is not None:
-            bar.close()
-    else:
-        log.warning(
-            "no validation dataset (--val DATASET, or a dataset as --calib): parity gates descriptor cosine "
-            "only, not recall"
-        )
-        images = fixed_images(card, cfg.fixed_images)
-        what = f"{len(images)} fixed images"
-        if calibration is not None:
-            extra = load_images(list(calibration.subset(64).paths), card)
-            images, what = np.concatenate([images, extra]), f"{what} + {len(extra)} calibration images"
-        ref = torch_descriptors(deploy, images)
-        for name, path in artifacts.items():
-            cand = describer(path)(images)
-            precision = _card_of(path).precision
-            reports.append(
-                compare_images(name, precision, ref, cand, what, thresholds=overrides.get(precision))
-            )
-    return reports
+            images = fixed_images(card, cfg.fixed_images)
+            what = f"{len(images)} fixed images"
+            if calibration is not None:
+                extra = load_images(list(calibration.subset(64).paths), card)
+                images, what = np.concatenate([images, extra]), f"{what} + {len(extra)} calibration images"
+            ref = backends[REFERENCE].infer(images, batch_size=8)
+            for name in artifacts:
+                cand = backends[name].infer(images, batch_size=8)
+                precision = precisions[name]
+                reports.append(
+                    compare_images(name, precision, ref, cand, what, thresholds=overrides.get(precision))
+                )
+        return reports
+    finally:
+        for backend in backends.values():
+            backend.close()
 
 
-def _card_of(path: Path) -> ModelCard:
-    return read_sidecar(path) if path.suffix == ".engine" else read_onnx_card(path)
+def planned_names(cfg: ExportConfig) -> list[str]:
+    """The artifact file names ``cfg`` asks for (engine names assume TensorRT builds every variant)."""
+    from export.fp16 import fp16_path
+    from export.quantize import int8_path
+    from export.tensorrt import engine_path
+
+    fp32 = Path("model.onnx")
+    onnx = [fp32] + ([fp16_path(fp32)] if cfg.fp16 else [])
+    onnx += [int8_path(fp32, t) for t in cfg.int8_targets] if cfg.int8 else []
+    engines = [engine_path(p) for p in onnx if not p.name.endswith("-cpu.onnx")] if cfg.engine else []
+    return [p.name for p in onnx + engines]
+
+
+def _move(path: Path, out_dir: Path) -> Path:
+    """Move a staged artifact (and an engine's card sidecar) into ``out_dir``; returns its new path."""
+    sidecar = path.with_name(path.name + ".json")
+    if sidecar.is_file():
+        os.replace(sidecar, out_dir / sidecar.name)
+    os.replace(path, out_dir / path.name)
+    return out_dir / path.name
 
 
 def run_export(
@@ -208,13 +236,16 @@ def _export(
 
     Writes ``model.onnx`` always, ``model.fp16.onnx`` (``fp16``), ``model.int8.onnx`` /
     ``model.int8-cpu.onnx`` (``int8``, per ``int8_targets``), ``*.engine`` + ``*.engine.json`` for every ONNX
-    variant TensorRT can build (``engine``), and ``parity.json``. Raises :class:`ParityError` when a gate is
-    missed (unless ``cfg.force``), and the kit's other errors for bad input, before any work where possible.
+    variant TensorRT can build (``engine``), and ``parity.json``. Each artifact that passes its parity gate
+    is kept; when one misses its gate the others are still kept and :class:`ParityError` names the refused
+    ones, why, and what to do for their precision (``cfg.force`` keeps them all). An existing artifact is
+    replaced only with ``cfg.overwrite``. The kit's other errors come for bad input, before any work where
+    possible.
     """
     from export import fp16 as fp16_step
     from export import quantize as quantize_step
     from export.onnx import export_place_model
-    from export.parity import check_gate, format_table, write_parity_json
+    from export.parity import format_table, gate_message, write_parity_json
     from training.checkpoint import load_model
 
     cfg = cfg or ExportConfig()
@@ -226,7 +257,7 @@ def _export(
         require("tensorrt", "building TensorRT engines (--engine)")  # fail before minutes of work
     model = load_model(checkpoint)
     fingerprint = model.fingerprint()
-    check_output_folder(out_dir, fingerprint)
+    check_output_folder(out_dir, fingerprint, planned_names(cfg), cfg.overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
     try:
@@ -275,14 +306,19 @@ def _export(
             calibration=None if calibration is None else calibration.description,
             forced=cfg.force,
         )
-        check_gate(reports, force=cfg.force)
+        failed = [r for r in reports if not r.passed]
         final: dict[str, Path] = {}
         for name, path in artifacts.items():
-            os.replace(path, out_dir / name)
-            final[name] = out_dir / name
-            sidecar = path.with_name(path.name + ".json")
-            if sidecar.is_file():
-                os.replace(sidecar, out_dir / sidecar.name)
+            if cfg.force or name not in {r.artifact for r in failed}:
+                final[name] = _move(path, out_dir)
+        if failed and cfg.force:
+            log.warning("parity gate missed, kept because forced: %s", gate_message(failed))
+        elif failed:
+            kept = ", ".join(final) or "nothing"
+            raise ParityError(
+                f"parity gate missed: {gate_message(failed)}. Refused {', '.join(r.artifact for r in failed)} "
+                f"(see {parity_json}); kept {kept} in '{out_dir}'. Pass --force to keep the refused ones anyway"
+            )
         return ExportResult(out_dir, final, tuple(reports), parity_json)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

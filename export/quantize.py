@@ -302,17 +302,14 @@ def describe_quantization(model_proto: Any) -> dict[str, dict[str, int]]:
 
 def ort_kernels(onnx_path: str | os.PathLike, threads: int = 2) -> dict[str, int]:
     """The kernels ONNX Runtime's CPU provider actually runs: op types (with domain) of its optimised graph."""
-    ort = require("onnxruntime", "inspecting ONNX Runtime kernels")
+    from runtime.backends.onnxruntime import create_session
+
     onnx = require("onnx", "inspecting ONNX Runtime kernels")
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         optimized = Path(tmp) / "optimized.onnx"
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # the "hardware specific" warning of the NCHWc transformer
-        options.optimized_model_filepath = str(optimized)
-        ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+        create_session(onnx_path, threads=threads, optimized_model_path=optimized)
         proto = onnx.load(str(optimized), load_external_data=False)
     counts = Counter(f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in proto.graph.node)
     return dict(sorted(counts.items()))

@@ -198,10 +198,9 @@ def read_onnx_card(path: str | os.PathLike) -> ModelCard:
             proto = onnx.load(str(path), load_external_data=False)
             metadata = {p.key: p.value for p in proto.metadata_props}
         else:
-            import onnxruntime
+            from runtime.backends.onnxruntime import create_session
 
-            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            metadata = dict(session.get_modelmeta().custom_metadata_map)
+            metadata = dict(create_session(path).get_modelmeta().custom_metadata_map)
     except ModelCardError:
         raise
     except Exception as exc:  # protobuf DecodeError, onnxruntime's Fail, ...

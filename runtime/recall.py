@@ -54,10 +54,21 @@ def recall_at_n(
         raise ValueError(
             f"{len(empty)} queries have no positive (first: query {empty[0]}); drop them before computing recall"
         )
+    first_hit = first_hit_rank(ranked, positives)
+    total = max(1, ranked.shape[0])
+    return {int(n): float(np.count_nonzero(first_hit < n)) / total for n in ns}
+
+
+def first_hit_rank(ranked: np.ndarray, positives: Sequence[np.ndarray]) -> np.ndarray:
+    """Per query, the 0-based rank of its first positive in ``ranked`` ``(M, k)`` -> ``(M,)`` int64.
+
+    A query is found at N exactly when its rank is ``< N``; the int64 maximum when none of the ``k`` is a
+    positive. Per-query outcomes, for paired comparisons of two models on the same queries.
+    """
+    ranked = np.asarray(ranked)
     first_hit = np.full(ranked.shape[0], np.iinfo(np.int64).max, dtype=np.int64)
     for qi, pos in enumerate(positives):
         hits = np.flatnonzero(np.isin(ranked[qi], pos))
         if hits.size:
             first_hit[qi] = hits[0]
-    total = max(1, ranked.shape[0])
-    return {int(n): float(np.count_nonzero(first_hit < n)) / total for n in ns}
+    return first_hit

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,13 +74,19 @@ class Backend(abc.ABC):
             )
         return np.ascontiguousarray(images)
 
-    def infer(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    def infer(
+        self,
+        images: np.ndarray,
+        batch_size: int | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> np.ndarray:
         """``uint8 (N, H, W, 3)`` -> ``float32 (N, D)`` descriptors (a new array owned by the caller).
 
         The one images-to-descriptors function of the kit: any ``N`` (0 included) runs in chunks of at most
         ``batch_size`` images (None: all at once), clipped to the backend's :attr:`max_batch`; a chunk below
         :attr:`min_batch` (a fixed-batch model) is padded by repeating its last image, and the padding's
-        descriptors are dropped.
+        descriptors are dropped. ``progress(n)`` is called after each chunk with its image count (e.g. a
+        progress bar's ``update``).
         """
         if self._closed:
             raise BackendError(f"{self.name} backend for '{self.path}' is closed")
@@ -99,6 +106,8 @@ class Backend(abc.ABC):
                 pad = np.repeat(batch[-1:], self.min_batch - real, axis=0)
                 batch = np.concatenate([batch, pad])  # (min_batch, H, W, 3)
             out[start : start + real] = self._checked(self._infer(batch), batch.shape[0])[:real]
+            if progress is not None:
+                progress(real)
         return out
 
     def _checked(self, out: np.ndarray, n: int) -> np.ndarray:

@@ -46,8 +46,47 @@ def test_help_works_without_torch_or_tensorrt():
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    for option in ("--fp16", "--int8", "--calib", "--engine", "--batch", "--out", "--force"):
+    for option in (
+        "--fp16",
+        "--int8",
+        "--calib",
+        "--engine",
+        "--batch-profile",
+        "--out",
+        "--force",
+        "--overwrite",
+    ):
         assert option in out.stdout
+    assert "--onnx" not in out.stdout
+
+
+def test_runtime_only_install_names_the_extra(tmp_path):
+    """Without torch (a runtime-only install) the export names what to install, in one line."""
+    code = textwrap.dedent(
+        """
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "torch":
+                    raise ImportError(f"{name} is blocked")
+        sys.meta_path.insert(0, Block())
+        from export.cli import app
+        app(["model.pt", "--out", sys.argv[1]])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "out")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert " ".join(out.stderr.split()) == (
+        "error: netvlad-export needs torch (it loads PyTorch checkpoints and writes ONNX), which this install "
+        "lacks; install them with: pip install 'netvlad-kit[train,export]'"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +134,13 @@ def test_export_onnx_fp16_int8_with_parity(tiny_checkpoint, tiny_model, place_di
     assert reports["model.onnx"]["cosine_min"] >= 0.9999
     assert reports["model.int8-cpu.onnx"]["cosine_median"] >= 0.98
     assert "| model.int8-cpu.onnx | int8 |" in result.output
-    # the same model again into the same folder is fine (same fingerprint)
-    again = runner.invoke(app, [str(tiny_checkpoint), "--out", str(out), "--quiet"])
+    # the same model again into the same folder replaces nothing without --overwrite
+    msg = _error(runner.invoke(app, [str(tiny_checkpoint), "--out", str(out), "--quiet"]))
+    assert msg == (
+        f"error: output folder '{out}' already holds model.onnx; pass --overwrite to replace them, or "
+        "choose another --out"
+    )
+    again = runner.invoke(app, [str(tiny_checkpoint), "--out", str(out), "--quiet", "--overwrite"])
     assert again.exit_code == 0, again.output
 
 
@@ -129,13 +173,15 @@ def test_bad_checkpoints(tmp_path):
 
 def test_bad_batch_range_and_missing_calibration(tmp_path):
     out = tmp_path / "out"
-    msg = _error(runner.invoke(app, ["x.pt", "--batch", "8:4:2", "--out", str(out)]))
+    msg = _error(runner.invoke(app, ["x.pt", "--batch-profile", "8:4:2", "--out", str(out)]))
     assert msg == (
         "error: batch range must satisfy min <= opt <= max, got min=8 opt=4 max=2; write it as MIN:OPT:MAX, "
-        "for example --batch 1:8:32"
+        "for example --batch-profile 1:8:32"
     )
-    msg = _error(runner.invoke(app, ["x.pt", "--batch", "1:a", "--out", str(out)]))
-    assert msg == "error: batch range '1:a' is not MIN:OPT:MAX with integers, for example --batch 1:8:32"
+    msg = _error(runner.invoke(app, ["x.pt", "--batch-profile", "1:a", "--out", str(out)]))
+    assert msg == (
+        "error: batch range '1:a' is not MIN:OPT:MAX with integers, for example --batch-profile 1:8:32"
+    )
     msg = _error(runner.invoke(app, ["x.pt", "--int8", "--out", str(out)]))
     assert msg == (
         "error: invalid export config: int8 needs a calibration set: --calib DIR_OR_DATASET (map or training images)"
@@ -152,7 +198,8 @@ def test_empty_calibration_set_writes_nothing(tiny_checkpoint, tmp_path):
         runner.invoke(app, [str(tiny_checkpoint), "--int8", "--calib", str(empty), "--out", str(out)])
     )
     assert msg == (
-        f"error: calibration set '{empty}' holds no images (looked for .png, .jpg, .jpeg, .bmp, .webp files, "
+        f"error: calibration set '{empty}' holds no images (looked for .png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp, .ppm, .pgm "
+        "files, "
         "recursively); name a folder of map or training images, or a dataset folder with database.csv"
     )
     assert not out.exists()
@@ -186,7 +233,7 @@ def test_output_folder_of_another_model(tiny_checkpoint, tiny_onnx, tiny_model, 
 
 @requires_torch
 @pytest.mark.slow
-def test_missed_gate_keeps_nothing_unless_forced(tiny_checkpoint, tmp_path):
+def test_missed_gate_keeps_what_passed_and_refuses_the_rest(tiny_checkpoint, tmp_path):
     from export.config import ExportConfig
     from export.parity import ParityThresholds
     from export.pipeline import run_export
@@ -195,12 +242,19 @@ def test_missed_gate_keeps_nothing_unless_forced(tiny_checkpoint, tmp_path):
     strict = {"fp16": ParityThresholds(1.0, 1.0, 1.0, 1.0, 0.0)}  # float16 can never reach cosine 1.0
     cfg = ExportConfig.preset("quick", fp16=True, parity_thresholds=strict)
     out = tmp_path / "out"
-    with pytest.raises(ParityError, match=r"parity gate missed: model.fp16.onnx \(fp16\): worst cosine"):
+    with pytest.raises(ParityError) as info:
         run_export(tiny_checkpoint, out, cfg)
-    assert sorted(p.name for p in out.iterdir()) == ["parity.json"]  # the report, no artifact, no staging
+    message = str(info.value)
+    assert message.startswith("parity gate missed: model.fp16.onnx (fp16): worst cosine")
+    assert "FP16 is a plain cast, not calibrated" in message
+    assert message.endswith(
+        f"Refused model.fp16.onnx (see {out / 'parity.json'}); kept model.onnx in '{out}'. Pass --force to keep "
+        "the refused ones anyway"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "parity.json"]  # no staging left
     report = json.loads((out / "parity.json").read_text())["reports"]
     assert [r["passed"] for r in report] == [True, False]
-    result = run_export(tiny_checkpoint, out, cfg.replace(force=True))
+    result = run_export(tiny_checkpoint, out, cfg.replace(force=True, overwrite=True))
     assert sorted(result.artifacts) == ["model.fp16.onnx", "model.onnx"]
     assert sorted(p.name for p in out.iterdir()) == ["model.fp16.onnx", "model.onnx", "parity.json"]
     assert json.loads((out / "parity.json").read_text())["context"]["forced"] is True

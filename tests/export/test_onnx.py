@@ -44,17 +44,15 @@ def test_card_in_metadata(tiny_onnx, tiny_model):
 
 def test_descriptors_match_pytorch_at_any_batch(tiny_onnx, tiny_model):
     from export.images import fixed_images
-    from export.onnx import onnx_session, torch_descriptors
-    from training.model import DeployModel
+    from runtime.backends import open_backend
+    from training.model import TorchBackend
 
     card = read_onnx_card(tiny_onnx)
     images = fixed_images(card, 5, seed=3)
-    session = onnx_session(tiny_onnx)
-    ref = torch_descriptors(DeployModel(tiny_model), images)
-    for batch in (1, 5):
-        out = np.concatenate(
-            [session.run(None, {"image": images[i : i + batch]})[0] for i in range(0, 5, batch)]
-        )
+    with open_backend(tiny_onnx, "onnxruntime-cpu", threads=1) as onnx, TorchBackend(tiny_model) as torch:
+        ref = torch.infer(images)
+        outs = [onnx.infer(images, batch_size=batch) for batch in (1, 5)]
+    for out in outs:
         cos = (out * ref).sum(1)
         assert out.shape == (5, tiny_model.descriptor_dim)
         assert cos.min() >= 0.9999

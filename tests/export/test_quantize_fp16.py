@@ -39,9 +39,10 @@ def quantized(tiny_onnx, calib_dir):
 
 
 def _descriptors(path, images):
-    from export.onnx import onnx_session, run_session
+    from runtime.backends import open_backend
 
-    return run_session(onnx_session(path), images)
+    with open_backend(path, "onnxruntime-cpu", threads=1) as backend:
+        return backend.infer(images)
 
 
 def test_int8_structure_and_card(quantized, calib_dir):
@@ -146,7 +147,8 @@ def test_empty_and_unreadable_calibration_sets(tmp_path, tiny_onnx):
     with pytest.raises(DatasetError) as info:
         open_image_set(empty)
     assert str(info.value) == (
-        f"calibration set '{empty}' holds no images (looked for .png, .jpg, .jpeg, .bmp, .webp files, "
+        f"calibration set '{empty}' holds no images (looked for .png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp, .ppm, "
+        ".pgm files, "
         "recursively); name a folder of map or training images, or a dataset folder with database.csv"
     )
     with pytest.raises(DatasetError, match="calibration set '.*missing' does not exist"):

@@ -8,6 +8,7 @@ Contract used by export, runtime and benchmarks::
 """
 
 from training.model.backbones import BACKBONES, Backbone, build_backbone
+from training.model.backend import TorchBackend
 from training.model.clusters import (
     ClusterInit,
     fit_clusters,
@@ -28,6 +29,7 @@ __all__ = [
     "NetVLAD",
     "PCAWhitening",
     "PlaceModel",
+    "TorchBackend",
     "build_backbone",
     "build_model",
     "fit_clusters",
