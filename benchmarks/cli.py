@@ -104,7 +104,10 @@ def search(
 def parity(
     checkpoint: Path = typer.Option(..., help="The PyTorch checkpoint the artifacts were exported from."),
     models: list[Path] = typer.Option(
-        ..., "--models", help="Exported artifacts or folders holding them (.onnx, .engine); repeatable."
+        ...,
+        "--models",
+        metavar="PATH",
+        help="Exported artifacts or folders holding them (.onnx, .engine); repeatable.",
     ),
     dataset: str = typer.Option(..., help="Dataset: a synth/generic folder, 'nordland', ... (open_dataset)."),
     out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for parity.json/.md/.png."),
@@ -140,7 +143,10 @@ def latency(
         None, help="PyTorch checkpoint (adds PyTorch eager and the NetVLAD loop comparison)."
     ),
     models: list[Path] = typer.Option(
-        [], "--models", help="Exported artifacts or folders holding them (.onnx, .engine); repeatable."
+        [],
+        "--models",
+        metavar="PATH",
+        help="Exported artifacts or folders holding them (.onnx, .engine); repeatable.",
     ),
     dataset: str = typer.Option(..., help="Dataset whose images are decoded and whose database is the map."),
     out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for latency.json/.md."),

@@ -53,10 +53,8 @@ class DemoConfig:
             "epochs": 2,
             "kmeans_descriptors": 20_000,
             "kmeans_iterations": 30,
-            # no PCA-whitening: fitted on the ~1,200 training descriptors of this small world it whitens
-            # the training stretch's own images into near-orthogonal vectors (measured: cosine ~0.00
-            # between a training query and its true place), which wrecks recall on 60% of the route
-            "whitening_dim": None,
+            # no PCA-whitening (the training default): fitted on the ~1,200 training descriptors of this
+            # small world it whitens the training stretch's own images into near-orthogonal vectors
         }
     )
     calibration_images: int = 64
@@ -65,6 +63,7 @@ class DemoConfig:
     latency_frames: int = 24
     latency_batches: tuple[int, ...] = (1, 8)
     threads: int = 2
+    preset_name: str = "custom"  # the preset it came from (DemoConfig.preset sets it), recorded in demo.json
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
@@ -92,7 +91,40 @@ class DemoConfig:
     def preset(cls, name: str, **overrides: Any) -> DemoConfig:
         if name not in cls.PRESETS:
             raise ConfigError(f"unknown demo preset {name!r}; known presets: {', '.join(cls.PRESETS)}")
-        return cls(**{**cls.PRESETS[name], **overrides})
+        return cls(**{**cls.PRESETS[name], "preset_name": name, **overrides})
+
+    def recorded(self) -> dict[str, Any]:
+        """What decides the artifacts (everything but ``threads``), as ``demo.json`` records it."""
+        data = json.loads(json.dumps(dataclasses.asdict(self), default=str))
+        data.pop("threads", None)
+        return data
+
+
+def check_resumable(cfg: DemoConfig, root: Path) -> None:
+    """Resume a demo folder only with the arguments that produced it (recorded in its ``demo.json``).
+
+    A folder made with other arguments (say ``--preset tiny``, then a plain ``make demo``) would be reused
+    and mislabelled: refuse it, with the command that starts over.
+    """
+    recorded = root / "demo.json"
+    if not recorded.is_file():
+        return
+    try:
+        before = json.loads(recorded.read_text())["config"]
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"'{recorded}' is unreadable ({exc}); start over with: rm -rf {root}") from exc
+    before = {k: v for k, v in before.items() if k != "threads"}
+    now = cfg.recorded()
+    if "preset_name" not in before:  # written before demo.json named its preset: compare the rest
+        now = {k: v for k, v in now.items() if k != "preset_name"}
+    if before != now:
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        was = before.get("preset_name", "unrecorded")
+        raise ConfigError(
+            f"demo folder '{root}' was made with other arguments (preset {was!r}; now {cfg.preset_name!r}; "
+            f"differing: {', '.join(changed)}), so its artifacts do not belong to this run. Rerun with the "
+            f"same arguments to resume it, or start over with: rm -rf {root}"
+        )
 
 
 @dataclass(frozen=True)
@@ -325,6 +357,7 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None, progress: Calla
     """
     cfg = cfg or DemoConfig()
     paths = DemoPaths(Path(out_dir))
+    check_resumable(cfg, paths.root)
     paths.root.mkdir(parents=True, exist_ok=True)
     steps: dict[str, Any] = {}
     start = time.perf_counter()
@@ -348,7 +381,8 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None, progress: Calla
         log.info("[%d/%d] %s %s in %.0f s", number, len(STEPS), name, status, seconds)
         atomic_write_text(
             paths.root / "demo.json",
-            json.dumps({"config": dataclasses.asdict(cfg), "steps": steps}, indent=2, default=str) + "\n",
+            json.dumps({"config": cfg.recorded() | {"threads": cfg.threads}, "steps": steps}, indent=2)
+            + "\n",
         )
     log.info("demo finished in %.0f s; report: %s", time.perf_counter() - start, paths.report)
     return paths.report

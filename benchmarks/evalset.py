@@ -25,7 +25,7 @@ def limit_dataset(
     """The first ``max_db`` database images, the queries with a positive among them, ``max_queries`` of those
     evenly spaced along the traversal.
 
-    Queries without a database image within ``radius_m`` are always dropped (PROTOCOL.md).
+    Queries without a database image within ``radius_m`` are always dropped (training/README.md, "The protocol").
     """
     for name, value in (("max_db", max_db), ("max_queries", max_queries)):
         if value is not None and value < 1:

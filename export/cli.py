@@ -39,7 +39,9 @@ def check_export_extras() -> None:
 @app.command()
 @command_boundary
 def main(
-    checkpoint: Path = typer.Argument(..., help="checkpoint written by python -m training.train (model.pt)"),
+    checkpoint: Path = typer.Argument(
+        ..., metavar="CHECKPOINT", help="The model.pt written by python -m training.train."
+    ),
     fp16: bool = typer.Option(
         False, "--fp16", help="also model.fp16.onnx: FP16 backbone, float32 head and I/O"
     ),
@@ -51,6 +53,7 @@ def main(
     int8_target: list[str] = typer.Option(
         list(INT8_TARGETS),
         "--int8-target",
+        metavar="TARGET",
         help="tensorrt: model.int8.onnx (symmetric); cpu: model.int8-cpu.onnx (uint8, fastest on ONNX Runtime CPU)",
     ),
     engine: bool = typer.Option(

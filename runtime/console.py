@@ -22,10 +22,22 @@ R = TypeVar("R")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+# The kit's own loggers (packages and command names); everything else (onnxscript, onnx_ir, faiss's loader,
+# ray, ...) stays at WARNING unless -vv.
+KIT_LOGGERS = ("runtime", "training", "export", "benchmarks", "netvlad-kit", "__main__")
+
+
 def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
-    """Set up root logging for a command: WARNING when quiet, INFO by default, DEBUG with -v."""
+    """Set up logging for a command: the kit's loggers at WARNING when quiet, INFO by default, DEBUG with -v;
+    other libraries' loggers at WARNING (DEBUG with -vv)."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO)
-    logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    root = logging.DEBUG if verbose > 1 else logging.WARNING
+    logging.basicConfig(level=root, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    for name in KIT_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    for name in logging.root.manager.loggerDict:  # command loggers such as "netvlad-export"
+        if name.startswith("netvlad-"):
+            logging.getLogger(name).setLevel(level)
 
 
 def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it", disable: bool | None = None):

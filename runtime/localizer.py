@@ -193,7 +193,6 @@ class Localizer:
         # held while a frame is searched and scored, and while reload() swaps the map: a frame sees one map
         self._map_lock = threading.Lock()
         self._use_map(place_map)
-        self._stop = threading.Event()
 
     def _use_map(self, place_map: PlaceMap) -> None:
         """Make ``place_map`` current with the state derived from it (call with ``_map_lock`` held, or

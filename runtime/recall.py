@@ -1,4 +1,4 @@
-"""Recall@N, the place-recognition metric (PROTOCOL.md, "Evaluation"), shared by every stage.
+"""Recall@N, the place-recognition metric (training/README.md, "The protocol"), shared by every stage.
 
 A query counts as found at N when one of its top-N database images is a positive (within 25 m by
 default). Training evaluation, the runtime's map checks, the export parity gate and the benchmarks all
@@ -44,7 +44,7 @@ def recall_at_n(
 
     ``ranked``: ``(M, k)`` database indices per query, best first (``k >= max(ns)`` or the whole database).
     ``positives``: per query, the database indices that count as correct. Queries without any positive
-    must be dropped by the caller beforehand (PROTOCOL.md); they raise here rather than count as misses.
+    must be dropped by the caller beforehand (training/README.md, "The protocol"); they raise here rather than count as misses.
     """
     ranked = np.asarray(ranked)
     if len(positives) != ranked.shape[0]:

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "netvlad-kit.checkpoint"
 CHECKPOINT_VERSION = 1
-HOW_TO_GET_ONE = "train one with: python -m training.train --out DIR (it writes DIR/best.pt and DIR/last.pt)"
+HOW_TO_GET_ONE = (
+    "train one with: python -m training.train --out DIR (it writes DIR/model.pt, the model to deploy)"
+)
 
 
 def save_checkpoint(

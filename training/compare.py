@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import typer
 
+from runtime.cli.options import QUIET, VERBOSE, json_option, run_app, threads_option
 from runtime.console import command_boundary
 from runtime.datasets import PlaceDataset
 
@@ -83,40 +85,51 @@ def compare_checkpoints(
     return results
 
 
+app = typer.Typer(add_completion=False, help=(__doc__ or "").splitlines()[0])
+
+
+@app.command()
 @command_boundary
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__.splitlines()[0])
-    p.add_argument("checkpoints", nargs="+", help="NAME=CHECKPOINT pairs")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--limit", type=int, help="first N database images (and their queries)")
-    p.add_argument("--refit", action="store_true", help="also re-fit the centroids on the database images")
-    p.add_argument("--cache-dir", type=Path, help="frozen-feature cache folder")
-    p.add_argument("--json", dest="json_out", type=Path)
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args(argv)
-
+def cli(
+    checkpoints: list[str] = typer.Argument(
+        ..., metavar="NAME=CHECKPOINT...", help="Checkpoints to compare, each as NAME=PATH (or just PATH)."
+    ),
+    dataset: str = typer.Option(
+        ..., help="Folder with database.csv, 'nordland', 'aligned:DB,Q' or a .mat file."
+    ),
+    limit: int = typer.Option(None, help="Only the first N database images (and their queries)."),
+    refit: bool = typer.Option(False, help="Also re-fit the centroids on the database images."),
+    cache_dir: Path = typer.Option(None, help="Frozen-feature cache folder."),
+    json_out: Path = json_option("the reports"),
+    threads: int = threads_option("PyTorch"),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
+) -> None:
     from runtime.atomic import atomic_write_text
     from runtime.console import configure_logging, progress
     from runtime.datasets import open_dataset
 
-    configure_logging()
+    configure_logging(verbose, quiet)
     import torch
 
-    torch.set_num_threads(args.threads)
-    dataset = open_dataset(args.dataset)
-    if args.limit:
-        dataset = first_stretch(dataset, args.limit)
-    pairs = dict(item.split("=", 1) if "=" in item else (Path(item).stem, item) for item in args.checkpoints)
-    results = compare_checkpoints(pairs, dataset, args.cache_dir, args.refit, progress=progress)
+    if threads:
+        torch.set_num_threads(threads)
+    data = open_dataset(dataset)
+    if limit:
+        data = first_stretch(data, limit)
+    pairs = dict(item.split("=", 1) if "=" in item else (Path(item).stem, item) for item in checkpoints)
+    results = compare_checkpoints(pairs, data, cache_dir, refit, progress=progress)
     for label, report in results.items():
         figures = " ".join(f"R@{n}={100 * r:.1f}%" for n, r in report["recall"].items())
-        print(f"{label:24s} {figures} | {report['dataset']} q={report['num_queries']} db={report['num_db']} "
-              f"dim={report['descriptor_dim']} res={report['resolution']} model={report['fingerprint']}")  # fmt: skip
-    if args.json_out:
-        atomic_write_text(args.json_out, json.dumps(results, indent=2) + "\n")
-    return 0
+        typer.echo(f"{label:24s} {figures} | {report['dataset']} q={report['num_queries']} db={report['num_db']} "
+                   f"dim={report['descriptor_dim']} res={report['resolution']} model={report['fingerprint']}")  # fmt: skip
+    if json_out:
+        atomic_write_text(json_out, json.dumps(results, indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.compare ARGS``; returns 0, or exits with the command's exit code."""
+    return run_app(app, argv, "python -m training.compare")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Recall@N evaluation of a checkpoint on a dataset (PROTOCOL.md, "Evaluation").
+"""Recall@N evaluation of a checkpoint on a dataset (training/README.md, "The protocol").
 
     python -m training.evaluate CHECKPOINT --dataset DIR [--split all|train|val|test] [--json OUT.json]
 
@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import typer
 
+from runtime.cli.options import QUIET, VERBOSE, batch_size_option, json_option, run_app, threads_option
 from runtime.console import command_boundary
 from runtime.datasets import PlaceDataset
 from runtime.protocol import EVAL_RADIUS_M
@@ -96,7 +98,7 @@ def describe(
     )
 
 
-def extract_descriptors(
+def split_descriptors(
     model, dataset: PlaceDataset, split: str, batch_size: int = 32, progress: Callable | None = None
 ) -> np.ndarray:
     """Descriptors ``(N, D)`` float32 of every image of ``split`` ("database"/"queries") through the full model."""
@@ -118,8 +120,8 @@ def evaluate_model(
 ) -> RecallReport:
     """Recall@1/5/10/20 at 25 m of ``model`` (a PlaceModel) on ``dataset``."""
     started = time.perf_counter()
-    db = extract_descriptors(model, dataset, "database", batch_size, progress)
-    q = extract_descriptors(model, dataset, "queries", batch_size, progress)
+    db = split_descriptors(model, dataset, "database", batch_size, progress)
+    q = split_descriptors(model, dataset, "queries", batch_size, progress)
     recall, dropped = recall_from_descriptors(db, q, dataset)
     report = describe(model, dataset, split, recall, dropped, time.perf_counter() - started)
     log.info("%s", report.summary())
@@ -160,47 +162,45 @@ def evaluate_checkpoint(
     return evaluate_model(model, dataset, split, batch_size, progress)
 
 
+app = typer.Typer(add_completion=False, help="Recall@1/5/10/20 at 25 m of a checkpoint on a dataset.")
+
+
+@app.command()
 @command_boundary
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m training.evaluate",
-        description="Recall@1/5/10/20 at 25 m of a checkpoint on a dataset.",
-    )
-    parser.add_argument("checkpoint", help="a .pt file written by training.train")
-    parser.add_argument(
-        "--dataset", required=True, help="folder with database.csv, 'nordland', 'aligned:DB,Q' or a .mat"
-    )
-    parser.add_argument("--split", default="all", choices=["all", "train", "val", "test"])
-    parser.add_argument(
-        "--refit-centroids", action="store_true", help="re-fit NetVLAD centroids on the database images"
-    )
-    parser.add_argument("--json", dest="json_out", help="also write the report as JSON to this file")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    args = parser.parse_args(argv)
-
+def cli(
+    checkpoint: Path = typer.Argument(
+        ..., metavar="CHECKPOINT", help="A model.pt written by python -m training.train."
+    ),
+    dataset: str = typer.Option(
+        ..., help="Folder with database.csv, 'nordland', 'aligned:DB,Q' or a .mat file."
+    ),
+    split: str = typer.Option("all", help="all, or the route split of training.train: train, val or test."),
+    refit_centroids: bool = typer.Option(False, help="Re-fit the NetVLAD centroids on the database images."),
+    json_out: Path = json_option("the report"),
+    batch_size: int = batch_size_option(32),
+    threads: int = threads_option("PyTorch"),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
+) -> None:
     from runtime.atomic import atomic_write_text
     from runtime.console import configure_logging, progress
 
-    configure_logging(args.verbose)
+    configure_logging(verbose, quiet)
     import torch
 
-    torch.set_num_threads(args.threads)
+    if threads:
+        torch.set_num_threads(threads)
     report = evaluate_checkpoint(
-        args.checkpoint,
-        args.dataset,
-        args.split,
-        refit=args.refit_centroids,
-        batch_size=args.batch_size,
-        progress=progress,
+        checkpoint, dataset, split, refit=refit_centroids, batch_size=batch_size, progress=progress
     )
-    print(report.summary())
-    if args.json_out:
-        atomic_write_text(args.json_out, json.dumps(report.to_dict(), indent=2) + "\n")
-    return 0
+    typer.echo(report.summary())
+    if json_out:
+        atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.evaluate ARGS``; returns 0, or exits with the command's exit code."""
+    return run_app(app, argv, "python -m training.evaluate")
 
 
 if __name__ == "__main__":

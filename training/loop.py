@@ -7,8 +7,9 @@ Output folder::
     metrics.jsonl   one JSON object per event: init / refresh / step / epoch / final
     last.pt         latest checkpoint with the full training state (--resume continues from it)
     init.pt         the k-means-initialised model before training (the baseline)
-    best.pt         the model with the best validation recall@5 (no whitening; init.pt until one beats it)
-    model.pt        best.pt + PCA-whitening: the deliverable that export takes
+    best.pt         training's best-so-far model (validation recall@5), kept for resuming; not for deployment
+    model.pt        the one model to deploy (netvlad-export takes it): the best model, with training-domain
+                    PCA-whitening only when ``whitening_dim`` is set
     summary.json    final recall figures (val/test, raw and whitened), throughput, peak memory
 """
 
@@ -291,7 +292,7 @@ class Trainer:
 
     @staticmethod
     def score(report: dict[str, Any]) -> tuple[float, float]:
-        """Model selection key: validation recall@5 (PROTOCOL.md), then recall@1 to break ties."""
+        """Model selection key: validation recall@5 (training/README.md, "The protocol"), then recall@1 to break ties."""
         recall = report.get("recall", {}) if report else {}
         return (float(recall.get("5", -1.0)), float(recall.get("1", -1.0)))
 
@@ -458,7 +459,7 @@ class Trainer:
         return self.epoch < cfg.epochs
 
     def finalize(self) -> Path:
-        """PCA-whitening on the best model, final recall figures, model.pt and summary.json."""
+        """model.pt (the best model; training-domain PCA-whitening only when asked), summary.json."""
         cfg = self.cfg
         best_path = self.out_dir / "best.pt"
         if not best_path.is_file():

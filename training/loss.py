@@ -1,4 +1,4 @@
-"""The weakly supervised triplet ranking loss (PROTOCOL.md, "Weak supervision and mining").
+"""The weakly supervised triplet ranking loss (training/README.md, "The protocol").
 
 Per tuple (query q, best potential positive p, negatives n_j):
 ``L = Σ_j max(0, m + d²(q, p) − d²(q, n_j))`` with **squared** Euclidean distances between L2-normalised

@@ -1,6 +1,6 @@
 """Weak supervision: best potential positive and hardest negatives, mined from a descriptor cache.
 
-For each training query (PROTOCOL.md, trainWeakly.m):
+For each training query (training/README.md, trainWeakly.m):
 
 - potential positives: database images within ``pos_radius_m`` (10 m); the *best* one, the nearest in
   descriptor space, is the tuple's positive (GPS is only weak supervision: the nearest image may not see

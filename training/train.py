@@ -1,4 +1,4 @@
-"""``python -m training.train --out DIR``: train NetVLAD the way the paper's code does (PROTOCOL.md).
+"""``python -m training.train --out DIR``: train NetVLAD the way the paper's code does (training/README.md).
 
 With no other argument it trains the default efficientnet_lite0 NetVLAD on the synthetic ``small`` world
 (generated under DIR/cache the first time), offline, in about 15 minutes on 2 CPU cores; the command line
@@ -8,12 +8,16 @@ This module imports torch lazily, so ``--help`` works everywhere.
 
 from __future__ import annotations
 
-import argparse
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+import typer
+
+from runtime.cli.options import QUIET, VERBOSE, run_app, threads_option
 from runtime.console import command_boundary
 
 if TYPE_CHECKING:
@@ -48,54 +52,77 @@ def train(
         return Trainer(cfg, out_dir, resume, Path(cache_dir) if cache_dir else None, progress).run()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m training.train",
-        description="Train NetVLAD (weakly supervised, PROTOCOL.md) and write DIR/model.pt for netvlad-export.",
-    )
-    p.add_argument(
-        "--out", required=True, type=Path, help="output folder (checkpoints, metrics.jsonl, summary.json)"
-    )
-    p.add_argument(
-        "--preset", default="default", help="training preset: default, paper, tiny (default: default)"
-    )
-    p.add_argument(
-        "--dataset", help="dataset folder (database.csv), 'nordland', 'aligned:DB,Q' or .mat; default: synth"
-    )
-    p.add_argument("--synth-preset", help="synthetic world preset when no --dataset: tiny, small, medium")
-    p.add_argument("--synth-seed", type=int, help="synthetic world seed")
-    p.add_argument("--backbone", help="efficientnet_lite0 (default), vgg16, resnet18, resnet50")
-    p.add_argument("--clusters", type=int, help="NetVLAD clusters K (default 64)")
-    p.add_argument("--height", type=int, help="model input height")
-    p.add_argument("--width", type=int, help="model input width")
-    p.add_argument(
-        "--trainable-stages", type=int, help="backbone stages trained (the rest is frozen and cached)"
-    )
-    p.add_argument("--seed", type=int, help="training seed")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--optimizer", choices=["sgd", "adam"])
-    p.add_argument("--epochs", type=int, help="maximum epochs")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    p.add_argument("--max-minutes", type=float, help="stop after this many minutes of training")
-    p.add_argument("--batch-tuples", type=int, help="tuples per optimiser step (default 4)")
-    p.add_argument(
-        "--cache-refresh", type=int, help="refresh the descriptor cache every N queries (default 1000)"
-    )
-    p.add_argument(
-        "--whitening-dim", type=int, help="PCA-whitening output dimension; 0 for none (default 4096)"
-    )
-    p.add_argument("--checkpoint-every", type=int, help="write last.pt every N steps (default 200)")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default 2)")
-    p.add_argument(
-        "--cache-dir", type=Path, help="synthetic world and frozen-feature cache (default OUT/cache)"
-    )
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    p.add_argument("-v", "--verbose", action="count", default=0)
-    return p
+app = typer.Typer(
+    add_completion=False,
+    help="Train NetVLAD (weakly supervised, as the paper's code; training/README.md) and write DIR/model.pt, "
+    "the one model to deploy (netvlad-export DIR/model.pt).",
+)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+@app.command()
+@command_boundary
+def cli(
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder: model.pt, checkpoints, metrics.jsonl, summary.json."
+    ),
+    preset: str = typer.Option("default", help="Training preset: default, paper or tiny."),
+    dataset: str = typer.Option(
+        None,
+        help="Dataset folder (database.csv), 'nordland', 'aligned:DB,Q' or a .mat file; default: synthetic.",
+    ),
+    synth_preset: str = typer.Option(
+        None, help="Synthetic world preset without --dataset: tiny, small, medium."
+    ),
+    synth_seed: int = typer.Option(None, help="Synthetic world seed."),
+    backbone: str = typer.Option(None, help="efficientnet_lite0 (default), vgg16, resnet18 or resnet50."),
+    clusters: int = typer.Option(None, help="NetVLAD clusters K (default 64)."),
+    height: int = typer.Option(None, help="Model input height in pixels."),
+    width: int = typer.Option(None, help="Model input width in pixels."),
+    trainable_stages: int = typer.Option(
+        None, help="Backbone stages trained (the rest is frozen and cached)."
+    ),
+    seed: int = typer.Option(None, help="Training seed."),
+    lr: float = typer.Option(None, help="Learning rate."),
+    optimizer: str = typer.Option(None, help="sgd or adam."),
+    epochs: int = typer.Option(None, help="Maximum epochs."),
+    max_steps: int = typer.Option(None, help="Stop after this many optimiser steps."),
+    max_minutes: float = typer.Option(None, help="Stop after this many minutes of training."),
+    batch_size: int = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Batch size: training tuples (query, positive, negatives) per step (default 4).",
+    ),
+    cache_refresh: int = typer.Option(
+        None, help="Refresh the descriptor cache every N queries (default 1000)."
+    ),
+    whitening_dim: int = typer.Option(
+        None,
+        help="Training-domain PCA-whitening of model.pt to this dimension (default: none). Only to deploy in "
+        "the training domain: it does not carry over to other domains.",
+    ),
+    checkpoint_every: int = typer.Option(None, help="Write last.pt every N steps (default 200)."),
+    device: str = typer.Option(None, help="auto (default), cpu, cuda or cuda:N."),
+    threads: int = threads_option("PyTorch"),
+    cache_dir: Path = typer.Option(
+        None, help="Synthetic world and frozen-feature cache (default OUT/cache)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
+) -> None:
+    from runtime.console import configure_logging, progress
+
+    configure_logging(verbose, quiet)
+    args = SimpleNamespace(
+        **{k: v for k, v in locals().items() if k not in ("configure_logging", "progress")}
+    )
+    cfg = resume_config(args) if resume and (out / "last.pt").is_file() else config_from_args(args)
+    path = train(cfg, out, resume=resume, cache_dir=cache_dir, progress=progress)
+    log.info("model written to %s (see %s)", path, out / "summary.json")
+
+
+def config_from_args(args: SimpleNamespace) -> TrainConfig:
     """Map parsed options onto a :class:`TrainConfig` (unset options keep the preset's values)."""
     from training.config import TrainConfig
 
@@ -109,11 +136,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "epochs": args.epochs,
         "max_steps": args.max_steps,
         "max_train_seconds": None if args.max_minutes is None else args.max_minutes * 60.0,
-        "batch_tuples": args.batch_tuples,
+        "batch_tuples": args.batch_size,
         "cache_refresh_queries": args.cache_refresh,
         "checkpoint_every_steps": args.checkpoint_every,
         "device": args.device,
-        "threads": args.threads,
+        "threads": args.threads or os.cpu_count() or 1,  # 0: one per core
     }
     fields = {k: v for k, v in fields.items() if v is not None}
     if args.whitening_dim is not None:
@@ -129,7 +156,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.preset(args.preset, model_overrides=model, **fields)
 
 
-def resume_config(args: argparse.Namespace) -> TrainConfig:
+def resume_config(args: SimpleNamespace) -> TrainConfig:
     """On --resume: the stored config of the run, with the budget options given on the command line."""
     from training.checkpoint import load_checkpoint
     from training.config import TrainConfig
@@ -142,16 +169,9 @@ def resume_config(args: argparse.Namespace) -> TrainConfig:
     return stored.replace(**{k: v for k, v in budget.items() if v is not None})
 
 
-@command_boundary
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from runtime.console import configure_logging, progress
-
-    configure_logging(args.verbose)
-    cfg = resume_config(args) if args.resume and (args.out / "last.pt").is_file() else config_from_args(args)
-    path = train(cfg, args.out, resume=args.resume, cache_dir=args.cache_dir, progress=progress)
-    log.info("model written to %s (see %s)", path, args.out / "summary.json")
-    return 0
+    """``python -m training.train ARGS``; returns 0, or exits with the command's exit code."""
+    return run_app(app, argv, "python -m training.train")
 
 
 if __name__ == "__main__":

@@ -120,7 +120,9 @@ def add(
 def remove(
     map_path: Path = typer.Option(..., "--map", help="The map to shrink (rewritten atomically)."),
     image: list[str] = typer.Option(
-        [], help="Remove places whose image (as in places.csv) matches this shell pattern; repeatable."
+        [],
+        metavar="PATTERN",
+        help="Remove places whose image (as in places.csv) matches this shell pattern; repeatable.",
     ),
     region: str = typer.Option(
         None, help="Remove places inside this UTM box: easting_min,northing_min,easting_max,northing_max (m)."

@@ -33,8 +33,10 @@ def main(
     save_video: Path = typer.Option(None, help="Write the overlay video here (.mp4 or .avi)."),
     temporal: bool = typer.Option(False, help="Filter positions over time (for sequences)."),
     top_k: int = typer.Option(5, help="Places reported per frame."),
-    threshold: float = typer.Option(
-        None, help="Confidence below which a frame is an unknown place (default: the map's calibrated one)."
+    min_confidence: float = typer.Option(
+        None,
+        "--min-confidence",
+        help="Confidence below which a frame is an unknown place (default: the map's calibrated one).",
     ),
     override_map_check: bool = typer.Option(False, help="Use a map built by another model (not advised)."),
     max_frames: int = typer.Option(None, help="Stop after this many frames."),
@@ -82,7 +84,7 @@ def main(
         show=show,
         temporal=temporal,
         top_k=top_k,
-        unknown_threshold=threshold,
+        unknown_threshold=min_confidence,
         override_map_check=override_map_check,
         max_frames=max_frames,
         loop=loop,

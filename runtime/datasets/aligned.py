@@ -150,6 +150,12 @@ def load_nordland(root: str | Path | None = None, window: int = 1) -> PlaceDatas
     Frames are every 10th second of the 1-fps footage, so timestamps are the frame number in seconds.
     """
     root = Path(root) if root is not None else NORDLAND_DIR
+    if not root.exists():
+        where = "" if root != NORDLAND_DIR else " (where 'nordland' looks for it)"
+        raise DatasetError(
+            f"the Nordland sample is not at '{root}'{where}: the folder does not exist. Put the sample "
+            "(summer/ and winter/ image folders) there, or name its folder with --dataset nordland:DIR"
+        )
     if not (root / "summer").is_dir() or not (root / "winter").is_dir():
         raise DatasetError(
             f"'{root}' is not the Nordland sample (expected summer/ and winter/ folders inside)"

@@ -1,4 +1,4 @@
-"""Pittsburgh 30k/250k and Tokyo 24/7 from the official MATLAB ``dbStruct`` files (PROTOCOL.md).
+"""Pittsburgh 30k/250k and Tokyo 24/7 from the official MATLAB ``dbStruct`` files (training/README.md, "The protocol").
 
 The ``.mat`` holds one struct ``dbStruct`` with fields ``whichSet``, ``dbImage``, ``utmDb`` (2 x N),
 ``qImage``, ``utmQ`` (2 x M), ``numImages``, ``numQueries``, ``posDistThr`` (25), ``posDistSqThr`` (625)

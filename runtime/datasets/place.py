@@ -1,6 +1,6 @@
 """The one dataset object every source yields: database and query images with metric positions.
 
-Positions are UTM metres ``(easting, northing)``; ground truth is purely geometric (PROTOCOL.md):
+Positions are UTM metres ``(easting, northing)``; ground truth is purely geometric (training/README.md, "The protocol"):
 potential positives within 10 m, definite negatives beyond 25 m, evaluation positives within 25 m.
 """
 
@@ -156,11 +156,11 @@ class PlaceDataset:
         return self._cache[key]
 
     def potential_positives(self) -> list[np.ndarray]:
-        """Training positives (PROTOCOL.md): per query, database indices within 10 m, nearest first."""
+        """Training positives (training/README.md, "The protocol"): per query, database indices within 10 m, nearest first."""
         return self.positives(POSITIVE_RADIUS_M)
 
     def definite_negatives(self, query_index: int) -> np.ndarray:
-        """Training negatives (PROTOCOL.md): database indices farther than 25 m from query ``query_index``."""
+        """Training negatives (training/README.md, "The protocol"): database indices farther than 25 m from query ``query_index``."""
         mask = np.ones(self.num_db, dtype=bool)
         mask[self.positives(NEGATIVE_RADIUS_M)[query_index]] = False
         return np.flatnonzero(mask)

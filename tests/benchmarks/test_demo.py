@@ -55,6 +55,14 @@ def test_demo_runs_every_step_writes_the_report_and_resumes(tmp_path):
     again = json.loads((out / "demo.json").read_text())["steps"]
     for name in ("synth", "train", "export", "map", "parity", "latency"):
         assert again[name]["status"] == "skipped (artifact exists)", name
+    # a plain `make demo` on the tiny folder: refused, not reused and labelled "small"
+    with pytest.raises(ConfigError) as info:
+        run_demo(out, DemoConfig.preset("default", threads=1))
+    message = str(info.value)
+    assert message.startswith(
+        f"demo folder '{out}' was made with other arguments (preset 'tiny'; now 'default'; "
+    )
+    assert message.endswith(f"Rerun with the same arguments to resume it, or start over with: rm -rf {out}")
 
 
 def test_demo_reports_a_missing_upstream_artifact_instead_of_faking_it(tmp_path):

@@ -81,7 +81,7 @@ def test_runtime_only_install_names_the_extra(tmp_path):
         text=True,
         timeout=60,
     )
-    assert out.returncode == 1, out.stderr
+    assert out.returncode == 2, out.stderr  # bad usage: install the extra and rerun
     assert "Traceback" not in out.stderr
     assert " ".join(out.stderr.split()) == (
         "error: netvlad-export needs torch (it loads PyTorch checkpoints and writes ONNX), which this install "
@@ -153,7 +153,7 @@ def test_bad_checkpoints(tmp_path):
     msg = _error(runner.invoke(app, [str(missing), "--out", str(out)]))
     assert msg == (
         f"error: checkpoint '{missing}' does not exist or is not a file; train one with: python -m "
-        "training.train --out DIR (it writes DIR/best.pt and DIR/last.pt)"
+        "training.train --out DIR (it writes DIR/model.pt, the model to deploy)"
     )
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00not a zip" * 10)
@@ -166,7 +166,7 @@ def test_bad_checkpoints(tmp_path):
     assert msg == (
         f"error: '{foreign}' is not a netvlad-kit checkpoint (expected a dict with format "
         "'netvlad-kit.checkpoint', found ['epoch', 'state_dict']); train one with: python -m training.train "
-        "--out DIR (it writes DIR/best.pt and DIR/last.pt)"
+        "--out DIR (it writes DIR/model.pt, the model to deploy)"
     )
     assert not out.exists()
 

@@ -203,6 +203,14 @@ def test_aligned_frames_map_to_metric_windows(tmp_path):
         load_aligned(tmp_path / "summer", tmp_path)
     with pytest.raises(DatasetError, match=r"aligned sequence folder '.*nope' does not exist"):
         load_aligned(tmp_path / "nope", tmp_path / "winter")
+    with pytest.raises(DatasetError) as absent:
+        open_dataset(f"nordland:{tmp_path / 'absent'}")
+    assert str(absent.value) == (
+        f"the Nordland sample is not at '{tmp_path / 'absent'}': the folder does not exist. Put the sample "
+        "(summer/ and winter/ image folders) there, or name its folder with --dataset nordland:DIR"
+    )
+    with pytest.raises(DatasetError, match=r"is not the Nordland sample \(expected summer/ and winter/"):
+        load_nordland(tmp_path / "summer")
 
 
 def test_nordland_sample(nordland_dir):

@@ -166,12 +166,16 @@ def test_batched_pipeline_gives_the_same_answers(world):
         Frame(dataset.read_image("queries", i)[:, :, ::-1], float(i), str(i), i, 0.0, time.perf_counter())
         for i in range(dataset.num_queries)
     ]
-    results = {}
+    results, sizes = {}, {}
     for batch in (1, 4):
         config = LocalizerConfig(max_batch=batch, queue_size=8)
         with Localizer.open(world["model"], world["map"], config=config) as localizer:
+            infer, sizes[batch] = localizer.backend.infer, []
+            localizer.backend.infer = lambda x, _s=sizes[batch], _f=infer: _s.append(len(x)) or _f(x)
             results[batch] = list(localizer.run(frames))
     assert [r.index for r in results[4]] == list(range(40))
+    # the frames of a list queue up faster than the model runs: batches larger than one did run
+    assert sizes[1] == [1] * 40 and sum(sizes[4]) == 40 and max(sizes[4]) > 1
     for a, b in zip(results[1], results[4], strict=True):
         assert [m.place_id for m in a.matches] == [m.place_id for m in b.matches]
         assert a.best.similarity == pytest.approx(b.best.similarity, abs=1e-5)

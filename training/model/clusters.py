@@ -1,4 +1,4 @@
-"""NetVLAD initialisation from k-means over sampled local descriptors (PROTOCOL.md, getClusters.m).
+"""NetVLAD initialisation from k-means over sampled local descriptors (training/README.md, getClusters.m).
 
 Sample ``per_image`` random locations of the L2-normalised local feature map of each image (at most
 ``max_descriptors`` in all), run seeded k-means (faiss, ``iterations`` rounds), and set the layer with the

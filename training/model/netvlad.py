@@ -51,7 +51,7 @@ class NetVLAD(nn.Module):
         return self.num_clusters * self.dim
 
     def init_from_centroids(self, centroids: torch.Tensor, alpha: float) -> None:
-        """The v2 initialisation (PROTOCOL.md): ``c = C``, ``w_k = 2α c_k``, ``b_k = −α ‖c_k‖²``.
+        """The v2 initialisation (training/README.md, "The protocol"): ``c = C``, ``w_k = 2α c_k``, ``b_k = −α ‖c_k‖²``.
 
         With it, ``softmax_k(w_k·x + b_k) = softmax_k(−α ‖x − c_k‖²)`` (the ``‖x‖²`` term cancels).
         """

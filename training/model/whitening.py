@@ -1,4 +1,4 @@
-"""PCA-whitening, learned after training and stored as a layer of the model (PROTOCOL.md, addPCA.m).
+"""PCA-whitening, learned after training and stored as a layer of the model (training/README.md, addPCA.m).
 
 ``y = L2( diag(λ)^(-1/2) Uᵀ (x − μ) )``: project the NetVLAD descriptor on its first ``d`` principal
 directions, scale each by the inverse square root of its variance, and re-normalise. One ``nn.Linear``

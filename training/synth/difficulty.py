@@ -3,10 +3,15 @@ condition, computed on images rendered in memory (nothing written)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
+import typer
 
+from runtime.cli.options import json_option, run_app
+from runtime.console import command_boundary
 from runtime.datasets.baseline import THUMBNAIL_SIZE, thumbnail_descriptors
 from runtime.datasets.place import neighbours_within
 from runtime.protocol import EVAL_RADIUS_M
@@ -60,16 +65,35 @@ def dataset_baseline_recall(spec: str, ns: Sequence[int] = (1, 5, 10, 20)) -> di
     return raw_pixel_recall(dataset, ns=ns, query_groups=groups)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m training.synth.difficulty SPEC``: print the raw-pixel baseline's recall@1/5/10/20."""
-    import argparse
+app = typer.Typer(
+    add_completion=False,
+    help="Recall@1/5/10/20 of the raw-pixel baseline (16x12 thumbnails) on a dataset, overall and per query "
+    "condition: how hard the dataset is before any learning.",
+)
 
-    parser = argparse.ArgumentParser(prog="python -m training.synth.difficulty", description=main.__doc__)
-    parser.add_argument("spec", help="a dataset folder, 'nordland', 'aligned:DB,Q' or a .mat file")
-    args = parser.parse_args(argv)
-    for group, recall in dataset_baseline_recall(args.spec).items():
-        print(f"{group:10s} " + "  ".join(f"R@{n} {value:.3f}" for n, value in recall.items()))
+
+@app.command()
+@command_boundary
+def cli(
+    spec: str = typer.Argument(
+        ..., metavar="DATASET", help="A dataset folder, 'nordland', 'aligned:DB,Q' or a .mat file."
+    ),
+    json_out: Path = json_option("the recall per condition"),
+) -> None:
+    from runtime.atomic import atomic_write_text
+
+    results = dataset_baseline_recall(spec)
+    for group, recall in results.items():
+        typer.echo(f"{group:10s} " + "  ".join(f"R@{n} {value:.3f}" for n, value in recall.items()))
+    if json_out:
+        payload = {group: {str(n): v for n, v in recall.items()} for group, recall in results.items()}
+        atomic_write_text(json_out, json.dumps(payload, indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.synth.difficulty DATASET``; returns 0, or exits with the command's exit code."""
+    return run_app(app, argv, "python -m training.synth.difficulty")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
