@@ -118,7 +118,7 @@ def test_resume_with_other_settings_is_refused(full_run, micro_world, tmp_path):
     with pytest.raises(
         ConfigError, match=r"started with other settings \(lr differ\); only epochs, max_steps"
     ):
-        train(_cfg(micro_world, lr=0.5), out, resume=True)
+        train(_cfg(micro_world, lr=0.5, whitening_dim=16), out, resume=True)
 
 
 def test_resume_from_corrupt_or_foreign_checkpoint(micro_world, tmp_path):
