@@ -109,7 +109,9 @@ def _localise(model: Path, map_dir: Path, source, truth: np.ndarray) -> dict:
     from runtime.localizer import Localizer
 
     with Localizer.open(model, map_dir) as localizer, source:
+        t0 = time.perf_counter()
         locs = list(localizer.run(source))
+        seconds = time.perf_counter() - t0
     best = np.array([[loc.best.easting, loc.best.northing] for loc in locs])  # (Q, 2)
     position = np.array([loc.position for loc in locs])  # (Q, 2)
     sigma = np.array([loc.uncertainty_m for loc in locs])
@@ -125,6 +127,52 @@ def _localise(model: Path, map_dir: Path, source, truth: np.ndarray) -> dict:
         "within_1_sigma": round(float(np.mean(error <= sigma)), 4),
         "within_2_sigma": round(float(np.mean(error <= 2 * sigma)), 4),
         "unknown": int(sum(loc.unknown for loc in locs)),
+        "fps": round(len(locs) / max(seconds, 1e-9), 2),
+    }
+
+
+def _served_fps(model: Path, map_dir: Path, source) -> dict:
+    """Frames per second with the live web view publishing every result to one connected browser-like
+    client (it reads the event stream, so every sent update is JPEG-encoded)."""
+    import http.client
+    import threading
+
+    from runtime.localizer import Localizer, LocalizerConfig
+    from runtime.web import LiveView
+
+    received = []
+    with (
+        Localizer.open(model, map_dir, config=LocalizerConfig(keep_frames=True)) as localizer,
+        LiveView(localizer.map, port=0) as view,
+        source,
+    ):
+        connection = http.client.HTTPConnection(view.host, view.port, timeout=30)
+        connection.request("GET", "/events")
+        stream = connection.getresponse()
+
+        def client() -> None:
+            try:
+                for line in stream.fp:
+                    if line.startswith(b"data: "):
+                        received.append(len(line))
+            except (OSError, ValueError):
+                pass
+
+        reader = threading.Thread(target=client, daemon=True)
+        reader.start()
+        t0 = time.perf_counter()
+        count = 0
+        for loc in localizer.run(source):
+            view.publish(loc)
+            count += 1
+        seconds = time.perf_counter() - t0
+        time.sleep(0.5)  # let the client take the last update
+        connection.close()
+    return {
+        "fps": round(count / max(seconds, 1e-9), 2),
+        "updates_sent": view.stats["sent"],
+        "updates_dropped": view.stats["dropped"],
+        "event_kb_median": round(float(np.median(received)) / 1024, 1) if received else 0.0,
     }
 
 
@@ -219,6 +267,8 @@ def drive_benchmark(
         "folder_map": {"places": data.num_db}
         | _localise(model, folder_map, RosbagSource(query_bag, IMAGE_TOPIC), truth),
     }
+    served = _served_fps(model, folder_map, RosbagSource(query_bag, IMAGE_TOPIC))
+    result["live_view"] = served | {"fps_ratio": round(served["fps"] / result["folder_map"]["fps"], 3)}
     query_folder = scratch / "query-images"
     query_folder.mkdir()
     for rank, i in enumerate(query_order):  # the same images as a folder, in the same order
@@ -262,4 +312,8 @@ def _markdown(r: dict) -> str:
         + "\n".join(rows)
         + f"\n\nReading frames: bag {r['read_fps']['bag']} fps, folder {r['read_fps']['folder']} fps "
         f"(ratio {r['read_fps']['bag_over_folder']}, same run).\n"
+        f"\nLive view (--serve) with one connected client: {r['live_view']['fps']} fps against "
+        f"{r['folder_map']['fps']} fps without (ratio {r['live_view']['fps_ratio']}); "
+        f"{r['live_view']['updates_sent']} updates sent, {r['live_view']['updates_dropped']} dropped for the "
+        f"client, {r['live_view']['event_kb_median']} KiB per update.\n"
     )

@@ -24,6 +24,8 @@ def test_drive_benchmark_compares_the_bag_map_with_the_folder_map(tmp_path):
     assert bag["places"] == 17 and bag["recall_at_1"] == pytest.approx(17 / 30, abs=1e-3)
     assert result["gps"]["fixes"] == 95 and result["gps"]["no_fix"] == 6
     assert result["read_fps"]["bag"] > 0 and result["read_fps"]["folder"] > 0
+    live = result["live_view"]  # every result was published; the client got each one or a newer one
+    assert live["updates_sent"] + live["updates_dropped"] in (30, 29) and live["event_kb_median"] > 1
     assert json.loads((tmp_path / "out" / "drive.json").read_text())["bag_map"]["places"] == 17
     assert (
         "| map from the bag (keyframes, noisy GPS) | 17 | 0.567 |"
