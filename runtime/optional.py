@@ -29,6 +29,7 @@ KNOWN_PACKAGES: dict[str, tuple[str, str]] = {
     "tensorrt": ("tensorrt", "tensorrt"),
     "cuda": ("cuda-python", "gpu"),
     "rosbags": ("rosbags", "ros"),
+    "ray": ("ray[data]", "cluster"),
 }
 
 

@@ -47,6 +47,20 @@ def build(
     overwrite: bool = typer.Option(
         False, help="Replace an existing map (only once the new one is complete)."
     ),
+    ray: str = typer.Option(
+        None,
+        "--ray",
+        metavar="ADDRESS|local",
+        help="Extract descriptors as a Ray Data job on the Ray cluster at ADDRESS (e.g. ray://head:10001, "
+        "auto), or 'local': a local Ray over this machine's cores. Needs netvlad-kit[cluster].",
+    ),
+    workers: int = typer.Option(
+        None, help="--ray: backend actors (default: one per GPU with --gpus-per-worker, else one per CPU)."
+    ),
+    gpus_per_worker: float = typer.Option(0.0, help="--ray: GPUs per backend actor (0: CPU actors)."),
+    shards: Path = typer.Option(
+        None, help="--ray: folder for descriptor shards (every node must reach it; default beside --out)."
+    ),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -56,6 +70,8 @@ def build(
     configure_logging(verbose, quiet)
     if (dataset is None) == (rosbag is None):
         raise typer.BadParameter("give either --dataset or --rosbag (with --image-topic and --gps-topic)")
+    if ray is not None and rosbag is not None:
+        raise typer.BadParameter("--ray builds from a --dataset; a --rosbag map is built in one process")
     config = MapConfig(
         split=split, index=index, batch_size=batch_size, nprobe=nprobe, rerank=rerank, overwrite=overwrite
     )
@@ -65,6 +81,21 @@ def build(
 
         drive = DriveConfig(image_topic, gps_topic, every_m=every)
         path = build_map_from_bag(model, rosbag, drive, out, config, progress=progress, backend=backend)
+    elif ray is not None:
+        from runtime.map.ray_build import build_map_on_ray
+
+        path = build_map_on_ray(
+            model,
+            dataset,
+            out,
+            config,
+            address=None if ray == "local" else ray,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            backend=backend,
+            shards=shards,
+            progress=progress,
+        )
     else:
         path = build_map(model, dataset, out, config, progress=progress, backend=backend)
     typer.echo(str(path))
