@@ -204,5 +204,29 @@ def drive(
     _print_markdown(result)
 
 
+@app.command()
+@command_boundary
+def soak(
+    model: Path = typer.Option(..., help="Model file (.onnx or engine) the map was built with."),
+    map_path: Path = typer.Option(..., "--map", help="Map directory (netvlad-map build)."),
+    images: Path = typer.Option(..., help="Folder of images, replayed until --frames frames have run."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for soak.json and soak.md."),
+    frames: int = typer.Option(100_000, help="Frames to localise."),
+    sample_every: int = typer.Option(2_000, help="Sample resident memory every this many frames."),
+    warmup: int = typer.Option(5_000, help="Frames before the baseline sample."),
+    threads: int = typer.Option(1, help="Inference threads."),
+    jsonl: bool = typer.Option(False, help="Also write the per-frame JSONL (out/soak.jsonl)."),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
+) -> None:
+    """Resident memory of the netvlad-run session over N frames (flat memory: slope near 0 KB/frame)."""
+    from benchmarks.soak import SoakConfig, run_soak
+    from runtime.console import configure_logging
+
+    configure_logging(verbose, quiet)
+    cfg = SoakConfig(frames=frames, sample_every=sample_every, warmup=warmup, threads=threads, jsonl=jsonl)
+    _print_markdown(run_soak(model, map_path, images, out, cfg))
+
+
 if __name__ == "__main__":
     app()

@@ -68,9 +68,14 @@ class LocalizerConfig:
     max_batch: int = 4
 
     def __post_init__(self) -> None:
-        if self.top_k < 1 or self.queue_size < 1 or self.max_batch < 1 or self.position_radius_m <= 0:
+        if self.top_k < 1 or self.queue_size < 1 or self.max_batch < 1 or not self.position_radius_m > 0:
             raise ConfigError(
                 f"invalid localizer config {self}: top_k, queue_size, max_batch >= 1, position_radius_m > 0"
+            )
+        if self.unknown_threshold is not None and not 0.0 <= self.unknown_threshold <= 1.0:
+            raise ConfigError(
+                f"--min-confidence must be a confidence from 0 to 1, got {self.unknown_threshold} (omit it to "
+                "use the map's calibrated operating point, shown by netvlad-map info)"
             )
 
 

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,15 @@ import numpy as np
 from runtime.errors import ConfigError
 from runtime.localizer import Localization, Localizer, LocalizerConfig
 from runtime.outputs import check_writable_file, output_lock
-from runtime.sources import CameraSource, FrameSource, ImageFolderSource, RtspSource, VideoFileSource
+from runtime.sources import (
+    MAX_CAMERA_INDEX,
+    CameraSource,
+    FrameSource,
+    ImageFolderSource,
+    RtspSource,
+    VideoFileSource,
+)
+from runtime.stats import LatencyStats
 from runtime.temporal import TemporalConfig
 
 log = logging.getLogger(__name__)
@@ -68,6 +77,13 @@ class RunConfig:
             raise ConfigError("--topic selects a ROS bag's image topic; give the bag with --rosbag")
         if self.loop < 1 or (self.max_frames is not None and self.max_frames < 1):
             raise ConfigError(f"loop and max_frames must be >= 1, got {self.loop} and {self.max_frames}")
+        if self.threads is not None and self.threads < 0:
+            raise ConfigError(f"--threads must be >= 0 (0: one per core), got {self.threads}")
+        if self.camera is not None and not 0 <= self.camera <= MAX_CAMERA_INDEX:
+            raise ConfigError(
+                f"--camera must be a camera index from 0 to {MAX_CAMERA_INDEX} (0 is the first camera, "
+                f"/dev/video0), got {self.camera}"
+            )
         if self.loop > 1 and (self.camera is not None or self.rtsp is not None):
             raise ConfigError("--loop replays files; it cannot be used with a camera or a stream")
         if self.serve is not None:
@@ -133,7 +149,7 @@ def run_session(
     options = {} if config.threads is None else {"threads": config.threads}
     check_writable_file(config.jsonl, "--jsonl")  # before minutes of work, not after them
     check_writable_file(config.save_video, "--save-video")
-    stages: dict[str, list[float]] = {s: [] for s in STAGES}
+    stages = {s: LatencyStats() for s in STAGES}  # constant memory however long the run
     with contextlib.ExitStack() as stack:
         localizer = stack.enter_context(
             Localizer.open(
@@ -165,16 +181,18 @@ def run_session(
             overlay = Overlay(localizer.map)
         if config.save_video:
             writer = stack.enter_context(_VideoWriter(config.save_video, overlay.size))
-        sources: list[FrameSource] = []
+        replays = _Replays()
+        stopping = threading.Event()  # no new replay of the source once the run is ending
         start = time.perf_counter()
         last_status = start
+        live = config.camera is not None or config.rtsp is not None
+        results = localizer.run(_frames(config, replays, stopping), live=live)
         try:
-            live = config.camera is not None or config.rtsp is not None
-            for loc in localizer.run(_frames(config, sources), live=live):
+            for loc in results:
                 summary.frames += 1
                 summary.unknown += loc.unknown
                 for s in STAGES:
-                    stages[s].append(getattr(loc.times, s))
+                    stages[s].add(getattr(loc.times, s))
                 if jsonl is not None:
                     jsonl.write(json.dumps(loc.to_record()) + "\n")
                 if out_bag is not None:
@@ -193,28 +211,22 @@ def run_session(
                     summary.rss_mb.append(round(resident_mb(), 1))
                 if on_status is not None and now - last_status >= status_every_s:
                     last_status = now
-                    on_status(_status(loc, fps, sources))
+                    on_status(_status(loc, fps, replays))
                 if config.max_frames is not None and summary.frames >= config.max_frames:
                     break
         except KeyboardInterrupt:
             summary.interrupted = True
             log.warning("interrupted after %d frames; outputs flushed", summary.frames)
         finally:
-            for source in sources:  # stops a decoder the feeder thread may still be reading
-                source.close()
+            stopping.set()
+            replays.close()  # first: a decoder stuck opening a stream is left behind within ~1 s
+            results.close()  # then the localizer's pipeline threads, now that their source has ended
             summary.seconds = time.perf_counter() - start
             summary.fps = summary.frames / max(summary.seconds, 1e-9)
-            summary.dropped = sum(s.stats.dropped for s in sources)
-            summary.corrupt = sum(s.stats.corrupt for s in sources)
+            summary.dropped = replays.dropped
+            summary.corrupt = replays.corrupt
             summary.rss_mb.append(round(resident_mb(), 1))
-            summary.latency_ms = {
-                s: {
-                    "p50": _ms(v, 50),
-                    "p99": _ms(v, 99),
-                    "mean": round(float(np.mean(v)) * 1000, 3) if v else 0.0,
-                }
-                for s, v in stages.items()
-            }
+            summary.latency_ms = {s: v.summary_ms() for s, v in stages.items()}
     if config.show:
         with contextlib.suppress(Exception):
             import cv2
@@ -223,15 +235,46 @@ def run_session(
     return summary
 
 
-def _frames(config: RunConfig, sources: list) -> Iterator:
+class _Replays:
+    """The source being read and the counters of the replays already done (not the sources themselves:
+    keeping every replayed source, with its file list and thread, grew a long --loop run's memory)."""
+
+    def __init__(self) -> None:
+        self.current: FrameSource | None = None
+        self._dropped = self._corrupt = 0
+
+    def finished(self, source: FrameSource) -> None:
+        self._dropped += source.stats.dropped
+        self._corrupt += source.stats.corrupt
+        if self.current is source:
+            self.current = None
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped + (self.current.stats.dropped if self.current is not None else 0)
+
+    @property
+    def corrupt(self) -> int:
+        return self._corrupt + (self.current.stats.corrupt if self.current is not None else 0)
+
+    def close(self) -> None:
+        source = self.current
+        if source is not None:
+            source.close()
+
+
+def _frames(config: RunConfig, replays: _Replays, stopping: threading.Event) -> Iterator:
     """Frames of the source, ``config.loop`` times; runs in the localizer's feeder thread."""
     for _ in range(config.loop):
+        if stopping.is_set():
+            return
         source = config.open_source()
-        sources.append(source)
+        replays.current = source
         try:
             yield from (_paced(source) if config.realtime else source)
         finally:
             source.close()
+            replays.finished(source)
 
 
 def _paced(frames: Iterator) -> Iterator:
@@ -247,13 +290,9 @@ def _paced(frames: Iterator) -> Iterator:
         yield frame
 
 
-def _ms(values: list[float], q: float) -> float:
-    return round(float(np.percentile(values, q)) * 1000, 3) if values else 0.0
-
-
-def _status(loc: Localization, fps: float, sources: list) -> str:
+def _status(loc: Localization, fps: float, replays: _Replays) -> str:
     where = "unknown place" if loc.unknown else f"E {loc.position[0]:.1f} N {loc.position[1]:.1f}"
-    dropped = sum(s.stats.dropped for s in sources)
+    dropped = replays.dropped
     return (
         f"{fps:5.1f} FPS | frame {loc.index} | {where} | conf {loc.confidence:.2f} | "
         f"best {loc.best.image} ({loc.best.similarity:.3f}) | dropped {dropped}"

@@ -24,12 +24,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from runtime.datasets.place import decode_bgr
 from runtime.errors import ConfigError, SourceError
 from runtime.protocol import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 _END = object()
+MAX_CAMERA_INDEX = 9999
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,11 @@ class RetryPolicy:
 
     attempts: int = 4
     delay_s: float = 0.5
+    open_timeout_s: float = 5.0  # one open (or read) of a network stream gives up after this long
 
     def __post_init__(self) -> None:
-        if self.attempts < 1 or self.delay_s < 0:
-            raise ConfigError(f"retry needs attempts >= 1 and delay_s >= 0, got {self}")
+        if self.attempts < 1 or not self.delay_s >= 0 or not self.open_timeout_s > 0:
+            raise ConfigError(f"retry needs attempts >= 1, delay_s >= 0 and open_timeout_s > 0, got {self}")
 
     def delays(self) -> list[float]:
         return [self.delay_s * 2**k for k in range(self.attempts - 1)]
@@ -89,6 +92,7 @@ class FrameSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._ended = False  # the consumer has seen the end: iterating again yields nothing, at once
 
     # -- to implement --------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -160,30 +164,50 @@ class FrameSource:
         return self
 
     def __iter__(self) -> Iterator[Frame]:
+        if self._ended or self._stop.is_set():
+            log.warning("%s: this source is exhausted or closed; open a new one to read it again", self.name)
+            return
         self.start()
         while True:
             try:
                 item = self._queue.get(timeout=0.1)
             except queue.Empty:
-                if self._stop.is_set():  # closed from another thread
+                thread = self._thread
+                if self._stop.is_set() or (
+                    thread is not None and not thread.is_alive() and self._queue.empty()
+                ):
+                    self._ended = True  # closed from another thread, or a decoder that ended without a word
                     return
                 continue
             if item is _END:
+                self._ended = True
                 return
             if isinstance(item, BaseException):
+                self._ended = True
                 raise item
             self.stats.delivered += 1
             yield item
 
-    def close(self) -> None:
-        """Stop decoding and release the device or file; idempotent."""
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Stop decoding and release the device or file; idempotent.
+
+        Waits at most ``timeout_s`` for the decoding thread: one stuck inside a native call (FFmpeg opening a
+        silent stream) is left to finish on its own (it is a daemon thread and releases the capture itself),
+        so Ctrl-C is honoured within about a second.
+        """
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
+            deadline = time.monotonic() + timeout_s
             while thread.is_alive():  # unblock a decoder waiting on a full queue
                 with contextlib.suppress(queue.Empty):
                     self._queue.get_nowait()
                 thread.join(timeout=0.05)
+                if time.monotonic() > deadline:
+                    log.warning(
+                        "%s: the decoder is still busy in a blocking call; not waiting for it", self.name
+                    )
+                    break
 
     def __enter__(self) -> FrameSource:
         return self
@@ -210,9 +234,12 @@ class _CaptureSource(FrameSource):
 
     def _open_with_retry(self, what: str) -> None:
         delays = self.retry.delays()
+        started = time.monotonic()
         for attempt in range(self.retry.attempts):
             self._cap = self._try_open()
             if self._cap is not None:
+                return
+            if self._stop.is_set():
                 return
             if attempt < len(delays):
                 log.warning(
@@ -225,10 +252,9 @@ class _CaptureSource(FrameSource):
                 )
                 if self._stop.wait(delays[attempt]):
                     return
-        total = sum(delays)
         raise SourceError(
-            f"{self.name}: {what} failed after {self.retry.attempts} attempts over {total:.1f} s; "
-            f"{self._hint()}"
+            f"{self.name}: {what} failed after {self.retry.attempts} attempts over "
+            f"{time.monotonic() - started:.1f} s; {self._hint()}"
         )
 
     def _hint(self) -> str:
@@ -246,7 +272,13 @@ class CameraSource(_CaptureSource):
     live = True
 
     def __init__(self, index: int, retry: RetryPolicy | None = None, **kwargs) -> None:
-        super().__init__(int(index), f"camera {index}", retry, **kwargs)
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= MAX_CAMERA_INDEX:
+            # OpenCV crashes (SIGSEGV) on a negative index and overflows on a huge one: check it here
+            raise ConfigError(
+                f"camera index must be an integer from 0 to {MAX_CAMERA_INDEX} (0 is the first camera, "
+                f"/dev/video0), got {index!r}"
+            )
+        super().__init__(index, f"camera {index}", retry, **kwargs)
 
     def _hint(self) -> str:
         return (
@@ -280,14 +312,19 @@ class RtspSource(CameraSource):
         _CaptureSource.__init__(self, url, f"stream {url}", retry, **kwargs)
 
     def _try_open(self):
-        cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG)
+        timeout_ms = int(self.retry.open_timeout_s * 1000)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+        cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
         if cap.isOpened():
             return cap
         cap.release()
         return None
 
     def _hint(self) -> str:
-        return "check the URL, the network and the camera's credentials"
+        return (
+            f"each attempt waits up to {self.retry.open_timeout_s:g} s; check the URL, the network and the "
+            "camera's credentials"
+        )
 
 
 class VideoFileSource(_CaptureSource):
@@ -304,6 +341,10 @@ class VideoFileSource(_CaptureSource):
         self.max_bad_frames = max_bad_frames
         self._frame_count = 0
         self._position = 0
+        if path.is_dir():
+            raise SourceError(
+                f"'{path}' is a folder, not a video file; pass a folder of images with --images"
+            )
         if not path.is_file():
             raise SourceError(f"video file '{path}' does not exist")
 
@@ -346,6 +387,8 @@ class ImageFolderSource(FrameSource):
     def __init__(self, folder: str | Path, fps: float = 10.0, **kwargs) -> None:
         folder = Path(folder)
         super().__init__(folder.name or str(folder), **kwargs)
+        if folder.is_file():
+            raise SourceError(f"'{folder}' is a file, not a folder of images; pass a video file with --video")
         if not folder.is_dir():
             raise SourceError(f"image folder '{folder}' does not exist or is not a folder")
         self.folder = folder
@@ -364,10 +407,15 @@ class ImageFolderSource(FrameSource):
 
     def _read(self):
         if self._next >= len(self.files):
+            if self.stats.decoded == 0:  # every file was corrupt: nothing was localised, say so
+                raise SourceError(
+                    f"image folder '{self.folder}': none of its {len(self.files)} images can be decoded (all "
+                    "are truncated, empty or not images); replace them"
+                )
             return "end", None, 0.0, self.name
         index, path = self._next, self.files[self._next]
         self._next += 1
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        image = decode_bgr(path)  # as the map builder reads: a truncated JPEG is corrupt, not half grey
         if image is None:
             return "corrupt", None, 0.0, str(path)
         return "ok", image, index / self.fps, path.name

@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from runtime.card import ModelCard
-from runtime.errors import BackendError, ConfigError
+from runtime.errors import BackendError, ConfigError, RunFailedError
 
 log = logging.getLogger(__name__)
+
+UNIT_NORM_TOLERANCE = 1e-2  # |norm - 1| of a descriptor; FP16 and INT8 models stay within 1e-3
 
 
 class Backend(abc.ABC):
@@ -116,6 +118,21 @@ class Backend(abc.ABC):
             raise BackendError(
                 f"'{self.path}' returned descriptors of shape {out.shape}, but its card says "
                 f"({n}, {d}); the card does not describe this model, re-export it"
+            )
+        finite = np.isfinite(out).all(axis=1)  # (N,)
+        if not finite.all():
+            raise RunFailedError(
+                f"model '{self.path}' returned non-finite (NaN or infinite) descriptors for "
+                f"{int((~finite).sum())} of {n} images; the model is broken: re-export it with netvlad-export "
+                "and check its parity report"
+            )
+        norms = np.linalg.norm(out, axis=1)  # (N,)
+        worst = float(np.abs(norms - 1.0).max()) if n else 0.0
+        if worst > UNIT_NORM_TOLERANCE:
+            raise RunFailedError(
+                f"model '{self.path}' returned descriptors that are not L2-normalised (norm "
+                f"{float(norms.min()):.4g}..{float(norms.max()):.4g}, expected 1); every netvlad-kit model "
+                "ends in an L2 normalisation: re-export it with netvlad-export"
             )
         return out
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from runtime.backends.base import Backend, check_model_file
 from runtime.card import ModelCard, read_onnx_card
-from runtime.errors import ArtifactError, BackendError, ConfigError
+from runtime.errors import ArtifactError, BackendError, ConfigError, ModelCardError
 from runtime.optional import require
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,19 @@ def create_session(
         ) from exc
 
 
+def check_graph_input(path: str | Path, card: ModelCard, shape: Sequence[Any]) -> None:
+    """The graph's input ``(N, H, W, 3)`` agrees with the card's height and width (symbolic dims pass)."""
+    expected = (card.input_height, card.input_width, 3)
+    fixed = [
+        (dim, want) for dim, want in zip(list(shape)[1:], expected, strict=False) if isinstance(dim, int)
+    ]
+    if len(shape) != 4 or any(dim != want for dim, want in fixed):
+        raise ModelCardError(
+            f"'{path}': its model card says input (N, {card.input_height}, {card.input_width}, 3) but the graph "
+            f"takes {tuple(shape)}; the card does not describe this graph: re-export it with netvlad-export"
+        )
+
+
 class OnnxRuntimeBackend(Backend):
     """An ``onnxruntime.InferenceSession`` over an exported ``.onnx`` model (card in its metadata)."""
 
@@ -194,6 +207,7 @@ class OnnxRuntimeBackend(Backend):
                 f"'{path}' must take one uint8 NHWC image tensor, it takes "
                 f"{[(i.name, i.type, i.shape) for i in inputs]}; re-export it with netvlad-export"
             )
+        check_graph_input(path, card, inputs[0].shape)
         self._input_name = inputs[0].name
         self._output_name = outputs[0].name
         batch_dim = inputs[0].shape[0]

@@ -219,6 +219,18 @@ class PlaceDataset:
         )
 
 
+def decode_bgr(path: str | Path) -> np.ndarray | None:
+    """An image file as uint8 ``(H, W, 3)`` BGR, or None when it is empty, truncated or not an image.
+
+    The one image decoder of the kit (map building, frame sources): ``cv2.imdecode`` rejects a truncated
+    JPEG, where ``cv2.imread`` returns it half grey.
+    """
+    import cv2
+
+    data = np.fromfile(str(path), dtype=np.uint8)
+    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """Read an image file as uint8 ``(H, W, 3)`` RGB; :class:`DatasetError` naming the file otherwise."""
     import cv2
@@ -226,8 +238,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"image '{path}' does not exist; check the dataset root and the image column")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    image = decode_bgr(path)
     if image is None:
         raise DatasetError(
             f"image '{path}' cannot be decoded (expected a PNG or JPEG file); replace or remove it"
