@@ -11,6 +11,10 @@ ONNX Runtime, ``.engine``/``.plan`` -> TensorRT) or from ``backend``:
 ``onnxruntime-tensorrt``   ONNX Runtime, TensorrtExecutionProvider
 ``tensorrt``               TensorRT engine + card sidecar (cuda-python)
 =========================  =========================================================
+
+``onnxruntime-cuda`` with ``cuda_graph=True`` replays the model as a CUDA graph over fixed device buffers
+(models exported with a fixed batch size only); ``onnxruntime-tensorrt`` takes its precision, engine-cache
+key and batch profile from the model card (:func:`runtime.backends.onnxruntime.tensorrt_provider_options`).
 """
 
 from __future__ import annotations

@@ -243,7 +243,8 @@ def _scale_shift() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _normalize(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    x = images.to(torch.float32).permute(0, 3, 1, 2)  # (N, H, W, 3) uint8 -> (N, 3, H, W) float32
+    # cast to the buffers' dtype: float32, or float16 in a DeployModel cast with .half() (GPU benchmarks)
+    x = images.to(scale.dtype).permute(0, 3, 1, 2)  # (N, H, W, 3) uint8 -> (N, 3, H, W) float
     return x * scale + shift
 
 
