@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 # actors on every slot would starve the decode tasks and the job would wait forever).
 DECODE_CPUS = 0.5
 CPU_WORKER_CPUS = 0.5
+SHARD_BYTES = 128 * 2**20  # descriptors per shard (float32): 10M x 7168-D -> ~2,200 shards of ~4,700 rows
 
 
 def _ray():
@@ -115,7 +116,9 @@ def extract_on_ray(
     cpus_per_worker = CPU_WORKER_CPUS if gpus_per_worker == 0 else 1.0
     is_query = np.asarray([split == "queries" for split, _ in items], dtype=bool)  # (N,)
     index = np.asarray([i for _, i in items], dtype=np.int64)  # (N,)
-    blocks = max(1, min(n // batch_size, 4 * workers))
+    # blocks (= shards): enough to keep every worker busy, and none over SHARD_BYTES of descriptors
+    rows_per_shard = max(batch_size, SHARD_BYTES // (4 * card.descriptor_dim))
+    blocks = max(1, min(n // batch_size, max(4 * workers, -(-n // rows_per_shard))))
     ds = (
         ray.data.range(n, override_num_blocks=blocks)
         .map_batches(
