@@ -6,10 +6,12 @@ onnxruntime) are imported when a command runs, so ``--help`` works on a bare ins
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
+from runtime.cli.options import threads_option
 from runtime.console import command_boundary
 from runtime.protocol import EVAL_RADIUS_M
 
@@ -66,7 +68,7 @@ def search(
     scratch: Path = typer.Option(
         None, help="Folder for memory-mapped descriptors of maps over --max-gib (each deleted after use)."
     ),
-    threads: int = typer.Option(None, help="faiss threads (default 2)."),
+    threads: int = threads_option("faiss"),
     seed: int = typer.Option(None, help="Seed of the synthetic descriptors."),
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
@@ -93,7 +95,7 @@ def search(
         rerank=_ints(rerank, "--rerank"),
         max_gib=max_gib,
         scratch=str(scratch) if scratch else None,
-        threads=threads,
+        threads=threads or os.cpu_count() or 1,  # faiss takes no 0
         seed=seed,
     )
     _print_markdown(run_search(cfg, out, progress=progress))
@@ -116,7 +118,7 @@ def parity(
         None, help="Use N queries with a positive, evenly spaced along the traversal."
     ),
     batch: int = typer.Option(16, help="Inference batch size."),
-    threads: int = typer.Option(2, help="CPU threads for PyTorch and ONNX Runtime."),
+    threads: int = threads_option("PyTorch and ONNX Runtime"),
     radius: float = typer.Option(EVAL_RADIUS_M, help="Positive radius in metres."),
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
@@ -153,7 +155,7 @@ def latency(
     batches: str = typer.Option("1,8", help="Batch sizes, e.g. 1,8,32."),
     frames: int = typer.Option(40, help="Timed frames per backend and batch size."),
     map_size: int = typer.Option(None, help="Places in the search map (default: the dataset's database)."),
-    threads: int = typer.Option(2, help="CPU threads for PyTorch, ONNX Runtime and faiss."),
+    threads: int = threads_option("PyTorch, ONNX Runtime and faiss"),
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:

@@ -29,7 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import typer
+
 from runtime.atomic import atomic_write_text
+from runtime.cli.options import QUIET, VERBOSE, run_app, threads_option
 from runtime.console import command_boundary
 from runtime.errors import ConfigError
 
@@ -388,29 +391,35 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None, progress: Calla
     return paths.report
 
 
-@command_boundary
-def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.demo --out demo/ [--preset default|tiny]``."""
-    import argparse
+app = typer.Typer(add_completion=False, help=(__doc__ or "").split("\n\n")[0])
 
+
+@app.command()
+@command_boundary
+def cli(
+    out: Path = typer.Option(Path("demo"), "--out", help="Demo folder."),
+    preset: str = typer.Option("default", help=f"Demo preset: {', '.join(DemoConfig.PRESETS)}."),
+    threads: int = threads_option("every step"),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
+) -> None:
     from runtime.console import configure_logging, progress
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("demo"), help="demo folder (default: demo/)")
-    parser.add_argument("--preset", default="default", choices=sorted(DemoConfig.PRESETS))
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    report = run_demo(args.out, DemoConfig.preset(args.preset, threads=args.threads), progress=progress)
-    status = json.loads((args.out / "demo.json").read_text())["steps"]
-    print(
-        f"\nreport: {report}"
-        + (f"\nroute:  {args.out / 'route.png'}" if (args.out / "route.png").is_file() else "")
+    configure_logging(verbose, quiet)
+    report = run_demo(out, DemoConfig.preset(preset, threads=threads), progress=progress)
+    status = json.loads((out / "demo.json").read_text())["steps"]
+    typer.echo(
+        f"\nreport: {report}" + (f"\nroute:  {out / 'route.png'}" if (out / "route.png").is_file() else "")
     )
     for name, s in status.items():
-        print(f"  {name:9s} {s['status']}" + (f": {s['reason']}" if "reason" in s else ""))
-    return 0 if all(s["status"] in ("done", "skipped (artifact exists)") for s in status.values()) else 1
+        typer.echo(f"  {name:9s} {s['status']}" + (f": {s['reason']}" if "reason" in s else ""))
+    if not all(s["status"] in ("done", "skipped (artifact exists)") for s in status.values()):
+        raise typer.Exit(code=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.demo [--out demo/] [--preset default|tiny]``; returns 0, or exits."""
+    return run_app(app, argv, "python -m benchmarks.demo")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from export.config import INT8_TARGETS, BatchRange, ExportConfig
+from runtime.cli.options import threads_option
 from runtime.console import command_boundary
 
 log = logging.getLogger("netvlad-export")
@@ -73,7 +74,7 @@ def main(
     out: Path = typer.Option(Path("export"), "--out", help="output folder"),
     force: bool = typer.Option(False, "--force", help="keep artifacts that miss a parity gate"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace artifacts already in --out"),
-    threads: int = typer.Option(2, "--threads", help="CPU threads for ONNX Runtime during parity"),
+    threads: int = threads_option("PyTorch and ONNX Runtime during the parity check"),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="more log output"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings and errors only"),
 ) -> None:

@@ -22,22 +22,29 @@ R = TypeVar("R")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-# The kit's own loggers (packages and command names); everything else (onnxscript, onnx_ir, faiss's loader,
-# ray, ...) stays at WARNING unless -vv.
-KIT_LOGGERS = ("runtime", "training", "export", "benchmarks", "netvlad-kit", "__main__")
+# The kit's own loggers (packages and command names): only they reach the console below WARNING, unless -vv.
+# Other libraries (onnxscript, onnx_ir, faiss's loader, ray, ...) log INFO lines a user cannot act on.
+KIT_LOGGERS = ("runtime", "training", "export", "benchmarks", "__main__")
+
+
+class _KitOnly(logging.Filter):
+    """Pass every WARNING and above; below that, only records of the kit's loggers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        top = record.name.split(".", 1)[0]
+        return top in KIT_LOGGERS or top.startswith("netvlad-")
 
 
 def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
-    """Set up logging for a command: the kit's loggers at WARNING when quiet, INFO by default, DEBUG with -v;
-    other libraries' loggers at WARNING (DEBUG with -vv)."""
+    """Set up logging for a command: WARNING when quiet, INFO by default, DEBUG with -v; below WARNING only
+    the kit's own loggers reach the console, other libraries' too with -vv."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO)
-    root = logging.DEBUG if verbose > 1 else logging.WARNING
-    logging.basicConfig(level=root, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
-    for name in KIT_LOGGERS:
-        logging.getLogger(name).setLevel(level)
-    for name in logging.root.manager.loggerDict:  # command loggers such as "netvlad-export"
-        if name.startswith("netvlad-"):
-            logging.getLogger(name).setLevel(level)
+    logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    if verbose < 2:
+        for handler in logging.root.handlers:
+            handler.addFilter(_KitOnly())
 
 
 def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it", disable: bool | None = None):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from runtime.cli.options import json_option, threads_option
 from runtime.console import EXIT_INTERRUPTED, command_boundary, configure_logging
 
 app = typer.Typer(add_completion=False)
@@ -24,7 +25,7 @@ def main(
     rosbag: Path = typer.Option(None, help="ROS 1 .bag or ROS 2 bag (folder, .mcap or .db3); needs --topic."),
     topic: str = typer.Option(None, help="The bag's image topic (Image or CompressedImage)."),
     backend: str = typer.Option("auto", help="auto, onnxruntime[-cpu|-cuda|-tensorrt] or tensorrt."),
-    threads: int = typer.Option(None, help="Inference threads (ONNX Runtime; default: one per core)."),
+    threads: int = threads_option("inference (ONNX Runtime)"),
     jsonl: Path = typer.Option(None, help="Write one JSON record per frame here."),
     out_bag: Path = typer.Option(
         None, help="Write the results as a ROS 2 bag (MCAP): NavSatFix, pose, confidence, unknown verdict."
@@ -50,7 +51,7 @@ def main(
     realtime: bool = typer.Option(
         False, help="Replay a video, folder or bag at the pace of its timestamps (to watch it with --serve)."
     ),
-    summary: Path = typer.Option(None, help="Write the run summary (FPS, latencies, memory) as JSON here."),
+    summary: Path = json_option("the run summary (FPS, latencies, memory)"),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -91,7 +92,7 @@ def main(
         serve=serve,
         realtime=realtime,
     )
-    check_writable_file(summary, "--summary")  # before the run, not after it
+    check_writable_file(summary, "--json")  # before the run, not after it
     try:
         result = run_session(config, on_status=status)
     finally:

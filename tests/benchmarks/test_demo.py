@@ -34,21 +34,43 @@ def test_demo_runs_every_step_writes_the_report_and_resumes(tmp_path):
     }
     assert by_label["ORT CPU FP32 (model.onnx)"]["parity"]["cosine_min"] >= 0.9999
     loc = steps["localize"]
+    from benchmarks.demo_report import frame_outcomes, localisation_errors
+    from runtime.datasets import open_dataset
+
+    dataset = open_dataset(out / "data" / "synth")
+    text = report.read_text()
     for mode in ("raw", "temporal"):
         recall = loc[mode]["recall"]["recall"]
         assert loc[mode]["summary"]["frames"] == loc[mode]["recall"]["queries"] > 0
-        assert 0.0 < recall["1"] <= recall["5"] <= recall["10"] <= 1.0
+        outcome = frame_outcomes(out / "localize" / f"{mode}.jsonl", dataset)
+        # the report's R@1 is the share of frames whose best match lies within 25 m of the query
+        assert recall["1"] == pytest.approx(outcome["hit"].mean())
+        assert loc[mode]["summary"]["unknown"] == int(outcome["unknown"].sum())
+        _, _, err = localisation_errors(out / "localize" / f"{mode}.jsonl", dataset.q_utm)
+        row = next(
+            line
+            for line in text.splitlines()
+            if line.startswith(f"| {'frame by frame' if mode == 'raw' else 'temporal filter'} |")
+        )
+        # the table's position column is the number the route plot's legend shows
+        assert f"| {100 * (err <= 25).mean():.1f} |" in row
 
-    text = report.read_text()
     for heading in (
         "## Localising the query video",
         "## Recall per backend and parity against PyTorch",
         "## Latency per stage",
         "NetVLAD layer, batch 1: loop-free",
         "![route](route.png)",
+        "### Recall per query condition",
+        "| condition | queries | R@1 % frame by frame | R@1 % temporal filter |",
+        "### Failures (frame by frame)",
+        "![failures](failures.png)",
+        "were flagged as an unknown place",
+        "faiss runs a batch of queries on its OpenMP threads",
     ):
         assert heading in text
     assert (out / "route.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "failures.png").read_bytes()[:4] == b"\x89PNG"
 
     # a second run finds every artifact and redoes nothing but the localisation recall and the report
     run_demo(out, DemoConfig.preset("tiny", threads=1))

@@ -75,7 +75,7 @@ def test_thresholds_are_ordered_and_validated():
     assert THRESHOLDS["fp32"].min_cosine >= THRESHOLDS["fp16"].min_cosine >= THRESHOLDS["int8"].min_cosine
     assert THRESHOLDS["int8"].median_cosine >= 0.98 and THRESHOLDS["int8"].max_recall_drop <= 0.01
     with pytest.raises(ConfigError, match="must be in"):
-        ParityThresholds(1.5, 0.9, 0.9, 0.9, 0.01)
+        ParityThresholds(1.5, 0.9, 0.9, 0.01)
 
 
 def test_parity_json(tmp_path):
@@ -90,9 +90,7 @@ def test_parity_json(tmp_path):
 
 def test_recall_at_20_is_reported_but_not_gated():
     db, q, pos = _world(n=40)
-    loose = ParityThresholds(
-        min_cosine=0, p1_cosine=0, median_cosine=0, min_top1_agreement=0, max_recall_drop=0.0
-    )
+    loose = ParityThresholds(min_cosine=0, p1_cosine=0, median_cosine=0, max_recall_drop=0.0)
     worse = q.copy()
     worse[:5] = -db[:5]  # queries 0-4 now rank their own place last: a miss at every N (McNemar p = 1/32)
     r = compare_retrieval("m.onnx", "fp32", (db, q), (db, worse), pos, "world", loose, ns=(1, 5, 10, 20))
@@ -121,7 +119,7 @@ def _lose_queries(count, n=96, seed=0):
 
 def test_one_query_out_of_96_is_sampling_noise_not_a_regression():
     """1 lost query of 96 is 1.04 points (> the 1.00 allowed) but p = 0.5: the gate passes and says why."""
-    lenient_cosines = ParityThresholds(0.0, 0.0, 0.0, 0.0, max_recall_drop=0.01)
+    lenient_cosines = ParityThresholds(0.0, 0.0, 0.0, max_recall_drop=0.01)
     ref, cand, pos = _lose_queries(1)
     r = compare_retrieval("model.int8.onnx", "int8", ref, cand, pos, "world", thresholds=lenient_cosines)
     assert r.recall_change()[1] == pytest.approx(-1 / 96)

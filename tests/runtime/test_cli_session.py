@@ -56,7 +56,7 @@ def test_map_info_and_run_with_jsonl_and_overlay(built):
             str(jsonl),
             "--save-video",
             str(video),
-            "--summary",
+            "--json",
             str(root / "summary.json"),
             "-q",
         ],

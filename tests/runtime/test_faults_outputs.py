@@ -135,8 +135,8 @@ def test_jsonl_and_summary_are_checked_before_the_run(world, tmp_path):
         f"error: --jsonl '{tmp_path}' is a folder; give a file name, for example {tmp_path / 'run.out'}"
     )
     jsonl = tmp_path / "run.jsonl"
-    result = runner.invoke(run_app, [*base, "--jsonl", str(jsonl), "--summary", str(tmp_path)])
-    assert result.exit_code == 2 and "error: --summary '" in result.output
+    result = runner.invoke(run_app, [*base, "--jsonl", str(jsonl), "--json", str(tmp_path)])
+    assert result.exit_code == 2 and "error: --json '" in result.output
     assert not jsonl.exists()  # refused before the run, not after it
     (tmp_path / "afile").write_text("x")
     with pytest.raises(OutputError, match=r"'.*afile' is a file, not a folder; choose another path"):

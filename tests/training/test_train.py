@@ -224,10 +224,15 @@ def test_compare_with_refit_centroids(full_run, micro_world, tmp_path):
     results = compare_checkpoints({"init": full_run / "init.pt"}, dataset, tmp_path, refit=True)
     assert set(results) == {"init", "init+refit"}
     assert results["init"]["fingerprint"] != results["init+refit"]["fingerprint"]
-    for report in results.values():
-        assert (
-            report["descriptor_dim"] == 896 and 0.0 <= report["recall"]["1"] <= report["recall"]["20"] <= 1.0
-        )
+    from training.evaluate import evaluate_model
+
+    # the shared frozen-feature pass gives the recall a full forward pass of that checkpoint gives
+    # (float16 cache against float32: at most one query may flip)
+    full = evaluate_model(load_model(full_run / "init.pt"), dataset).recall
+    queries = results["init"]["num_queries"]
+    for n in ("1", "5", "10", "20"):
+        assert abs(results["init"]["recall"][n] - full[int(n)]) <= 1.0 / queries + 1e-9, n
+    assert results["init+refit"]["descriptor_dim"] == results["init"]["descriptor_dim"] == 896
 
 
 def test_route_split_interleaves_stretches_and_keeps_places_apart(micro_world):

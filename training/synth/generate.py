@@ -61,7 +61,18 @@ def generate(
 
     out_dir = Path(out_dir)
     start = time.perf_counter()
+    logger.info("building the synthetic '%s' world (seed %d)", cfg.name, cfg.seed)
     world = SynthWorld(cfg)
+    logger.info(
+        "rendering %d database + %d query + %d unmapped-place images (%dx%d) with %d process(es)%s",
+        world.num_db,
+        world.num_queries,
+        world.num_unmapped,
+        cfg.width,
+        cfg.height,
+        cfg.workers,
+        "; each first builds the world, so the first images take a while" if cfg.workers > 1 else "",
+    )
     ext = cfg.image_format
     db_names = tuple(f"database/{i:06d}.{ext}" for i in range(world.num_db))
     q_names = tuple(f"queries/{i:06d}.{ext}" for i in range(world.num_queries))
@@ -135,11 +146,15 @@ def generate(
 
 
 def _consume(results: Iterable, video, progress, total: int) -> None:
-    if progress is not None:
-        results = progress(results, total=total, desc="rendering", unit="img")
-    for frame in results:
+    """Write the rendered frames to the video; progress as a bar on a terminal, else a log line per 10 %."""
+    bar = progress(results, total=total, desc="rendering", unit="img") if progress is not None else None
+    log_every = None if bar is not None and not getattr(bar, "disable", False) else max(1, total // 10)
+    start = time.perf_counter()
+    for done, frame in enumerate(bar if bar is not None else results, start=1):
         if frame is not None and video is not None:
             video.write(frame)
+        if log_every and (done % log_every == 0 or done == total):
+            logger.info("rendered %d of %d images (%.0f s)", done, total, time.perf_counter() - start)
 
 
 def _config_dict(cfg: SynthConfig) -> dict:
