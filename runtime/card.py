@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -34,6 +35,15 @@ PRECISIONS = ("fp32", "fp16", "int8")
 RESIZE_POLICIES = ("stretch",)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _three_finite(values: Any) -> bool:
+    """``values`` is a sequence of 3 finite real numbers (not bools)."""
+    return (
+        isinstance(values, (list, tuple))
+        and len(values) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    )
 
 
 @dataclass(frozen=True)
@@ -99,8 +109,10 @@ class ModelCard:
             problems.append(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
         if self.resize_policy not in RESIZE_POLICIES:
             problems.append(f"resize_policy must be one of {RESIZE_POLICIES}, got {self.resize_policy!r}")
-        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
-            problems.append(f"mean and std must have 3 values (std > 0), got {self.mean!r}, {self.std!r}")
+        if not (_three_finite(self.mean) and _three_finite(self.std) and all(s > 0 for s in self.std)):
+            problems.append(
+                f"mean and std must be 3 finite numbers each (std > 0), got {self.mean!r}, {self.std!r}"
+            )
         if self.format_version != CARD_FORMAT_VERSION:
             problems.append(f"format_version must be {CARD_FORMAT_VERSION}, got {self.format_version!r}")
         if problems:

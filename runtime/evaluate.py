@@ -12,6 +12,7 @@ out of recall, as in the training evaluation; with the dataset's unmapped-place 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from runtime.errors import DatasetError
 from runtime.metrics import trust_metrics
 from runtime.protocol import EVAL_RADIUS_M
 from runtime.recall import recall_at_n
+
+log = logging.getLogger(__name__)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -70,7 +73,7 @@ def recall_from_jsonl(
     has_positive = np.array([len(p) > 0 for p in dataset.positives(radius_m)], dtype=bool)
     k = min((len(r["matches"]) for r in records), default=0)
     ns = [n for n in ns if n <= k]
-    ranked, positives, unmatched, seen, seen_unmapped = [], [], 0, set(), set()
+    ranked, positives, unmatched, seen, seen_unmapped = [], [], [], set(), set()
     correct, confidence, unknown, unmapped = [], [], [], []
     for record in records:
         qi = query_index(record["source"], by_name)
@@ -83,7 +86,7 @@ def recall_from_jsonl(
                 unknown.append(bool(record["unknown"]))
                 unmapped.append(True)
             elif name not in unmapped_names:
-                unmatched += 1
+                unmatched.append(record["source"])
             continue
         if qi in seen:
             continue
@@ -100,6 +103,18 @@ def recall_from_jsonl(
         positives.append(np.flatnonzero(near))
         correct.append(bool(near[0]))
         unmapped.append(False)
+    named = ", ".join(f"'{p}'" for p in paths)
+    if len(unmatched) > len(records) // 2:  # most frames are not this dataset's: another dataset's run
+        raise DatasetError(
+            f"{len(unmatched)} of {len(records)} records of {named} name no query of dataset "
+            f"'{dataset.name}' (for example '{unmatched[0]}', while its queries are named like "
+            f"'{Path(dataset.q_images[0]).name}'); score the JSONL against the dataset whose queries were localised"
+        )
+    if unmatched:
+        log.warning(
+            "%d of %d records of %s name no query of dataset '%s' (for example '%s'); they are not scored",
+            len(unmatched), len(records), named, dataset.name, unmatched[0],
+        )  # fmt: skip
     if not ranked:
         raise DatasetError(
             f"no record of '{jsonl}' names a query of dataset '{dataset.name}' with a positive"
@@ -111,7 +126,7 @@ def recall_from_jsonl(
         "recall": recall,
         "queries": len(ranked),
         "records": len(records),
-        "unmatched": unmatched,
+        "unmatched": len(unmatched),
         "radius_m": radius_m,
         "trust": trust_metrics(
             np.array(correct), np.array(confidence), np.array(unknown), np.array(unmapped)

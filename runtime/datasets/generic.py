@@ -46,6 +46,15 @@ def read_split_csv(csv_path: Path) -> dict[str, list]:
         raise DatasetError(
             f"'{csv_path}' does not exist; a generic dataset folder needs database.csv and queries.csv"
         )
+    try:
+        return _read_split_csv(csv_path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(
+            f"{csv_path}: not a readable CSV ({exc}); save it as UTF-8 comma-separated text"
+        ) from exc
+
+
+def _read_split_csv(csv_path: Path) -> dict[str, list]:
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -71,15 +80,31 @@ def read_split_csv(csv_path: Path) -> dict[str, list]:
             if c and c != "image" and c not in wanted and c not in ("easting", "northing", "lat", "lon")
         ]
         columns: dict[str, list] = {"image": [], **{c: [] for c in wanted}, **{c: [] for c in others}}
+        seen: set[tuple] = set()  # (image, values) of the rows kept
+        duplicates = 0
         for row_number, row in enumerate(reader, start=2):
             image = (row.get("image") or "").strip()
             if not image:
                 raise DatasetError(f"{csv_path}, row {row_number}: empty 'image' value; give a relative path")
+            values = tuple(_float((row.get(c) or "").strip(), csv_path, row_number, c) for c in wanted)
+            extras = tuple((row.get(c) or "").strip() for c in others)
+            key = (image, values, extras)
+            if key in seen:  # the same row again: it would count the place twice (and skew recall)
+                duplicates += 1
+                continue
+            seen.add(key)
             columns["image"].append(image)
-            for c in wanted:
-                columns[c].append(_float((row.get(c) or "").strip(), csv_path, row_number, c))
-            for c in others:
-                columns[c].append((row.get(c) or "").strip())
+            for c, v in zip(wanted, values, strict=True):
+                columns[c].append(v)
+            for c, v in zip(others, extras, strict=True):
+                columns[c].append(v)
+        if duplicates:
+            logger.warning(
+                "%s: dropped %d duplicate row(s) (an image listed again with the same values); %d rows kept",
+                csv_path,
+                duplicates,
+                len(columns["image"]),
+            )
     columns["_extra"] = others
     if not columns["image"]:
         raise DatasetError(

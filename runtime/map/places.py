@@ -74,24 +74,36 @@ class Places:
 
     @classmethod
     def read_csv(cls, path: Path) -> Places:
+        """Read a map's ``places.csv``; :class:`ArtifactError` naming the row for anything malformed: ids not
+        0, 1, 2, ..., a missing image, a non-finite position, heading or time, a short row, bad encoding."""
         images, utm, heading, time, split = [], [], [], [], []
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if tuple(reader.fieldnames or ()) != COLUMNS:
-                raise ArtifactError(f"'{path}' has columns {reader.fieldnames}, expected {list(COLUMNS)}")
-            for row_number, row in enumerate(reader, start=2):
-                try:
-                    if int(row["id"]) != row_number - 2:
-                        raise ValueError(f"id {row['id']} out of order")
-                    utm.append((float(row["easting"]), float(row["northing"])))
-                    heading.append(float(row["heading"]) if row["heading"] else math.nan)
-                    time.append(float(row["time"]) if row["time"] else math.nan)
-                except (TypeError, ValueError) as exc:
-                    raise ArtifactError(
-                        f"'{path}' row {row_number} is malformed ({exc}); rebuild the map"
-                    ) from exc
-                images.append(row["image"])
-                split.append(row["split"])
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                if tuple(reader.fieldnames or ()) != COLUMNS:
+                    raise ArtifactError(f"'{path}' has columns {reader.fieldnames}, expected {list(COLUMNS)}")
+                for row_number, row in enumerate(reader, start=2):
+                    try:
+                        if None in row or None in row.values():
+                            raise ValueError(f"{len(COLUMNS)} fields expected")
+                        if row["id"].strip() != str(row_number - 2):
+                            raise ValueError(
+                                f"id {row['id']!r} where {row_number - 2} belongs (ids count from 0)"
+                            )
+                        if not row["image"]:
+                            raise ValueError("no image")
+                        position = (_finite(row, "easting"), _finite(row, "northing"))
+                        heading.append(_finite(row, "heading") if row["heading"] else math.nan)
+                        time.append(_finite(row, "time") if row["time"] else math.nan)
+                    except (TypeError, ValueError) as exc:
+                        raise ArtifactError(
+                            f"'{path}' row {row_number} is malformed ({exc}); rebuild the map"
+                        ) from exc
+                    utm.append(position)
+                    images.append(row["image"])
+                    split.append(row["split"])
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ArtifactError(f"'{path}' is not a places table ({exc}); rebuild the map") from exc
         return cls(
             tuple(images),
             np.asarray(utm, np.float64).reshape(-1, 2),
@@ -99,6 +111,13 @@ class Places:
             np.asarray(time, np.float64),
             tuple(split),
         )
+
+
+def _finite(row: dict, column: str) -> float:
+    value = float(row[column])
+    if not math.isfinite(value):
+        raise ValueError(f"{column} is {row[column]!r}, not a finite number")
+    return value
 
 
 def places_from_dataset(dataset, split: str) -> tuple[Places, list[tuple[str, int]]]:

@@ -40,13 +40,48 @@ def read_map_meta(path: str | Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"'{meta_path}' is not valid JSON ({exc}); rebuild the map") from exc
+    if not isinstance(meta, dict):
+        raise ArtifactError(
+            f"'{meta_path}' holds a JSON {type(meta).__name__}, not a map's metadata; rebuild the map"
+        )
     version = meta.get("format_version")
     if version != MAP_FORMAT_VERSION:
         raise ArtifactError(
             f"map '{path}' has format version {version!r}; this netvlad-kit reads version {MAP_FORMAT_VERSION}; "
             "rebuild it with netvlad-map build"
         )
+    check_meta_fields(meta, meta_path)
     return meta
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+# the fields every reader of map.json relies on: (path, check, what it must be)
+_REQUIRED_FIELDS = (
+    (("count",), lambda v: _is_int(v, 0), "an integer >= 0"),
+    (("descriptor_dim",), lambda v: _is_int(v, 1), "an integer >= 1"),
+    (("model",), lambda v: isinstance(v, dict), "an object"),
+    (("model", "fingerprint"), lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    (("dataset",), lambda v: isinstance(v, dict), "an object"),
+    (("dataset", "root"), lambda v: isinstance(v, str), "a string"),
+    (("index",), lambda v: isinstance(v, dict), "an object"),
+    (("calibration",), lambda v: isinstance(v, dict), "an object"),
+)
+
+
+def check_meta_fields(meta: dict[str, Any], meta_path: Path) -> None:
+    """ArtifactError naming the first field of ``map.json`` that is missing or of the wrong kind."""
+    for keys, ok, what in _REQUIRED_FIELDS:
+        value: Any = meta
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if not ok(value):
+            raise ArtifactError(
+                f"'{meta_path}' field '{'.'.join(keys)}' must be {what}, found {value!r}; the map is damaged "
+                "or was edited by hand: rebuild it with netvlad-map build"
+            )
 
 
 class PlaceMap:

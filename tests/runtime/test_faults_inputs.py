@@ -278,3 +278,80 @@ def test_a_card_whose_input_size_differs_from_the_graph_is_refused(world, tmp_pa
         f"'{lying}': its model card says input (N, 40, 64, 3) but the graph takes ('N', 48, 64, 3); the card "
         "does not describe this graph: re-export it with netvlad-export"
     )
+
+
+# -- map files and scored runs ---------------------------------------------------------------------------
+def _copy_map(root: Path, dst: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(root / "map", dst))
+
+
+def test_a_damaged_places_csv_or_map_json_is_one_line_exit_2(world, tmp_path):
+    root, model, dataset = world
+    args = ["--images", str(dataset.root / "queries"), "--model", str(model), "-q"]
+    nan_map = _copy_map(root, tmp_path / "nan")
+    places = (nan_map / "places.csv").read_text().splitlines()
+    fields = places[3].split(",")
+    fields[2] = "nan"
+    places[3] = ",".join(fields)
+    (nan_map / "places.csv").write_text("\n".join(places) + "\n")
+    result = runner.invoke(run_app, [*args, "--map", str(nan_map)])
+    assert result.exit_code == 2 and _one_line(result) == (
+        f"error: '{nan_map / 'places.csv'}' row 4 is malformed (easting is 'nan', not a finite number); "
+        "rebuild the map"
+    )
+    bad_meta = _copy_map(root, tmp_path / "meta")
+    import json
+
+    meta = json.loads((bad_meta / "map.json").read_text())
+    del meta["model"]["fingerprint"]
+    (bad_meta / "map.json").write_text(json.dumps(meta))
+    result = runner.invoke(run_app, [*args, "--map", str(bad_meta)])
+    assert result.exit_code == 2 and _one_line(result) == (
+        f"error: '{bad_meta / 'map.json'}' field 'model.fingerprint' must be a non-empty string, found None; "
+        "the map is damaged or was edited by hand: rebuild it with netvlad-map build"
+    )
+
+
+def test_a_jsonl_scored_against_another_dataset_is_refused(world, tmp_path):
+    root, model, dataset = world
+    jsonl = tmp_path / "run.jsonl"
+    args = ["--images", str(dataset.root / "queries"), "--model", str(model), "--map", str(root / "map")]
+    assert runner.invoke(run_app, [*args, "--jsonl", str(jsonl), "-q"]).exit_code == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    for split in ("database", "queries"):
+        (other / split).mkdir()
+        _images(other / split, 2)
+    (other / "database.csv").write_text(
+        "image,easting,northing\ndatabase/000.png,0,0\ndatabase/001.png,30,0\n"
+    )
+    (other / "queries.csv").write_text("image,easting,northing\nqueries/q0.png,0,1\nqueries/q1.png,30,1\n")
+    for i in range(2):
+        (other / "queries" / f"{i:03d}.png").rename(other / "queries" / f"q{i}.png")
+    result = runner.invoke(map_app, ["recall", "--jsonl", str(jsonl), "--dataset", str(other)])
+    assert result.exit_code == 2 and _one_line(result) == (
+        f"error: 12 of 12 records of '{jsonl}' name no query of dataset 'other' (for example '0000.png', while "
+        "its queries are named like 'q0.png'); score the JSONL against the dataset whose queries were localised"
+    )
+    result = runner.invoke(map_app, ["recall", "--jsonl", str(jsonl), "--dataset", str(dataset.root)])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_zero_byte_checkpoint_is_one_line_in_export_and_evaluate(tmp_path):
+    pytest.importorskip("torch", reason="needs torch (pip install 'netvlad-kit[train]')")
+    from export.cli import app as export_app
+    from training.evaluate import main as evaluate_main
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    expected = (
+        f"error: checkpoint '{empty}' cannot be read (EOFError: 0 bytes); it is truncated, corrupt or not a "
+        "netvlad-kit checkpoint. Use another checkpoint or train one with: python -m training.train"
+    )
+    result = runner.invoke(export_app, [str(empty), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and _one_line(result).startswith(expected)
+    with pytest.raises(SystemExit) as exc:
+        evaluate_main([str(empty), "--dataset", str(tmp_path)])
+    assert exc.value.code == 2
