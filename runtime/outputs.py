@@ -14,15 +14,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
+import inspect
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from runtime.errors import OutputError
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _lock_file(dest: Path) -> Path:
@@ -150,3 +155,23 @@ def check_writable_file(path: str | os.PathLike | None, flag: str) -> None:
         raise OutputError(f"{flag} '{path}': folder '{existing}' is not writable; choose another path")
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(f"{flag} '{path}' exists and is read-only; choose another path or make it writable")
+
+
+def holds_output_lock(argument: str, what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a function that writes the output named by its parameter ``argument``: it runs holding
+    :func:`output_lock` on that path, after :func:`clean_stale` (for in-place updates such as
+    ``netvlad-map add``, where two concurrent writers would lose one update)."""
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            dest = Path(signature.bind(*args, **kwargs).arguments[argument])
+            with output_lock(dest, what):
+                clean_stale(dest)
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

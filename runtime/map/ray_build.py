@@ -44,6 +44,7 @@ from runtime.map.build import (
 from runtime.map.config import MapConfig
 from runtime.map.index import set_threads
 from runtime.optional import require
+from runtime.outputs import holds_output_lock
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ def extract_on_ray(
     }
 
 
+@holds_output_lock("out", "map")
 def build_map_on_ray(
     model: str | Path,
     dataset,

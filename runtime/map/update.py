@@ -42,6 +42,7 @@ from runtime.map.config import MapConfig
 from runtime.map.index import ADD_CHUNK_ROWS, add_in_chunks, faiss_module, set_threads
 from runtime.map.places import Places
 from runtime.map.store import open_descriptors, read_map_meta, read_whitening
+from runtime.outputs import holds_output_lock
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def _history(meta: dict, entry: dict) -> list:
     ]
 
 
+@holds_output_lock("map_path", "map")
 def add_to_map(
     map_path: str | Path,
     model: str | Path | Backend,
@@ -242,6 +244,7 @@ def places_to_remove(
     return mask
 
 
+@holds_output_lock("map_path", "map")
 def remove_from_map(
     map_path: str | Path,
     images: Sequence[str] = (),

@@ -180,3 +180,21 @@ def test_training_output_checks(tmp_path):
         with pytest.raises(ConfigError, match=r"^--device cuda:1: this machine has 0 usable CUDA device"):
             resolve_device("cuda:1")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_a_map_update_while_another_process_writes_the_map_is_refused(world, tmp_path):
+    from runtime.map.update import add_to_map, remove_from_map
+
+    _, model, dataset = world
+    out = tmp_path / "map"
+    build_map(model, dataset.root, out)
+    with output_lock(out, "map"):
+        with pytest.raises(
+            OutputError, match=rf"^map '{out}' is being written by another netvlad-kit process"
+        ):
+            add_to_map(out, model, dataset.root)
+        with pytest.raises(
+            OutputError, match=rf"^map '{out}' is being written by another netvlad-kit process"
+        ):
+            remove_from_map(out, images=["database/0000.png"])
+    assert remove_from_map(out, images=["database/0000.png"]) == 1  # released: it goes ahead
