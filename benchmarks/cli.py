@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from runtime.cli.options import threads_option
+from runtime.cli.options import QUIET, VERBOSE, threads_option
 from runtime.console import command_boundary
 from runtime.protocol import EVAL_RADIUS_M
 
@@ -20,9 +20,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Benchmarks: recall parity and latency across backends, and map search at scale.",
 )
-
-VERBOSE = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-v: debug).")
-QUIET = typer.Option(False, "--quiet", "-q", help="Warnings and errors only.")
 
 
 def _ints(text: str | None, what: str) -> tuple[int, ...] | None:

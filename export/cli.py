@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from export.config import INT8_TARGETS, BatchRange, ExportConfig
-from runtime.cli.options import threads_option
+from runtime.cli.options import QUIET, VERBOSE, threads_option
 from runtime.console import command_boundary
 
 log = logging.getLogger("netvlad-export")
@@ -75,8 +75,8 @@ def main(
     force: bool = typer.Option(False, "--force", help="keep artifacts that miss a parity gate"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace artifacts already in --out"),
     threads: int = threads_option("PyTorch and ONNX Runtime during the parity check"),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="more log output"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings and errors only"),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
 ) -> None:
     """Export CHECKPOINT into --out: model.onnx [+ model.fp16.onnx] [+ model.int8*.onnx] [+ *.engine] + parity.json."""
     from runtime.console import configure_logging, progress

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from runtime.cli.options import QUIET, VERBOSE
 from runtime.console import command_boundary, configure_logging, progress
 from runtime.protocol import EVAL_RADIUS_M
 
@@ -61,8 +62,8 @@ def build(
     shards: Path = typer.Option(
         None, help="--ray: folder for descriptor shards (every node must reach it; default beside --out)."
     ),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
 ) -> None:
     """Extract descriptors of the dataset's images (or a ROS bag's keyframes) and write the map."""
     from runtime.map import MapConfig, build_map
@@ -111,8 +112,8 @@ def bag_dataset(
     split: str = typer.Option("database", help="Which split this drive becomes: 'database' or 'queries'."),
     every: float = typer.Option(5.0, help="Metres travelled between keyframes."),
     overwrite: bool = typer.Option(False, help="Replace this split if the folder already has it."),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
 ) -> None:
     """Write a drive's GPS-tagged keyframes as one split of a generic dataset (for training and maps)."""
     from runtime.datasets.rosbag import DriveConfig, write_bag_dataset
@@ -132,8 +133,8 @@ def add(
     split: str = typer.Option("database", help="Images that become places: 'database' or 'all'."),
     backend: str = typer.Option("auto", help="Inference backend (auto: from the model's suffix)."),
     batch_size: int = typer.Option(16, help="Images per inference batch."),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
 ) -> None:
     """Append a dataset's images to a map without a rebuild (the IVF quantiser and PQ codebooks are reused;
     the unknown-place calibration is updated). A running Localizer sees them after reload()."""
@@ -158,8 +159,8 @@ def remove(
     region: str = typer.Option(
         None, help="Remove places inside this UTM box: easting_min,northing_min,easting_max,northing_max (m)."
     ),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
 ) -> None:
     """Take places out of a map, by image or by region (the rest keep their order; calibration updated)."""
     from runtime.errors import ConfigError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from runtime.cli.options import json_option, threads_option
+from runtime.cli.options import QUIET, VERBOSE, json_option, threads_option
 from runtime.console import EXIT_INTERRUPTED, command_boundary, configure_logging
 
 app = typer.Typer(add_completion=False)
@@ -52,8 +52,8 @@ def main(
         False, help="Replay a video, folder or bag at the pace of its timestamps (to watch it with --serve)."
     ),
     summary: Path = json_option("the run summary (FPS, latencies, memory)"),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
 ) -> None:
     from runtime.atomic import atomic_write_text
     from runtime.outputs import check_writable_file

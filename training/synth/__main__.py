@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from runtime.cli.options import QUIET, VERBOSE
 from runtime.console import command_boundary
 from training.synth.config import CONDITIONS, PRESETS
 
@@ -27,8 +28,8 @@ def main(
     image_format: str = typer.Option("jpg", "--format", help="jpg or png"),
     no_video: bool = typer.Option(False, "--no-video", help="skip queries.mp4"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output folder"),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
 ) -> None:
     """Write DIR/database.csv, DIR/queries.csv, DIR/database/*, DIR/queries/* and DIR/queries.mp4."""
     from runtime.console import configure_logging, progress
