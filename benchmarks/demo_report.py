@@ -426,9 +426,9 @@ def _unknown_lines(outcomes: dict[str, dict[str, np.ndarray]]) -> list[str]:
         mode = "frame by frame" if name == "raw" else "with the temporal filter"
         lines.append(
             f"- Unknown frames ({mode}): {n} of {len(o['unknown'])} frames were flagged as an unknown place: "
-            "the verdict found their evidence too weak (the best match not distinctive enough against places "
-            f"farther than {EVAL_RADIUS_M:g} m, below the threshold the map calibrated for itself), so a robot "
-            f"should not act on their position. Their matches still count in recall: {right} of them had a "
+            "the verdict found their evidence too weak (the best match does not stand out enough from the best "
+            f"places farther than {EVAL_RADIUS_M:g} m away: confidence below the threshold the map calibrated "
+            f"for itself), so a robot should not act on their position. Their matches still count in recall: {right} of them had a "
             f"right best match, {n - right} a wrong one. A small, briefly trained demo model gives many."
         )
     return lines + ([""] if lines else [])

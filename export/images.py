@@ -45,10 +45,10 @@ class ImageSet:
 
 def open_image_set(spec: str | Path) -> ImageSet:
     """A folder of images, or a dataset spec (its database images). :class:`DatasetError` if it holds none."""
-    from runtime.datasets import open_dataset
+    from runtime.datasets import SPEC_HELP, is_dataset_spec, open_dataset
 
     path = Path(spec)
-    if path.is_dir() and not (path / "database.csv").is_file():
+    if not is_dataset_spec(spec) and path.is_dir():
         files = tuple(
             sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         )
@@ -58,10 +58,9 @@ def open_image_set(spec: str | Path) -> ImageSet:
                 "recursively); name a folder of map or training images, or a dataset folder with database.csv"
             )
         return ImageSet(files, f"folder '{path}' ({len(files)} images)")
-    if not path.exists() and not str(spec).startswith(("nordland", "aligned:")):
+    if not is_dataset_spec(spec):
         raise DatasetError(
-            f"calibration set '{spec}' does not exist; name a folder of images or a dataset "
-            "(a folder with database.csv, 'nordland', 'aligned:DB,Q', a .mat file)"
+            f"calibration set '{spec}' does not exist; name a folder of images or a dataset ({SPEC_HELP})"
         )
     dataset = open_dataset(spec)
     if dataset.num_db == 0:

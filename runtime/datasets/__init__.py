@@ -8,10 +8,11 @@ Lean: numpy, cv2 and csv; scipy only when a ``.mat`` is read.
 from runtime.datasets.aligned import frame_spacing_m, load_aligned, load_nordland
 from runtime.datasets.generic import load_generic, write_split_csv
 from runtime.datasets.matlab import keep_first_per_panorama, load_dbstruct, load_pittsburgh, load_tokyo247
-from runtime.datasets.open import is_dataset_spec, open_dataset
+from runtime.datasets.open import SPEC_HELP, is_dataset_spec, open_dataset
 from runtime.datasets.place import PlaceDataset, read_rgb
 
 __all__ = [
+    "SPEC_HELP",
     "PlaceDataset",
     "frame_spacing_m",
     "is_dataset_spec",
