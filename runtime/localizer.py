@@ -16,6 +16,22 @@ model card's input (:mod:`runtime.preprocess`).
 :meth:`Localizer.run` overlaps the stages: the source decodes in its own thread, a feeder thread
 preprocesses, an inference thread runs the model, and the caller's thread searches the map, so the
 end-to-end rate approaches the inference-only rate.
+
+A robot that owns its camera loop feeds frames one at a time instead, and gets the same answers as a
+:meth:`~Localizer.run` over the same frames, sequence matching included (``LocalizerConfig.temporal``,
+:mod:`runtime.temporal`)::
+
+    localizer = Localizer.open("model.onnx", "maps/line", config=LocalizerConfig(temporal=TemporalConfig()))
+    for image, stamp in camera:             # uint8 (H, W, 3) BGR, seconds
+        loc = localizer.localize(image, stamp)
+    localizer.reset()                       # the robot was carried elsewhere: start a new sequence
+
+**Threads.** A Localizer may be shared between threads. The model runs one batch at a time (a lock: a
+TensorRT execution context is not re-entrant), and each frame's search, sequence update and verdict happen
+under a second lock, so concurrent :meth:`~Localizer.localize` calls never corrupt the sequence state.
+With sequence matching on, frames from several threads join *one* sequence in the order they reach that
+lock: give each camera its own Localizer. :meth:`~Localizer.run` keeps a sequence of its own, separate
+from the one :meth:`~Localizer.localize` builds.
 """
 
 from __future__ import annotations
@@ -38,7 +54,7 @@ from runtime.map.calibrate import SEARCH_CANDIDATES, Verdict
 from runtime.preprocess import Preprocessor
 from runtime.protocol import EVAL_RADIUS_M
 from runtime.sources import Frame
-from runtime.temporal import TemporalConfig, TemporalFilter
+from runtime.temporal import SequenceMatcher, TemporalConfig, route_order_gap
 
 log = logging.getLogger(__name__)
 _END = object()
@@ -197,6 +213,8 @@ class Localizer:
         self._owns_backend = owns_backend
         # held while a frame is searched and scored, and while reload() swaps the map: a frame sees one map
         self._map_lock = threading.Lock()
+        self._infer_lock = threading.Lock()  # one model call at a time
+        self._frames = 0  # frames given to localize() since the last reset(); guarded by _map_lock
         self._use_map(place_map)
 
     def _use_map(self, place_map: PlaceMap) -> None:
@@ -207,6 +225,7 @@ class Localizer:
         self.threshold = self.verdict.unknown_below  # confidence below which a frame is an unknown place
         self._spacing = place_spacing(self.map.places.utm)
         self._geo = self.map.geo
+        self._sequence = self._sequence_matcher(self.config.temporal)  # localize()'s; new place ids: new sequence
 
     def reload(self, override_map_check: bool = False) -> bool:
         """Re-open the map from its directory (after ``netvlad-map add/remove`` or a rebuild) and switch to
@@ -257,43 +276,97 @@ class Localizer:
     # -- one frame ---------------------------------------------------------------------------------
     def localize(
         self,
-        frame: np.ndarray,
+        frame: np.ndarray | Frame,
+        timestamp: float | None = None,
+        *,
         color: str = "BGR",
-        timestamp: float = 0.0,
         source: str = "frame",
-        index: int = 0,
+        index: int | None = None,
     ) -> Localization:
-        """Localise one frame ``uint8 (H, W, 3)`` synchronously (no temporal filter)."""
+        """Localise one frame, synchronously: ``uint8 (H, W, 3)`` (``color`` order), or a
+        :class:`~runtime.sources.Frame` (BGR; its timestamp, source and index are used).
+
+        ``timestamp``: the frame's capture time in seconds (None: now, ``time.time()``). ``index``: the
+        frame's number (None: frames localised since the last :meth:`reset`). With sequence matching on
+        (``LocalizerConfig.temporal``) the frame extends the current sequence; :meth:`reset` starts a new one.
+        """
         t0 = time.perf_counter()
+        if isinstance(frame, Frame):
+            timestamp, source, index, color = frame.timestamp, frame.source, frame.index, "BGR"
+            frame = frame.image
         image = self.preprocess(frame, color)
         t1 = time.perf_counter()
-        descriptor = self.backend.infer(image[None])  # (1, D)
+        with self._infer_lock:
+            descriptor = self.backend.infer(image[None])  # (1, D)
         t2 = time.perf_counter()
         times = {"decode": 0.0, "preprocess": t1 - t0, "inference": t2 - t1}
-        meta = Frame(frame, timestamp, source, index, 0.0, t0)
-        with self._map_lock:
-            return self._finish(
-                meta, descriptor, times, None, keep=frame if self.config.keep_frames else None
+        keep = frame if self.config.keep_frames else None
+        return self._locate(descriptor, times, timestamp, source, index, t0, keep)
+
+    def locate(
+        self,
+        descriptor: np.ndarray,
+        timestamp: float | None = None,
+        *,
+        source: str = "descriptor",
+        index: int | None = None,
+    ) -> Localization:
+        """Localise a descriptor computed elsewhere (``float32 (D,)`` or ``(1, D)``, L2-normalised, from the
+        map's model): :meth:`localize` without the model. It extends the same sequence as :meth:`localize`."""
+        descriptor = np.asarray(descriptor, dtype=np.float32).reshape(1, -1)  # (1, D)
+        if descriptor.shape[1] != self.map.descriptor_dim:
+            raise ConfigError(
+                f"descriptor has {descriptor.shape[1]} dimensions but map '{self.map.path}' holds "
+                f"{self.map.descriptor_dim}-D descriptors; compute it with the map's model"
             )
+        return self._locate(descriptor, {}, timestamp, source, index, time.perf_counter(), None)
+
+    def _locate(self, descriptor, times, timestamp, source, index, started, keep) -> Localization:
+        with self._map_lock:
+            number = self._frames if index is None else index
+            self._frames += 1
+            stamp = time.time() if timestamp is None else float(timestamp)
+            meta = Frame(keep, stamp, source, number, 0.0, started)
+            return self._finish(meta, descriptor, times, self._sequence, keep)
+
+    def reset(self) -> None:
+        """Start a new sequence: :meth:`localize` forgets the frames before (a robot carried elsewhere, a new
+        run). Frame numbers restart at 0."""
+        with self._map_lock:
+            if self._sequence is not None:
+                self._sequence.reset()
+            self._frames = 0
+
+    def _sequence_matcher(self, config: TemporalConfig | None) -> SequenceMatcher | None:
+        """A new sequence over the current map, or None when ``config`` is None."""
+        if config is None:
+            return None
+        gap = route_order_gap(self.map.places.utm)
+        if gap > 3.0:
+            log.warning(
+                "map '%s': consecutive places are %.1fx farther apart than nearest ones; sequence matching "
+                "assumes places in route order (a map built from one traversal)",
+                self.map.path,
+                gap,
+            )
+        return SequenceMatcher(self.map.descriptors, len(self.map), config)
 
     def _finish(
         self,
         frame: Frame,
         descriptor: np.ndarray,
         times: dict,
-        temporal: TemporalFilter | None,
+        sequence: SequenceMatcher | None,
         keep: np.ndarray | None,
     ) -> Localization:
         t0 = time.perf_counter()
-        k = max(self.config.top_k, SEARCH_CANDIDATES, temporal.config.candidates if temporal else 0)
+        k = max(self.config.top_k, SEARCH_CANDIDATES, sequence.config.candidates if sequence else 0)
         sims, ids = self.map.search(descriptor, k)
         valid = ids[0] >= 0
         sims, ids = sims[0][valid], ids[0][valid]  # (k,), best first
-        if temporal is not None:
-            order, _posterior = temporal.update(sims, ids)
-            by_id = dict(zip(ids.tolist(), sims.tolist(), strict=True))
-            top_ids = order[: self.config.top_k]
-            top_sims = np.asarray([by_id[i] for i in top_ids.tolist()], dtype=np.float32)
+        if sequence is not None:  # the places ranked by their best line through the recent frames
+            ranked = sequence.update(self.map.prepare(descriptor)[0], ids)
+            top_ids, top_sims = ranked.ids[: self.config.top_k], ranked.similarities[: self.config.top_k]
         else:
             top_ids, top_sims = ids[: self.config.top_k], sims[: self.config.top_k]
         places = self.map.places
@@ -319,7 +392,7 @@ class Localizer:
             confidence,
             unknown,
             StageTimes(**times),
-            temporal is not None,
+            sequence is not None,
             evidence,
             keep,
             uncertainty_m=uncertainty,
@@ -341,13 +414,15 @@ class Localizer:
     # -- a stream ----------------------------------------------------------------------------------
     def run(
         self,
-        frames: Iterable[Frame],
+        frames: Iterable[Frame | np.ndarray],
         temporal: bool | TemporalConfig | None = None,
         live: bool | None = None,
     ) -> Iterator[Localization]:
-        """Localise a stream of :class:`~runtime.sources.Frame` (e.g. a FrameSource), pipelined, in order.
+        """Localise a stream of :class:`~runtime.sources.Frame` (e.g. a FrameSource) or of BGR ``uint8 (H, W,
+        3)`` arrays (numbered from 0, stamped on arrival), pipelined, in order.
 
-        ``temporal``: True (default TemporalConfig), a TemporalConfig, or None/False (the config's).
+        ``temporal``: True (default TemporalConfig), a TemporalConfig, False (off) or None (the config's).
+        The run is one sequence of its own: it neither reads nor changes :meth:`localize`'s.
         ``live``: frames come from a camera or stream (None: ``frames.live`` if it has one): the pipeline then
         holds one frame per stage, so every result is about a recent frame (the source drops the rest),
         instead of queueing ``queue_size`` frames for throughput. Closing the generator (or breaking out of
@@ -360,7 +435,7 @@ class Localizer:
             if temporal is None
             else (TemporalConfig() if temporal is True else (temporal or None))
         )
-        tracker = TemporalFilter(self.map.places.utm, temporal_config) if temporal_config else None
+        tracker = self._sequence_matcher(temporal_config)
         tracker_map = self.map
         stop = threading.Event()
         prepared: queue.Queue = queue.Queue(maxsize=depth)
@@ -377,8 +452,10 @@ class Localizer:
 
         def feeder() -> None:
             try:
-                for frame in frames:
+                for number, frame in enumerate(frames):
                     t0 = time.perf_counter()
+                    if not isinstance(frame, Frame):
+                        frame = Frame(np.asarray(frame), time.time(), f"frame#{number}", number, 0.0, t0)
                     image = self.preprocess(frame.image, "BGR")
                     if not put(prepared, (frame, image, time.perf_counter() - t0)):
                         return
@@ -411,7 +488,8 @@ class Localizer:
                 if batch:
                     try:
                         t0 = time.perf_counter()
-                        descriptors = self.backend.infer(np.stack([image for _, image, _ in batch]))  # (B, D)
+                        with self._infer_lock:
+                            descriptors = self.backend.infer(np.stack([image for _, image, _ in batch]))  # (B, D)
                         infer_s = (time.perf_counter() - t0) / len(batch)  # per frame
                     except BaseException as exc:
                         put(inferred, exc)
@@ -440,7 +518,7 @@ class Localizer:
                 times = {"decode": frame.decode_s, "preprocess": pre_s, "inference": infer_s}
                 with self._map_lock:
                     if tracker is not None and tracker_map is not self.map:  # reloaded: new place ids
-                        tracker, tracker_map = TemporalFilter(self.map.places.utm, temporal_config), self.map
+                        tracker, tracker_map = self._sequence_matcher(temporal_config), self.map
                     result = self._finish(
                         frame, descriptor, times, tracker, frame.image if self.config.keep_frames else None
                     )

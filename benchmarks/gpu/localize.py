@@ -36,13 +36,13 @@ def _run(localizer, paths: list[Path], warmup: int) -> tuple[list[int], dict[str
     from runtime.datasets import read_rgb
 
     for path in paths[:warmup]:
-        localizer.localize(read_rgb(path), "RGB")
+        localizer.localize(read_rgb(path), color="RGB")
     ids, ms = [], {stage: [] for stage in STAGES}
     for path in paths:
         t0 = time.perf_counter()
         frame = read_rgb(path)
         decode = time.perf_counter() - t0
-        loc = localizer.localize(frame, "RGB")
+        loc = localizer.localize(frame, color="RGB")
         ids.append(loc.matches[0].place_id)
         times = loc.times
         for stage, seconds in (

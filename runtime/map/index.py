@@ -310,3 +310,26 @@ def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = max(1, min(int(k), index.ntotal))
     sims, ids = index.search(q, k)
     return sims, ids
+
+
+def stored_vectors(index):
+    """A function ``ids (M,) int64 -> (M, D) float32`` returning the descriptors stored in ``index``.
+
+    A CPU flat index is read in place (no copy of the map); a re-ranked compressed index reads its full
+    float16 descriptors; other indexes reconstruct their vectors (IVF-PQ alone gives its decoded
+    approximation; an IVF index needs its direct map, built here once). The vectors are in the index's
+    space (whitened when the map is: :meth:`runtime.map.PlaceMap.prepare`).
+    """
+    if isinstance(index, RerankedIndex):  # the full float16 descriptors it re-ranks with
+        return lambda ids: np.asarray(index.descriptors[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
+    faiss = faiss_module()
+    if hasattr(index, "get_xb"):  # IndexFlat on the CPU: a zero-copy view of the (N, D) vectors
+        vectors = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+        return lambda ids: vectors[ids]
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    if ivf is not None:
+        ivf.make_direct_map()
+    return lambda ids: index.reconstruct_batch(np.asarray(ids, dtype=np.int64))

@@ -20,7 +20,7 @@ from runtime.map.build import (
     PLACES_FILE,
     WHITENING_FILE,
 )
-from runtime.map.index import RerankedIndex, faiss_module, search, set_threads, to_gpu, use_gpu
+from runtime.map.index import RerankedIndex, faiss_module, search, set_threads, stored_vectors, to_gpu, use_gpu
 from runtime.map.places import Places
 from runtime.whitening import MapWhitening
 
@@ -99,6 +99,7 @@ class PlaceMap:
         self.index = index
         self.places = places
         self.whitening = whitening
+        self._vectors = None
 
     @property
     def revision(self) -> int:
@@ -129,6 +130,13 @@ class PlaceMap:
     def search(self, descriptors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Model ``descriptors (M, D) float32`` -> ``(similarities (M, k) float32, place ids (M, k) int64)``."""
         return search(self.index, self.prepare(descriptors), k)
+
+    def descriptors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored descriptors of places ``ids (M,) int64`` -> ``(M, D) float32`` (exact for a flat index,
+        the decoded approximation for IVF-PQ). Sequence matching reads them around its candidates."""
+        if self._vectors is None:
+            self._vectors = stored_vectors(self.index)
+        return self._vectors(np.asarray(ids, dtype=np.int64))
 
     def image_path(self, place_id: int) -> Path:
         return self.dataset_root / self.places.images[place_id]

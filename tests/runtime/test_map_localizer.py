@@ -149,7 +149,10 @@ def test_recall_from_the_localizer_equals_exact_ranking(world):
     with Localizer.open(world["model"], world["map"], config=LocalizerConfig(top_k=5)) as localizer:
         ranked = np.array(
             [
-                [m.place_id for m in localizer.localize(dataset.read_image("queries", i), "RGB").matches]
+                [
+                    m.place_id
+                    for m in localizer.localize(dataset.read_image("queries", i), color="RGB").matches
+                ]
                 for i in range(dataset.num_queries)
             ]
         )
