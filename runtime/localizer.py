@@ -225,7 +225,9 @@ class Localizer:
         self.threshold = self.verdict.unknown_below  # confidence below which a frame is an unknown place
         self._spacing = place_spacing(self.map.places.utm)
         self._geo = self.map.geo
-        self._sequence = self._sequence_matcher(self.config.temporal)  # localize()'s; new place ids: new sequence
+        self._sequence = self._sequence_matcher(
+            self.config.temporal
+        )  # localize()'s; new place ids: new sequence
 
     def reload(self, override_map_check: bool = False) -> bool:
         """Re-open the map from its directory (after ``netvlad-map add/remove`` or a rebuild) and switch to
@@ -489,7 +491,9 @@ class Localizer:
                     try:
                         t0 = time.perf_counter()
                         with self._infer_lock:
-                            descriptors = self.backend.infer(np.stack([image for _, image, _ in batch]))  # (B, D)
+                            descriptors = self.backend.infer(
+                                np.stack([image for _, image, _ in batch])
+                            )  # (B, D)
                         infer_s = (time.perf_counter() - t0) / len(batch)  # per frame
                     except BaseException as exc:
                         put(inferred, exc)

@@ -6,9 +6,11 @@ at a cost per frame that does not grow with the map.
 
 **Model.** The map's places are in route order (a drive, a train line): place ``j`` lies between ``j - 1``
 and ``j + 1``. Frame ``t`` differs from place ``p`` by ``d(t, p) = 1 - s(t, p)`` (``s``: cosine similarity
-of the descriptors), contrast-enhanced over the ``window + 1`` places ``p - window/2 .. p + window/2``
-(z-score within that window, as OpenSeqSLAM: a frame that resembles a whole stretch equally is neutral, one
-that singles out a place scores strongly negative). A trajectory that ends at place ``j`` now and moves at
+of the descriptors), contrast-enhanced over the ``window + 1`` places ``p - window/2 .. p + window/2``: the
+z-score of ``d(t, p)`` within that window, as OpenSeqSLAM (a frame that resembles a whole stretch equally
+is neutral, one that singles out a place scores strongly negative), except that at the map's ends the
+window is shifted rather than clipped, so that an end place is not judged among fewer neighbours (its
+z-score would be capped lower: at most ``(n-1)/sqrt(n)`` among ``n``). A trajectory that ends at place ``j`` now and moves at
 ``v`` places per frame was at ``j - round(v * k)`` ``k`` frames ago; its score is the sum of the enhanced
 differences over the last ``frames`` frames (lower is better; a line that leaves the map is invalid), and a
 place's score is that of its best line. Speeds: ``min_speed .. max_speed`` in steps of ``1 / frames``
@@ -248,13 +250,14 @@ class SequenceMatcher:
 
     def _fill_enhanced(self, slots: np.ndarray, places: np.ndarray, stamp_of_slot: np.ndarray) -> None:
         """Compute and store the contrast-enhanced differences of cells ``(slots (M,), places (M,))``: the
-        z-score of ``1 - s`` within each place's window of neighbouring places (clipped at the map's ends)."""
-        window = places[:, None] + np.arange(-self._half, self._half + 1)[None, :]  # (M, window + 1)
-        inside = (window >= 0) & (window < self.num_places)
-        window = np.where(inside, window, 0)
+        z-score of ``1 - s`` within the ``window + 1`` places around the place (shifted at the map's ends so
+        that every place has as many neighbours)."""
+        size = min(self.config.window + 1, self.num_places)
+        start = np.clip(places - self._half, 0, self.num_places - size)  # (M,)
+        window = start[:, None] + np.arange(size)[None, :]  # (M, size)
         window_slots = np.broadcast_to(slots[:, None], window.shape)
         stamps = stamp_of_slot[window_slots]
-        missing = inside & (self._similarity_stamp[window_slots, window] != stamps)
+        missing = self._similarity_stamp[window_slots, window] != stamps
         if missing.any():
             keys = np.unique(window_slots[missing] * self.num_places + window[missing])
             key_slots, key_places = keys // self.num_places, keys % self.num_places
@@ -263,12 +266,10 @@ class SequenceMatcher:
                 sims = self._place_descriptors(ids) @ self._frame_descriptors[slot]  # (m, D) @ (D,) -> (m,)
                 self._similarity[slot, ids] = sims
                 self._similarity_stamp[slot, ids] = stamp_of_slot[slot]
-        d = np.where(inside, 1.0 - self._similarity[window_slots, window].astype(np.float64), 0.0)
-        count = inside.sum(axis=1)
-        mean = d.sum(axis=1) / count
-        spread = np.where(inside, d - mean[:, None], 0.0)
-        std = np.sqrt((spread**2).sum(axis=1) / np.maximum(count - 1, 1))
-        self._enhanced[slots, places] = (d[:, self._half] - mean) / np.maximum(std, 1e-9)
+        d = 1.0 - self._similarity[window_slots, window].astype(np.float64)  # (M, size)
+        mean = d.mean(axis=1)
+        std = d.std(axis=1, ddof=1) if size > 1 else np.ones(len(d))
+        self._enhanced[slots, places] = (1.0 - self._similarity[slots, places] - mean) / np.maximum(std, 1e-6)
         self._enhanced_stamp[slots, places] = stamp_of_slot[slots]
 
     def _carry(self, ends: np.ndarray, scores: np.ndarray) -> None:

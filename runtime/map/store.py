@@ -20,7 +20,15 @@ from runtime.map.build import (
     PLACES_FILE,
     WHITENING_FILE,
 )
-from runtime.map.index import RerankedIndex, faiss_module, search, set_threads, stored_vectors, to_gpu, use_gpu
+from runtime.map.index import (
+    RerankedIndex,
+    faiss_module,
+    search,
+    set_threads,
+    stored_vectors,
+    to_gpu,
+    use_gpu,
+)
 from runtime.map.places import Places
 from runtime.whitening import MapWhitening
 

@@ -97,10 +97,11 @@ def match(x: np.ndarray, queries: np.ndarray, config: TemporalConfig | None, k: 
 def reference_scores(x: np.ndarray, queries: np.ndarray, config: TemporalConfig) -> np.ndarray:
     """Causal SeqSLAM over the whole difference matrix, by loops (the definition in the module doc)."""
     d = 1.0 - queries.astype(np.float64) @ x.T.astype(np.float64)  # (T, N)
-    n_places, half = len(x), config.window // 2
+    n_places, half, size = len(x), config.window // 2, config.window + 1
     enhanced = np.empty_like(d)
     for j in range(n_places):
-        window = d[:, max(0, j - half) : min(n_places, j + half + 1)]
+        start = min(max(0, j - half), n_places - size)  # shifted, not clipped, at the map's ends
+        window = d[:, start : start + size]
         enhanced[:, j] = (d[:, j] - window.mean(axis=1)) / window.std(axis=1, ddof=1)
     t = len(queries) - 1
     lags = min(config.frames, len(queries))
