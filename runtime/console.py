@@ -75,6 +75,10 @@ BUG_HINT = (
 _ENVIRONMENT_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EMFILE}
 )
+# ... and those that are about a path the user gave (when the error names a file): exit 2.
+_PATH_ERRNOS = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP, errno.EXDEV}
+)
 
 
 def _one_line(text: str) -> str:
@@ -98,6 +102,7 @@ def command_boundary(fn: Callable[P, R]) -> Callable[P, R]:
     - a :class:`NetVLADKitError` becomes one line ``error: ...`` on stderr and exit ``exc.exit_code``
       (2 for bad input or usage, 1 for a run that failed); with ``-v`` its traceback is logged first;
     - an environment ``OSError`` (disk full, permission denied, read-only filesystem) becomes one line, exit 1;
+      one about a path the user gave (no such file or folder, not a folder, ...) one line, exit 2;
     - Ctrl-C (and SIGTERM) ends with ``interrupted`` and exit 130, after the command's own ``with``/``finally``
       blocks have flushed and closed its outputs;
     - anything else is a bug: its traceback is kept, followed by a hint to rerun with ``-v`` and report it.
@@ -124,10 +129,13 @@ def command_boundary(fn: Callable[P, R]) -> Callable[P, R]:
             sys.stderr.flush()
             raise SystemExit(EXIT_INTERRUPTED) from None
         except OSError as exc:
-            if exc.errno not in _ENVIRONMENT_ERRNOS:
+            path_error = exc.errno in _PATH_ERRNOS and exc.filename is not None
+            if exc.errno not in _ENVIRONMENT_ERRNOS and not path_error:
                 _report_bug()
+            if verbose:
+                logging.getLogger("netvlad-kit").debug("traceback of the error below", exc_info=True)
             where = f" ('{exc.filename}')" if exc.filename else ""
-            _fail(f"{exc.strerror or exc}{where}", EXIT_FAILED)
+            _fail(f"{exc.strerror or exc}{where}", EXIT_USAGE if path_error else EXIT_FAILED)
         except SystemExit:
             raise
         except Exception as exc:

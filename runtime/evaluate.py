@@ -29,7 +29,14 @@ log = logging.getLogger(__name__)
 def read_jsonl(path: str | Path) -> list[dict]:
     """The records of a JSONL file (a torn last line, from a killed run, is ignored)."""
     records = []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    if not Path(path).is_file():
+        raise DatasetError(
+            f"JSONL '{path}' does not exist or is not a file; write one with netvlad-run --jsonl"
+        )
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"'{path}' is not a netvlad-run JSONL (not UTF-8 text: {exc})") from exc
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

@@ -93,6 +93,7 @@ class FrameSource:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._ended = False  # the consumer has seen the end: iterating again yields nothing, at once
+        self._closed_once = False
 
     # -- to implement --------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -195,7 +196,10 @@ class FrameSource:
         silent stream) is left to finish on its own (it is a daemon thread and releases the capture itself),
         so Ctrl-C is honoured within about a second.
         """
+        if self._stop.is_set() and self._closed_once:
+            return  # closed already: a decoder left in a blocking call is not waited for a second time
         self._stop.set()
+        self._closed_once = True
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             deadline = time.monotonic() + timeout_s

@@ -46,6 +46,8 @@ def _app(raise_what: BaseException | None):
          "error: No space left on device ('/x/map')"),
         (PermissionError(errno.EACCES, "Permission denied", "/ro/out.jsonl"), EXIT_FAILED,
          "error: Permission denied ('/ro/out.jsonl')"),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/proc/x"), EXIT_USAGE,
+         "error: No such file or directory ('/proc/x')"),
     ],
 )  # fmt: skip
 def test_kit_and_environment_errors_become_one_line_and_their_exit_code(error, code, line):
@@ -53,6 +55,11 @@ def test_kit_and_environment_errors_become_one_line_and_their_exit_code(error, c
     assert result.exit_code == code
     assert result.output == line + "\n"  # one line, no traceback
     assert "Traceback" not in result.output
+
+
+def test_an_os_error_without_a_path_is_a_bug():
+    bug = runner.invoke(_app(FileNotFoundError(errno.ENOENT, "No such file or directory")), [])
+    assert bug.exit_code == EXIT_FAILED and "Traceback" in bug.output and bug.output.endswith(BUG_HINT + "\n")
 
 
 def test_ctrl_c_exits_130_and_a_bug_keeps_its_traceback_with_the_hint():
