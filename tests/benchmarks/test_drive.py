@@ -12,6 +12,7 @@ from tests.runtime.helpers import make_onnx_model, make_stand_in_world
 pytest.importorskip("rosbags", reason="needs rosbags (pip install 'netvlad-kit[ros]')")
 
 
+@pytest.mark.slow
 def test_drive_benchmark_compares_the_bag_map_with_the_folder_map(tmp_path):
     model, _ = make_onnx_model(tmp_path / "model.onnx")
     make_stand_in_world(tmp_path / "world", places=30, spacing_m=10.0)
