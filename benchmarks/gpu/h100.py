@@ -66,11 +66,13 @@ def _evalset(dataset, card, limit: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def inference_section(
-    entry: dict[str, Any], dataset, out: Path, caps: dict, quick: bool, repeats: int
+    entry: dict[str, Any], dataset, out: Path, caps: dict, quick: bool, repeats: int, qdq: bool = True
 ) -> dict[str, Any]:
-    """Every inference path of one exported model (see the module docstring)."""
+    """Every inference path of one exported model (see the module docstring); ``qdq``: also quantise it to
+    INT8 QDQ for the TensorRT paths (one model answers the ``trt_int8_enable`` question)."""
     card = entry["model"].card()
-    evalset = _evalset(dataset, card, 32 if quick else 64)
+    # the CPU reference costs the most: fewer images for the large inputs (VGG16 480x640: 188 GFLOP each)
+    evalset = _evalset(dataset, card, 32 if quick or card.input_height * card.input_width > 240 * 320 else 64)
     models = {"fp32": entry["fp32"], "fp16": entry["fp16"]}
     batches = (1, 8) if quick else (1, 32)
     result: dict[str, Any] = {
@@ -99,13 +101,13 @@ def inference_section(
         lambda: inference.ort_tensorrt_paths(models, evalset, reference, cache, repeats, caps)
     )
     int8 = None
-    if not caps["ort_tensorrt"] or not caps["tensorrt"]:  # something here runs a QDQ model on TensorRT
+    if qdq and (not caps["ort_tensorrt"] or not caps["tensorrt"]):  # something here runs QDQ on TensorRT
         try:
             int8 = _quantize(entry["fp32"], dataset)
         except Exception as exc:
             result["int8_export"] = error_entry(exc)
-    if caps["ort_tensorrt"]:
-        result["qdq_int8_flag"] = {"missing": caps["ort_tensorrt"]}
+    if caps["ort_tensorrt"] or not qdq:
+        result["qdq_int8_flag"] = {"missing": caps["ort_tensorrt"] or "checked on the first model only"}
     elif int8 is not None:
         int8_ref = inference.cpu_reference({"int8": int8}, evalset)["int8"]
         result["qdq_int8_flag"] = guarded(
@@ -123,7 +125,7 @@ def _quantize(fp32: Path, dataset) -> Path:
     from export.quantize import QuantizeConfig, int8_path, quantize_int8
 
     return quantize_int8(
-        fp32, int8_path(fp32, "tensorrt"), open_image_set(str(dataset.root)).subset(32), QuantizeConfig()
+        fp32, int8_path(fp32, "tensorrt"), open_image_set(str(dataset.root)).subset(16), QuantizeConfig()
     )
 
 
@@ -142,11 +144,18 @@ def run(
     dataset: str | None = None,
     train_steps: int | None = None,
     model_names: tuple[str, ...] | None = None,
+    work: Path | None = None,
 ) -> dict[str, Any]:
-    """Every requested section; a failing step is recorded as an error and the others still run."""
+    """Every requested section; a failing step is recorded as an error and the others still run.
+
+    ``out`` receives ``gpu.json`` only; models, the world, maps, engines and training runs go to ``work``
+    (default ``out/work``), so that a device run can bring back just the results.
+    """
     from benchmarks.environment import machine_info
     from benchmarks.gpu import localize, probe, search, train
 
+    out.mkdir(parents=True, exist_ok=True)
+    results_dir, out = out, Path(work) if work else out / "work"
     out.mkdir(parents=True, exist_ok=True)
     caps = probe.capabilities()
     result: dict[str, Any] = {
@@ -164,14 +173,16 @@ def run(
         models = inference.build_models(out, quick, checkpoint, model_names)
     if "inference" in sections:
         result["inference"] = {}
-        for name, entry in models.items():
+        for i, (name, entry) in enumerate(models.items()):
             if "error" in entry or "error" in world:
                 result["inference"][name] = entry if "error" in entry else {"error": "no dataset"}
                 continue
             _timed(
                 result["inference"],
                 name,
-                lambda e=entry: inference_section(e, world["dataset"], out, caps, quick, repeats),
+                lambda e=entry, first=i == 0: inference_section(
+                    e, world["dataset"], out, caps, quick, repeats, qdq=first
+                ),
             )
     if "localizer" in sections:
         first = next((e for e in models.values() if "fp32" in e), None)
@@ -194,9 +205,12 @@ def run(
         steps = train_steps or (1 if quick else 10)
         preset, extra = ("tiny", ()) if quick else ("default", ("--synth-preset", "tiny"))
         ds = str(world["dataset"].root) if quick and "dataset" in world else None
-        _timed(result, "training", lambda: train.training_steps(out, device, steps, preset, ds, extra))
+        budget = 600.0 if quick else 180.0  # seconds per training command (CPU runs are slow, not failures)
+        _timed(
+            result, "training", lambda: train.training_steps(out, device, steps, preset, ds, extra, budget)
+        )
     result["errors"] = collect_errors({k: v for k, v in result.items() if k != "errors"})
-    atomic_write_text(out / "gpu.json", json.dumps(result, indent=2, default=str) + "\n")
+    atomic_write_text(results_dir / "gpu.json", json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 
@@ -254,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=Path("runs/gpu"), help="folder for gpu.json and artifacts"
     )
+    parser.add_argument("--work", type=Path, help="folder for models, maps, engines, runs (default OUT/work)")
     parser.add_argument("--quick", action="store_true", help="tiny model, small maps (the CPU smoke run)")
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
@@ -282,10 +297,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         names = tuple(m for m in (args.models or "").split(",") if m) or None
-        result = run(args.out, args.quick, sections, args.checkpoint, args.dataset, args.train_steps, names)
+        result = run(
+            args.out, args.quick, sections, args.checkpoint, args.dataset, args.train_steps, names, args.work
+        )
     except Exception as exc:  # the run itself broke: still leave a JSON saying why
-        result = {"errors": [error_entry(exc)["error"]], "capabilities": {}}
-        atomic_write_text(args.out / "gpu.json", json.dumps({**result, **error_entry(exc)}, indent=2) + "\n")
+        args.out.mkdir(parents=True, exist_ok=True)
+        failure = {"errors": [error_entry(exc)["error"]], **error_entry(exc)}
+        atomic_write_text(args.out / "gpu.json", json.dumps(failure, indent=2) + "\n")
         raise
     print("\n" + summary_table(result))
     print(f"\nfull results: {args.out / 'gpu.json'}")

@@ -36,6 +36,21 @@ def _ort(provider: str) -> str | None:
     return None
 
 
+def _ort_tensorrt() -> str | None:
+    """ONNX Runtime lists its TensorRT provider whenever it was built with it; it runs only where TensorRT's
+    own library loads (onnxruntime-gpu ships without it)."""
+    missing = _ort("TensorrtExecutionProvider")
+    if missing:
+        return missing
+    import ctypes
+
+    try:
+        ctypes.CDLL("libnvinfer.so.10")
+    except OSError as exc:
+        return f"onnxruntime has a TensorrtExecutionProvider but TensorRT 10's library does not load ({exc})"
+    return None
+
+
 def _tensorrt() -> str | None:
     try:
         import tensorrt  # noqa: F401
@@ -73,7 +88,7 @@ def capabilities() -> dict[str, str | None]:
     checks = {
         "torch_cuda": _torch_cuda,
         "ort_cuda": lambda: _ort("CUDAExecutionProvider"),
-        "ort_tensorrt": lambda: _ort("TensorrtExecutionProvider"),
+        "ort_tensorrt": _ort_tensorrt,
         "tensorrt": _tensorrt,
         "cuda_python": _cuda_python,
         "faiss_gpu": _faiss_gpu,

@@ -5,7 +5,8 @@
 # needs trt_int8_enable, TensorRT engines - each with parity against the CPU backend (cosine, top-1
 # agreement) and latency p50/p99; the Localizer end to end on the GPU (faiss-gpu map) against the CPU, per
 # stage; exact search over 1M x 4096 and an IVF-PQ map on the GPU; a few training steps on CUDA, a checkpoint
-# and a resume (images/s). Writes $OUT/gpu.json (OUT defaults to runs/gpu), prints a table last, exits 1 when
+# and a resume (images/s). Writes $OUT/gpu.json and run.log (OUT defaults to runs/gpu; models, maps, runs go
+# to WORK, default /tmp/netvlad-gpu-work), prints a table last, exits 1 when
 # any step failed (listed under "errors"). Without a GPU it runs the CPU side and names what is missing.
 #
 #   bash benchmarks/gpu/run.sh                                 the whole run
@@ -28,7 +29,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 [ -d /tmp/gpu-site ] && export PYTHONPATH="/tmp/gpu-site:$PYTHONPATH"
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-runs/gpu}
-args=(--out "$OUT")
+# $OUT gets gpu.json and run.log only (what a device run brings back); the rest goes to WORK
+args=(--out "$OUT" --work "${WORK:-/tmp/netvlad-gpu-work}")
 [ -n "${QUICK:-}" ] && args+=(--quick)
 mkdir -p "$OUT"
 "$PY" -m benchmarks.gpu.h100 "${args[@]}" "$@" 2>&1 | tee "$OUT/run.log"
