@@ -53,9 +53,10 @@ def top1(db: np.ndarray, queries: np.ndarray) -> np.ndarray:
 def parity(
     reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray], precision: str
 ) -> dict[str, Any]:
-    """Cosines of ``candidate``'s (database, query) descriptors against ``reference``'s, the share of
-    queries whose top-1 database match agrees, and whether both meet the export gate's thresholds for
-    ``precision`` (:data:`export.parity.THRESHOLDS`)."""
+    """Cosines of ``candidate``'s (database, query) descriptors against ``reference``'s, whether they meet
+    the export gate's cosine thresholds for ``precision`` (:data:`export.parity.THRESHOLDS`), and the share
+    of queries whose top-1 database match agrees (reported, not gated: like the export gate, which judges
+    retrieval by recall; with random weights near-ties make top-1 flip under any rounding)."""
     from export.parity import descriptor_cosines, thresholds_for
 
     ref_db, ref_q = reference
@@ -64,12 +65,13 @@ def parity(
     agreement = float(np.mean(top1(ref_db, ref_q) == top1(cand_db, cand_q)))
     limits = thresholds_for(precision)
     failures = []
-    if cos.min() < limits.min_cosine:
-        failures.append(f"cosine min {cos.min():.5f} < {limits.min_cosine}")
-    if np.median(cos) < limits.median_cosine:
-        failures.append(f"cosine median {np.median(cos):.5f} < {limits.median_cosine}")
-    if agreement < limits.min_top1_agreement:
-        failures.append(f"top-1 agreement {agreement:.3f} < {limits.min_top1_agreement}")
+    for name, value, limit in (
+        ("min", cos.min(), limits.min_cosine),
+        ("p1", np.percentile(cos, 1), limits.p1_cosine),
+        ("median", np.median(cos), limits.median_cosine),
+    ):
+        if value < limit:
+            failures.append(f"cosine {name} {value:.5f} < {limit}")
     return {
         "precision": precision,
         "images": len(cos),
