@@ -82,7 +82,7 @@ def localizer_end_to_end(
         result["gpu"] = {"missing": caps["ort_cuda"]}
         return result
     gpu_map = "no" if caps["faiss_gpu"] else "yes"
-    result["map_on_gpu"] = not caps["faiss_gpu"] or caps["faiss_gpu"]  # True, or why not
+    result["map_on_gpu"] = True if caps["faiss_gpu"] is None else caps["faiss_gpu"]  # True, or why not
     with _localizer(model, map_dir, "cuda", gpu_map) as gpu:
         gpu_ids, gpu_ms = _run(gpu, paths, warmup)
     result["gpu"] = {stage: summarize_ms(values) for stage, values in gpu_ms.items()}

