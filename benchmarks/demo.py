@@ -176,6 +176,10 @@ class DemoPaths:
     def route_png(self) -> Path:
         return self.root / "route.png"
 
+    @property
+    def pr_png(self) -> Path:
+        return self.root / "precision_recall.png"
+
 
 class StepUnavailable(Exception):
     """A step cannot run because an upstream piece is missing (the reason is reported, nothing faked)."""
@@ -273,6 +277,7 @@ def step_localize(cfg: DemoConfig, paths: DemoPaths, progress) -> dict[str, Any]
 
     out: dict[str, Any] = {}
     paths.runs.mkdir(parents=True, exist_ok=True)
+    unmapped = _localize_unmapped(cfg, paths)  # the verdict is measured on places the map does not hold
     for name, temporal in (("raw", False), ("temporal", True)):
         jsonl = paths.runs / f"{name}.jsonl"
         summary_path = paths.runs / f"{name}.summary.json"
@@ -296,9 +301,38 @@ def step_localize(cfg: DemoConfig, paths: DemoPaths, progress) -> dict[str, Any]
             )
             atomic_write_text(summary_path, summary.to_json() + "\n")
         summary = json.loads(summary_path.read_text())
-        recall = recall_from_jsonl(jsonl, str(paths.synth), ns=(1, 5, 10))
+        scored = [jsonl, unmapped] if unmapped is not None else [jsonl]
+        recall = recall_from_jsonl(scored, str(paths.synth), ns=(1, 5, 10), curve=True)
         out[name] = {"jsonl": str(jsonl), "summary": summary, "recall": recall}
     return out
+
+
+def _localize_unmapped(cfg: DemoConfig, paths: DemoPaths) -> Path | None:
+    """Localise the world's unmapped-place images (``unmapped/``, when it has them) frame by frame."""
+    from runtime.session import RunConfig, run_session
+
+    folder = paths.synth / "unmapped"
+    if not folder.is_dir():
+        log.info(
+            "the world has no unmapped-place queries (generated without them): verdict not measured on any"
+        )
+        return None
+    jsonl = paths.runs / "unmapped.jsonl"
+    if not (paths.runs / "unmapped.summary.json").is_file():
+        log.info("localising the unmapped places in %s", folder)
+        summary = run_session(
+            RunConfig(
+                model=paths.onnx,
+                map=paths.map,
+                images=folder,
+                backend="onnxruntime-cpu",
+                threads=max(1, cfg.threads),
+                jsonl=jsonl,
+                top_k=10,
+            )
+        )
+        atomic_write_text(paths.runs / "unmapped.summary.json", summary.to_json() + "\n")
+    return jsonl
 
 
 def step_parity(cfg: DemoConfig, paths: DemoPaths, progress) -> dict[str, Any]:

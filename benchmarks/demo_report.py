@@ -1,5 +1,6 @@
-"""The demo's report: ``report.md`` (recall per backend, parity, latency per stage, localisation) and
-``route.png`` (the query route with true and estimated positions)."""
+"""The demo's report: ``report.md`` (recall per backend, parity, latency per stage, localisation, trust),
+``route.png`` (the query route with true and estimated positions) and ``precision_recall.png`` (the
+precision-recall curve of the confidence)."""
 
 from __future__ import annotations
 
@@ -230,6 +231,92 @@ def plot_route(dataset, runs: dict[str, Path], out: Path) -> Path:
     return out
 
 
+def plot_precision_recall(curves: dict[str, dict], out: Path) -> Path:
+    """The precision-recall curve of the confidence, one line per run (``{"precision", "recall"}`` lists)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=110)
+    for name, curve in curves.items():
+        label = {"raw": "frame by frame", "temporal": "temporal filter"}.get(name, name)
+        ax.plot([0.0, *curve["recall"]], [1.0, *curve["precision"]], label=label, drawstyle="default")
+    ax.set_xlabel("recall (share of the correctly localised frames accepted)")
+    ax.set_ylabel("precision (share of accepted frames that are right)")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.01)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left")
+    ax.set_title("Can the confidence be trusted? (VPR-Bench precision-recall)", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out
+
+
+def trust_section(loc: dict[str, Any], pr_png: Path) -> tuple[list[str], Path | None]:
+    """Report lines on the confidence and the verdict of each localisation run, and the PR plot."""
+    rows, curves = [], {}
+    for name in ("raw", "temporal"):
+        if name not in loc or "trust" not in loc[name]["recall"]:
+            continue
+        t = loc[name]["recall"]["trust"]
+
+        def pct(value):
+            return None if value is None else 100 * value
+
+        rows.append(
+            [
+                "frame by frame" if name == "raw" else "temporal filter",
+                t["auc_pr"],
+                pct(t["recall_at_99_precision"]),
+                pct(t["recall_at_100_precision"]),
+                f"{t['correct_flagged_unknown']} of {t['correct_frames']}",
+                pct(t["correct_flagged_unknown_rate"]),
+                f"{t['unmapped_flagged_unknown']} of {t['unmapped_frames']}",
+                pct(t["unmapped_flagged_unknown_rate"]),
+            ]
+        )
+        if "pr_curve" in loc[name]["recall"]:
+            curves[name] = loc[name]["recall"]["pr_curve"]
+    if not rows:
+        return [], None
+    lines = [
+        "## Can the answer be trusted? (confidence and unknown-place verdict)",
+        "",
+        markdown_table(
+            [
+                "mode",
+                "AUC-PR",
+                "recall % at 99 % precision",
+                "recall % at 100 % precision",
+                "correct frames flagged unknown",
+                "%",
+                "unmapped-place frames flagged unknown",
+                "%",
+            ],
+            rows,
+            digits=3,
+        ),
+        "",
+        "Each frame's best match is accepted when its confidence is at least t; precision and recall (of the "
+        "correctly localised frames) over every t, as VPR-Bench reports them. Unmapped places: images taken "
+        "on streets the database drive never visits (`unmapped/` of the world), localised frame by frame; "
+        "a robot should flag them unknown, and keep the correct answers.",
+        "",
+    ]
+    written = None
+    if curves:
+        try:
+            written = plot_precision_recall(curves, pr_png)
+            lines += [f"![precision-recall]({pr_png.name})", ""]
+        except Exception as exc:
+            lines += [f"(precision-recall plot unavailable: {exc})", ""]
+    return lines, written
+
+
 def _status_table(steps: dict[str, Any]) -> str:
     rows = []
     for name, s in steps.items():
@@ -363,6 +450,10 @@ def write_demo_report(cfg, paths, steps: dict[str, Any]) -> dict[str, Any]:
                     "![failures](failures.png)",
                     "",
                 ]
+        trust_lines, pr_png = trust_section(loc, paths.pr_png)
+        lines += trust_lines
+        if pr_png is not None:
+            written["precision_recall_png"] = str(pr_png)
 
     # -- parity ------------------------------------------------------------------------------------------
     parity = _load(paths.bench / "parity.json")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import DatasetError
-from runtime.metrics import trust_metrics
+from runtime.metrics import precision_recall_curve, trust_metrics
 from runtime.protocol import EVAL_RADIUS_M
 from runtime.recall import recall_at_n
 
@@ -60,6 +60,7 @@ def recall_from_jsonl(
     dataset,
     ns: Sequence[int] = (1, 5, 10),
     radius_m: float = EVAL_RADIUS_M,
+    curve: bool = False,
 ) -> dict:
     """Recall@N and the trust numbers of one or more runs' JSONL (e.g. the queries' and the unmapped places').
 
@@ -67,7 +68,8 @@ def recall_from_jsonl(
     neither a query nor an unmapped place, "radius_m", "trust": runtime.metrics.trust_metrics(...)}``.
     Trust counts every query with a positive (correct: best match within ``radius_m``) and every unmapped
     frame: a frame of the dataset's ``unmapped_images``, or a query without any database image within
-    ``radius_m`` (recall leaves those out).
+    ``radius_m`` (recall leaves those out). ``curve``: also return the precision-recall curve of the
+    confidence (``"pr_curve": {"precision": [...], "recall": [...]}``), e.g. to plot it.
     """
     if not hasattr(dataset, "q_images"):
         from runtime.datasets import open_dataset
@@ -129,7 +131,7 @@ def recall_from_jsonl(
     # queries whose matches are all far get an impossible positive (index k): they count as misses
     positives = [p if len(p) else np.array([k]) for p in positives]
     recall = recall_at_n(np.stack(ranked), positives, ns)
-    return {
+    result = {
         "recall": recall,
         "queries": len(ranked),
         "records": len(records),
@@ -139,3 +141,7 @@ def recall_from_jsonl(
             np.array(correct), np.array(confidence), np.array(unknown), np.array(unmapped)
         ),
     }
+    if curve:
+        precision, recall_curve = precision_recall_curve(np.array(correct), np.array(confidence))
+        result["pr_curve"] = {"precision": precision.tolist(), "recall": recall_curve.tolist()}
+    return result

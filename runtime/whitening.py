@@ -76,11 +76,12 @@ def fit_pca_whitening(
 def map_whitening_dim(places: int, model_dim: int) -> int:
     """The whitening dimension of a map of ``places`` images for a ``model_dim``-D model.
 
-    A tenth of the model's dimension at most (the goal: a tenth of the search cost), and a quarter of
-    the places: the directions beyond that are fitted on too few images and whitening them scatters
-    the map's own images (see :func:`fit_pca_whitening`); at least 1.
+    A tenth of the model's dimension (the goal: a tenth of the search cost), and at most three quarters
+    of the places: directions beyond that are fitted on too few images (measured on the synthetic
+    ``small`` world, 992 places, demo model 7,168-D, shrinkage 3: R@1 0.753 at 716-D against 0.734
+    unwhitened, 0.705 at 248-D, 0.544 at 64-D); at least 1.
     """
-    return max(1, min(model_dim // 10, places // 4))
+    return max(1, min(model_dim // 10, (3 * places) // 4))
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,7 +105,7 @@ class MapWhitening:
         return int(self.weight.shape[1])
 
     @classmethod
-    def fit(cls, descriptors: np.ndarray, dim: int, fingerprint: str, shrinkage: float = 1.0) -> MapWhitening:
+    def fit(cls, descriptors: np.ndarray, dim: int, fingerprint: str, shrinkage: float = 3.0) -> MapWhitening:
         weight, bias = fit_pca_whitening(descriptors, dim, shrinkage)
         return cls(weight, bias, fingerprint, float(shrinkage))
 

@@ -51,7 +51,7 @@ class MapConfig:
     calibration_queries: int = 500
     whitening: bool = False
     whitening_dim: int | None = None
-    whitening_shrinkage: float = 1.0
+    whitening_shrinkage: float = 3.0
     read_workers: int = 2
     faiss_threads: int | None = None
     overwrite: bool = False

@@ -54,6 +54,10 @@ def test_demo_runs_every_step_writes_the_report_and_resumes(tmp_path):
         )
         # the table's position column is the number the route plot's legend shows
         assert f"| {100 * (err <= 25).mean():.1f} |" in row
+        trust = loc[mode]["recall"]["trust"]  # the tiny world's 48 unmapped places are scored too
+        assert trust["unmapped_frames"] == 48
+        assert trust["frames"] == trust["unmapped_frames"] + loc[mode]["recall"]["queries"]
+        assert 0.0 <= trust["auc_pr"] <= 1.0 and len(loc[mode]["recall"]["pr_curve"]["precision"]) > 0
 
     for heading in (
         "## Localising the query video",
@@ -67,10 +71,13 @@ def test_demo_runs_every_step_writes_the_report_and_resumes(tmp_path):
         "![failures](failures.png)",
         "were flagged as an unknown place",
         "faiss runs a batch of queries on its OpenMP threads",
+        "## Can the answer be trusted?",
+        "![precision-recall](precision_recall.png)",
     ):
         assert heading in text
     assert (out / "route.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "failures.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "precision_recall.png").read_bytes()[:4] == b"\x89PNG"
 
     # a second run finds every artifact and redoes nothing but the localisation recall and the report
     run_demo(out, DemoConfig.preset("tiny", threads=1))

@@ -123,6 +123,13 @@ def place_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
+def _as_query(seen: np.ndarray, rng: np.random.Generator, noise: int, contrast: float) -> np.ndarray:
+    """A query image of a scene (float BGR): contrast about mid-grey, noise, a 3-pixel shift; uint8."""
+    seen = 128.0 + contrast * (seen - 128.0) if contrast != 1.0 else seen
+    noisy = np.clip(seen + rng.integers(-noise, noise + 1, seen.shape), 0, 255).astype(np.uint8)
+    return np.roll(noisy, 3, axis=1)
+
+
 def make_stand_in_world(
     root: Path,
     places: int = 40,
@@ -132,12 +139,17 @@ def make_stand_in_world(
     noise: int = 20,
     distract: float = 0.0,
     origin: tuple[float, float] = (500000.0, 5000000.0),
+    unmapped: int = 0,
+    contrast: float = 1.0,
 ):
     """A route of ``places`` distinct places along a line; database and query images per place, CSVs too.
 
     Queries are the place image with noise and a small shift, so a pooled-pixel model recognises them;
     ``distract`` blends a random unrelated scene into each query (0: none, 1: only the distractor).
     ``origin``: UTM (easting, northing) of the first place; the route runs east.
+    ``contrast`` scales the queries' contrast about mid-grey (a change of domain: < 1 is dimmer, flatter).
+    ``unmapped``: that many query images of places not in the database (``unmapped.csv``, ``unmapped/``,
+    10 km north), taken under the queries' conditions.
     """
     rng = np.random.default_rng(seed)
     h, w = size
@@ -151,13 +163,22 @@ def make_stand_in_world(
         seen = image.astype(np.float64)
         if distract:  # blend in an unrelated scene: some queries become ambiguous
             seen = (1 - distract) * seen + distract * place_image(rng, h, w)
-        noisy = np.clip(seen + rng.integers(-noise, noise + 1, image.shape), 0, 255).astype(np.uint8)
-        noisy = np.roll(noisy, 3, axis=1)
-        cv2.imwrite(str(root / "queries" / f"{i:04d}.png"), noisy)
+        cv2.imwrite(str(root / "queries" / f"{i:04d}.png"), _as_query(seen, rng, noise, contrast))
         db.append(f"database/{i:04d}.png")
         q.append(f"queries/{i:04d}.png")
     q_utm = utm + np.array([2.0, 1.0])
-    for split, names, coords in (("database", db, utm), ("queries", q, q_utm)):
+    splits = [("database", db, utm), ("queries", q, q_utm)]
+    if unmapped:
+        (root / "unmapped").mkdir(exist_ok=True)
+        names = [f"unmapped/u{i:04d}.png" for i in range(unmapped)]
+        for name in names:
+            scene = place_image(rng, h, w).astype(np.float64)
+            cv2.imwrite(str(root / name), _as_query(scene, rng, noise, contrast))
+        far = np.stack(  # 10 km north of the route: no place within any radius
+            [origin[0] + spacing_m * np.arange(unmapped), np.full(unmapped, origin[1] + 10_000.0)], axis=1
+        )
+        splits.append(("unmapped", names, far))
+    for split, names, coords in splits:
         with open(root / f"{split}.csv", "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["image", "easting", "northing"])
