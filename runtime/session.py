@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -187,6 +188,7 @@ def run_session(
         last_status = start
         live = config.camera is not None or config.rtsp is not None
         results = localizer.run(_frames(config, replays, stopping), live=live)
+        stack.enter_context(_stop_sources_on_ctrl_c(stopping, replays))
         try:
             for loc in results:
                 summary.frames += 1
@@ -261,6 +263,38 @@ class _Replays:
         source = self.current
         if source is not None:
             source.close()
+
+    def request_stop(self) -> None:
+        source = self.current
+        if source is not None:
+            source.request_stop()
+
+
+@contextlib.contextmanager
+def _stop_sources_on_ctrl_c(stopping: threading.Event, replays: _Replays) -> Iterator[None]:
+    """While the run lasts, Ctrl-C first tells the source to stop, then raises KeyboardInterrupt as usual.
+
+    The pipeline's threads then see the end of their frames at once, instead of waiting for a source that
+    may be stuck (a stream's open) before the run can flush its outputs and exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame) -> None:
+        stopping.set()
+        replays.request_stop()
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _frames(config: RunConfig, replays: _Replays, stopping: threading.Event) -> Iterator:

@@ -189,7 +189,11 @@ class FrameSource:
             self.stats.delivered += 1
             yield item
 
-    def close(self, timeout_s: float = 1.0) -> None:
+    def request_stop(self) -> None:
+        """Ask the decoder to stop, without waiting (safe from a signal handler); :meth:`close` still releases."""
+        self._stop.set()
+
+    def close(self, timeout_s: float = 0.5) -> None:
         """Stop decoding and release the device or file; idempotent.
 
         Waits at most ``timeout_s`` for the decoding thread: one stuck inside a native call (FFmpeg opening a
