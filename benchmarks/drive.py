@@ -154,7 +154,7 @@ def _served_fps(model: Path, map_dir: Path, source) -> dict:
             try:
                 for line in stream.fp:
                     if line.startswith(b"data: "):
-                        received.append(len(line))
+                        received.append((json.loads(line[6:])["seq"], len(line)))
             except (OSError, ValueError):
                 pass
 
@@ -166,13 +166,16 @@ def _served_fps(model: Path, map_dir: Path, source) -> dict:
             view.publish(loc)
             count += 1
         seconds = time.perf_counter() - t0
-        time.sleep(0.5)  # let the client take the last update
+        deadline = time.monotonic() + 30
+        while (not received or received[-1][0] < count) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the client ends on the newest update
         connection.close()
     return {
         "fps": round(count / max(seconds, 1e-9), 2),
         "updates_sent": view.stats["sent"],
         "updates_dropped": view.stats["dropped"],
-        "event_kb_median": round(float(np.median(received)) / 1024, 1) if received else 0.0,
+        "last_update_received": received[-1][0] if received else 0,
+        "event_kb_median": round(float(np.median([n for _, n in received])) / 1024, 1) if received else 0.0,
     }
 
 

@@ -254,7 +254,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
         view.stats["clients"] += 1
-        last, last_write = 0, time.monotonic()
+        with view._changed:  # the newest state is sent first; what came before this client is not "dropped"
+            last = max(0, view._seq - 1)
+        last_write = time.monotonic()
         try:
             while not view._closing.is_set():
                 update = view._next(last, timeout=1.0)
@@ -264,7 +266,7 @@ class _Handler(BaseHTTPRequestHandler):
                         self.wfile.flush()
                         last_write = time.monotonic()
                     continue
-                view.stats["dropped"] += max(0, update.seq - last - 1) if last else 0
+                view.stats["dropped"] += update.seq - last - 1  # updates this client was too slow for
                 self.wfile.write(update.event())  # blocks while this client is slow; publishing does not
                 self.wfile.flush()
                 view.stats["sent"] += 1
