@@ -226,6 +226,8 @@ def test_netvlad_run_serves_while_it_localises(world):
     indices = []
     while len(indices) < 5:
         line = stream.fp.readline()
+        if not line:  # the run ended (and its server closed) before five updates: fail, don't hang
+            break
         if line.startswith(b"data: "):
             indices.append(json.loads(line[6:])["index"])
     assert indices == sorted(indices) and indices[-1] > indices[0]  # live, in order, as the run goes
