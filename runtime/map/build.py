@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -287,7 +288,23 @@ def embed_images(directory: Path, root: Path, images: Sequence[str]) -> str:
 
 
 def write_meta(directory: Path, meta: dict) -> None:
+    """Write ``map.json``, with the fingerprint of the ``index.faiss`` written beside it (checked at open)."""
+    if (directory / INDEX_FILE).is_file():
+        meta = {**meta, "index_file": index_file_fingerprint(directory / INDEX_FILE)}
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def index_file_fingerprint(path: Path, edge: int = 1 << 20) -> str:
+    """``SIZE:HASH`` of an index file: its byte size and the sha256 of its first and last MiB (constant
+    time for a map of any size), enough to tell an index.faiss copied in from another map or model."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        digest.update(fh.read(edge))
+        if size > edge:
+            fh.seek(max(edge, size - edge))
+            digest.update(fh.read(edge))
+    return f"{size}:{digest.hexdigest()[:16]}"
 
 
 def write_map_files(

@@ -19,6 +19,7 @@ from runtime.map.build import (
     META_FILE,
     PLACES_FILE,
     WHITENING_FILE,
+    index_file_fingerprint,
 )
 from runtime.map.index import (
     RerankedIndex,
@@ -197,6 +198,13 @@ def open_map(
             raise ArtifactError(
                 f"map '{path}' is incomplete: '{name}' is missing; rebuild it with netvlad-map build"
             )
+    recorded = meta.get("index_file")  # maps written before this check have none
+    if recorded is not None and index_file_fingerprint(path / INDEX_FILE) != recorded:
+        raise ArtifactError(
+            f"'{path / INDEX_FILE}' is not the index this map was built with (map.json records {recorded}, "
+            f"the file is {index_file_fingerprint(path / INDEX_FILE)}): it was replaced, perhaps by another map's "
+            "or model's; rebuild the map with netvlad-map build"
+        )
     faiss = faiss_module()
     set_threads(threads)
     try:

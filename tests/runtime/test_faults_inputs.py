@@ -355,3 +355,34 @@ def test_a_zero_byte_checkpoint_is_one_line_in_export_and_evaluate(tmp_path):
     with pytest.raises(SystemExit) as exc:
         evaluate_main([str(empty), "--dataset", str(tmp_path)])
     assert exc.value.code == 2
+
+
+def test_an_index_faiss_from_another_map_is_refused(world, tmp_path):
+    root, model, dataset = world
+    other_model, _ = make_onnx_model(
+        tmp_path / "other.onnx", seed=3
+    )  # same size and dimension, other weights
+    other = tmp_path / "other-map"
+    assert (
+        runner.invoke(
+            map_app,
+            ["build", "--model", str(other_model), "--dataset", str(dataset.root), "--out", str(other)],
+        ).exit_code
+        == 0
+    )
+    swapped = _copy_map(root, tmp_path / "swapped")
+    (swapped / "index.faiss").write_bytes((other / "index.faiss").read_bytes())
+    import json
+
+    recorded = json.loads((swapped / "map.json").read_text())["index_file"]
+    found = json.loads((other / "map.json").read_text())["index_file"]
+    assert recorded != found
+    result = runner.invoke(
+        run_app,
+        ["--images", str(dataset.root / "queries"), "--model", str(model), "--map", str(swapped), "-q"],
+    )
+    assert result.exit_code == 2 and _one_line(result) == (
+        f"error: '{swapped / 'index.faiss'}' is not the index this map was built with (map.json records "
+        f"{recorded}, the file is {found}): it was replaced, perhaps by another map's or model's; rebuild the map "
+        "with netvlad-map build"
+    )
