@@ -108,7 +108,10 @@ def parity(
         metavar="PATH",
         help="Exported artifacts or folders holding them (.onnx, .engine); repeatable.",
     ),
-    dataset: str = typer.Option(..., help="Dataset: a synth/generic folder, 'nordland', ... (open_dataset)."),
+    dataset: str = typer.Option(
+        ...,
+        help="Dataset: a folder with database.csv (e.g. a synthetic world), 'nordland', 'aligned:DB,Q' or a .mat file.",
+    ),
     out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for parity.json/.md/.png."),
     max_db: int = typer.Option(None, help="Use only the first N database images (with their queries)."),
     max_queries: int = typer.Option(

@@ -297,6 +297,7 @@ def step_localize(cfg: DemoConfig, paths: DemoPaths, progress) -> dict[str, Any]
                     jsonl=jsonl,
                     temporal=temporal,
                     top_k=10,
+                    overwrite=True,  # a localisation a killed demo left half-written
                 )
             )
             atomic_write_text(summary_path, summary.to_json() + "\n")

@@ -75,6 +75,7 @@ def run_soak(model: Path, map_path: Path, images: Path, out: Path, cfg: SoakConf
         jsonl=Path(out) / "soak.jsonl" if cfg.jsonl else None,
         max_frames=cfg.frames,
         loop=math.ceil(cfg.frames / per_pass),
+        overwrite=True,  # the benchmark's own output folder
     )
     log.info("soak: %d frames (%d images x %d passes)", cfg.frames, per_pass, run.loop)
     summary = run_session(run, rss_every=cfg.sample_every)

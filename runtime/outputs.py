@@ -138,6 +138,18 @@ def check_not_dataset(out: Path, dataset_root: Path, flag: str = "--out") -> Non
         )
 
 
+def check_not_replacing(outputs: dict[str, str | os.PathLike | None], overwrite: bool) -> None:
+    """Before a run: unless ``overwrite``, none of ``outputs`` (flag -> path or None) exists yet."""
+    existing = [
+        f"{flag} '{path}'" for flag, path in outputs.items() if path is not None and Path(path).exists()
+    ]
+    if existing and not overwrite:
+        raise OutputError(
+            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; pass --overwrite to "
+            "replace, or choose another path"
+        )
+
+
 def check_writable_file(path: str | os.PathLike | None, flag: str) -> None:
     """Before a run: ``path`` can be created or replaced as a file (not a folder; a writable folder)."""
     if path is None:

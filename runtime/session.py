@@ -24,7 +24,7 @@ import numpy as np
 
 from runtime.errors import ConfigError
 from runtime.localizer import Localization, Localizer, LocalizerConfig
-from runtime.outputs import check_writable_file, output_lock
+from runtime.outputs import check_not_replacing, check_writable_file, output_lock
 from runtime.sources import (
     MAX_CAMERA_INDEX,
     CameraSource,
@@ -66,6 +66,7 @@ class RunConfig:
     loop: int = 1  # replay a file source this many times (soak tests)
     serve: str | None = None  # "[HOST:]PORT" of the live web view (runtime.web)
     realtime: bool = False  # replay a file source at the pace of its timestamps (to watch it)
+    overwrite: bool = False  # replace --jsonl / --save-video / --out-bag files that exist
 
     def __post_init__(self) -> None:
         given = [n for n in ("camera", "video", "images", "rtsp", "rosbag") if getattr(self, n) is not None]
@@ -150,6 +151,10 @@ def run_session(
     options = {} if config.threads is None else {"threads": config.threads}
     check_writable_file(config.jsonl, "--jsonl")  # before minutes of work, not after them
     check_writable_file(config.save_video, "--save-video")
+    check_not_replacing(
+        {"--jsonl": config.jsonl, "--save-video": config.save_video, "--out-bag": config.out_bag},
+        config.overwrite,
+    )
     stages = {s: LatencyStats() for s in STAGES}  # constant memory however long the run
     with contextlib.ExitStack() as stack:
         localizer = stack.enter_context(

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from runtime.cli.options import QUIET, VERBOSE, json_option, run_app, threads_option
+from runtime.cli.options import QUIET, VERBOSE, json_option, overwrite_option, run_app, threads_option
 from runtime.console import command_boundary
 from runtime.datasets import PlaceDataset
 
@@ -101,10 +101,14 @@ def cli(
     refit: bool = typer.Option(False, help="Also re-fit the centroids on the database images."),
     cache_dir: Path = typer.Option(None, help="Frozen-feature cache folder."),
     json_out: Path = json_option("the reports"),
+    overwrite: bool = overwrite_option("the --json file"),
     threads: int = threads_option("PyTorch"),
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
+    from runtime.outputs import check_not_replacing
+
+    check_not_replacing({"--json": json_out}, overwrite)  # before the work, not after it
     from runtime.atomic import atomic_write_text
     from runtime.console import configure_logging, progress
     from runtime.datasets import open_dataset

@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 import typer
 
-from runtime.cli.options import QUIET, VERBOSE, batch_size_option, json_option, run_app, threads_option
+from runtime.cli.options import (
+    QUIET,
+    VERBOSE,
+    batch_size_option,
+    json_option,
+    overwrite_option,
+    run_app,
+    threads_option,
+)
 from runtime.console import command_boundary
 from runtime.datasets import PlaceDataset
 from runtime.protocol import EVAL_RADIUS_M
@@ -177,11 +185,15 @@ def cli(
     split: str = typer.Option("all", help="all, or the route split of training.train: train, val or test."),
     refit_centroids: bool = typer.Option(False, help="Re-fit the NetVLAD centroids on the database images."),
     json_out: Path = json_option("the report"),
+    overwrite: bool = overwrite_option("the --json file"),
     batch_size: int = batch_size_option(32),
     threads: int = threads_option("PyTorch"),
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
+    from runtime.outputs import check_not_replacing
+
+    check_not_replacing({"--json": json_out}, overwrite)  # before the work, not after it
     from runtime.atomic import atomic_write_text
     from runtime.console import configure_logging, progress
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from runtime.cli.options import QUIET, VERBOSE, json_option, threads_option
+from runtime.cli.options import QUIET, VERBOSE, json_option, overwrite_option, threads_option
 from runtime.console import EXIT_INTERRUPTED, command_boundary, configure_logging
 
 app = typer.Typer(add_completion=False)
@@ -52,11 +52,12 @@ def main(
         False, help="Replay a video, folder or bag at the pace of its timestamps (to watch it with --serve)."
     ),
     summary: Path = json_option("the run summary (FPS, latencies, memory)"),
+    overwrite: bool = overwrite_option("the --jsonl, --json, --save-video and --out-bag files"),
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
     from runtime.atomic import atomic_write_text
-    from runtime.outputs import check_writable_file
+    from runtime.outputs import check_not_replacing, check_writable_file
     from runtime.session import RunConfig, run_session
 
     configure_logging(verbose, quiet)
@@ -91,8 +92,10 @@ def main(
         loop=loop,
         serve=serve,
         realtime=realtime,
+        overwrite=overwrite,
     )
     check_writable_file(summary, "--json")  # before the run, not after it
+    check_not_replacing({"--json": summary}, overwrite)
     try:
         result = run_session(config, on_status=status)
     finally:

@@ -38,6 +38,22 @@ def built(tmp_path_factory):
     return root, model, dataset
 
 
+def test_run_replaces_its_outputs_only_with_overwrite(built, tmp_path):
+    root, model, dataset = built
+    jsonl = tmp_path / "run.jsonl"
+    jsonl.write_text("an earlier run\n")
+    args = ["--images", str(dataset.root / "queries"), "--model", str(model), "--map", str(root / "map")]
+    result = runner.invoke(run_app, [*args, "--jsonl", str(jsonl), "--max-frames", "2", "-q"])
+    assert result.exit_code == 2, result.output
+    assert " ".join(result.output.split()) == (
+        f"error: --jsonl '{jsonl}' already exists; pass --overwrite to replace, or choose another path"
+    )
+    assert jsonl.read_text() == "an earlier run\n"
+    result = runner.invoke(run_app, [*args, "--jsonl", str(jsonl), "--max-frames", "2", "--overwrite", "-q"])
+    assert result.exit_code == 0, result.output
+    assert len(jsonl.read_text().splitlines()) == 2
+
+
 def test_map_info_and_run_with_jsonl_and_overlay(built):
     root, model, dataset = built
     info = runner.invoke(map_app, ["info", str(root / "map")])

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from runtime.cli.options import json_option, run_app
+from runtime.cli.options import json_option, overwrite_option, run_app
 from runtime.console import command_boundary
 from runtime.datasets.baseline import THUMBNAIL_SIZE, thumbnail_descriptors
 from runtime.datasets.place import neighbours_within
@@ -79,7 +79,11 @@ def cli(
         ..., metavar="DATASET", help="A dataset folder, 'nordland', 'aligned:DB,Q' or a .mat file."
     ),
     json_out: Path = json_option("the recall per condition"),
+    overwrite: bool = overwrite_option("the --json file"),
 ) -> None:
+    from runtime.outputs import check_not_replacing
+
+    check_not_replacing({"--json": json_out}, overwrite)  # before the work, not after it
     from runtime.atomic import atomic_write_text
 
     results = dataset_baseline_recall(spec)
