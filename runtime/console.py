@@ -48,17 +48,75 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
 
 
 def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it", disable: bool | None = None):
-    """A tqdm progress bar on stderr (disabled automatically when stderr is not a terminal, unless forced).
+    """A tqdm progress bar on stderr; when stderr is not a terminal (a log file, CI), a log line every 10 %
+    instead, at most one per :data:`LOG_PROGRESS_SECONDS` (so quick steps stay quiet).
 
     Libraries accept an optional ``progress`` callable argument and default to no bar; commands pass this.
     """
     from tqdm.auto import tqdm
 
-    if disable is None:
-        disable = not sys.stderr.isatty()
+    if disable is None and not sys.stderr.isatty():
+        return _LoggedProgress(iterable, total, desc, unit)
     return tqdm(
-        iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True, mininterval=0.5
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=bool(disable),
+        dynamic_ncols=True,
+        mininterval=0.5,
     )
+
+
+LOG_PROGRESS_SECONDS = 5.0
+
+
+class _LoggedProgress:
+    """The part of tqdm's interface the kit uses (iterate, ``update``, ``close``), as log lines."""
+
+    def __init__(self, iterable, total, desc: str, unit: str) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self.iterable, self.desc, self.unit = iterable, desc or "progress", unit
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.n, self.disable = 0, False
+        self._start = self._last = self._clock()
+        self._next_pct = 10
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if not self.total:
+            return
+        pct = 100 * self.n / self.total
+        now = self._clock()
+        if pct >= self._next_pct and now - self._last >= LOG_PROGRESS_SECONDS:
+            logging.getLogger("runtime.console").info(
+                "%s: %d of %d %s (%.0f%%, %.0f s)",
+                self.desc,
+                self.n,
+                self.total,
+                self.unit,
+                pct,
+                now - self._start,
+            )
+            self._last = now
+        while self._next_pct <= pct:
+            self._next_pct += 10
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # Exit codes of every netvlad-kit command (README, "Exit codes").

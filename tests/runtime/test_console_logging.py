@@ -31,3 +31,34 @@ def test_only_the_kits_info_lines_reach_the_console(capsys):
     finally:
         root.handlers[:] = saved[1]
         root.setLevel(saved[0])
+
+
+def test_progress_without_a_terminal_logs_every_ten_percent(capsys, monkeypatch):
+    """A long step run into a log file (stderr not a terminal) still says how far it got."""
+    import runtime.console as console
+
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    try:
+        configure_logging()
+        monkeypatch.setattr(console, "LOG_PROGRESS_SECONDS", 0.0)
+        bar = console.progress(total=40, desc="parity", unit="img")
+        for _ in range(10):
+            bar.update(4)
+        bar.close()
+        assert list(console.progress(range(3), desc="rendering", unit="img")) == [0, 1, 2]
+        lines = [line.split(": ", 1)[1] for line in capsys.readouterr().err.splitlines()]
+        assert lines[:3] == [
+            "parity: 4 of 40 img (10%, 0 s)",
+            "parity: 8 of 40 img (20%, 0 s)",
+            "parity: 12 of 40 img (30%, 0 s)",
+        ]
+        assert lines[9:] == ["parity: 40 of 40 img (100%, 0 s)", "rendering: 1 of 3 img (33%, 0 s)",
+                             "rendering: 2 of 3 img (67%, 0 s)", "rendering: 3 of 3 img (100%, 0 s)"]  # fmt: skip
+        monkeypatch.setattr(console, "LOG_PROGRESS_SECONDS", 3600.0)  # a quick step: nothing logged
+        bar = console.progress(total=10, desc="quick")
+        bar.update(10)
+        assert capsys.readouterr().err == ""
+    finally:
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[0])

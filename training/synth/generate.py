@@ -146,15 +146,12 @@ def generate(
 
 
 def _consume(results: Iterable, video, progress, total: int) -> None:
-    """Write the rendered frames to the video; progress as a bar on a terminal, else a log line per 10 %."""
-    bar = progress(results, total=total, desc="rendering", unit="img") if progress is not None else None
-    log_every = None if bar is not None and not getattr(bar, "disable", False) else max(1, total // 10)
-    start = time.perf_counter()
-    for done, frame in enumerate(bar if bar is not None else results, start=1):
+    """Write the rendered frames to the video, through ``progress`` (a bar, or log lines) when given."""
+    if progress is not None:
+        results = progress(results, total=total, desc="rendering", unit="img")
+    for frame in results:
         if frame is not None and video is not None:
             video.write(frame)
-        if log_every and (done % log_every == 0 or done == total):
-            logger.info("rendered %d of %d images (%.0f s)", done, total, time.perf_counter() - start)
 
 
 def _config_dict(cfg: SynthConfig) -> dict:
