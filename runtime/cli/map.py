@@ -48,6 +48,19 @@ def build(
     overwrite: bool = typer.Option(
         False, help="Replace an existing map (only once the new one is complete)."
     ),
+    whiten: bool = typer.Option(
+        False,
+        "--whiten/--no-whiten",
+        help="Fit PCA-whitening on the map's own descriptors (no labels) and search in it: a tenth of the "
+        "model's dimension (at most 3/4 of the places), 10x cheaper search. Off by default: measured +2 "
+        "points R@1 on the synthetic world, -1 on Nordland winter vs summer.",
+    ),
+    whitening_dim: int = typer.Option(None, help="--whiten: the dimension (default: from the map's size)."),
+    calibration: str = typer.Option(
+        "map",
+        help="Calibrate the unknown-place verdict on the 'map' (its images play unmapped places) or on "
+        "held-out 'queries' of the dataset (in their own domain); map.json records which.",
+    ),
     ray: str = typer.Option(
         None,
         "--ray",
@@ -74,7 +87,15 @@ def build(
     if ray is not None and rosbag is not None:
         raise typer.BadParameter("--ray builds from a --dataset; a --rosbag map is built in one process")
     config = MapConfig(
-        split=split, index=index, batch_size=batch_size, nprobe=nprobe, rerank=rerank, overwrite=overwrite
+        split=split,
+        index=index,
+        batch_size=batch_size,
+        nprobe=nprobe,
+        rerank=rerank,
+        overwrite=overwrite,
+        whitening=whiten,
+        whitening_dim=whitening_dim,
+        calibration=calibration,
     )
     if rosbag is not None:
         from runtime.datasets.rosbag import DriveConfig

@@ -333,6 +333,13 @@ def write_map_files(
     whitening (``descriptors`` are then whitened: the index's space); ``calibration``: the verdict's, when
     made on held-out queries (None: calibrated on the map's own descriptors here).
     """
+    if (config.whitening and whitening is None) or (config.calibration == "queries" and calibration is None):
+        from runtime.errors import ConfigError
+
+        raise ConfigError(
+            "whitening and calibration on queries are fitted by build_map (netvlad-map build --dataset, in one "
+            "process); this builder does not fit them: build without --whiten / --calibration queries"
+        )
     if index is None:
         index, index_info = build_index(
             descriptors,

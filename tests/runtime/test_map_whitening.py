@@ -103,3 +103,16 @@ def test_whitening_of_another_model_is_refused(whitened, tmp_path):
     (broken / WHITENING_FILE).unlink()
     with pytest.raises(ArtifactError, match=re.escape(f"'{WHITENING_FILE}' is missing")):
         open_map(broken)
+
+
+def test_builders_that_do_not_fit_whitening_refuse_it(tmp_path):
+    """The Ray and ROS-bag builders write maps through write_map_files without fitting whitening or a
+    calibration on queries: asking them for one is an error, not a silently plain map."""
+    from runtime.map.build import write_map_files
+
+    for config in (MapConfig(whitening=True), MapConfig(calibration="queries")):
+        with pytest.raises(ConfigError, match="this builder does not fit them"):
+            write_map_files(
+                tmp_path, np.zeros((3, 8), np.float32), None, config, name="m", model={}, dataset={}
+            )
+    assert list(tmp_path.iterdir()) == []
