@@ -386,3 +386,30 @@ def test_an_index_faiss_from_another_map_is_refused(world, tmp_path):
         f"{recorded}, the file is {found}): it was replaced, perhaps by another map's or model's; rebuild the map "
         "with netvlad-map build"
     )
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_stream_is_opening_ends_the_run_with_130(world, silent_server, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root, model, _ = world
+    repo = Path(__file__).resolve().parents[2]
+    jsonl = tmp_path / "run.jsonl"
+    code = "from runtime.cli.run import app; app()"
+    args = ["--model", str(model), "--map", str(root / "map"), "--rtsp", silent_server, "--jsonl", str(jsonl)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args, "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    threading.Event().wait(4.0)  # the stream's open (up to 5 s per attempt) is under way
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)  # it used to take 25-50 s: a hang here fails the test
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.rstrip().endswith("interrupted")
+    assert jsonl.read_text() == ""  # flushed and closed, with no frame in it
