@@ -34,6 +34,7 @@ def test_map_files_and_metadata(world):
     # calibrated on the map: 40 images play unmapped places; the verdict flags 90 % of them
     cal = meta["calibration"]
     assert cal["source"] == "map" and cal["samples"] == 40 and cal["impostors"] == 40
+    assert cal["evidence_kind"] == "gap"
     assert cal["unknown_below_confidence"] == 0.9 and meta["whitening"] is None
     assert cal["unknown_threshold"] == pytest.approx(np.quantile(cal["impostor_quantiles"], 0.9), rel=0.05)
     lines = (world["map"] / "places.csv").read_text().splitlines()
