@@ -230,5 +230,57 @@ def soak(
     _print_markdown(run_soak(model, map_path, images, out, cfg))
 
 
+@app.command()
+@command_boundary
+def sequence(
+    model: Path = typer.Option(..., help="Model file (.onnx) the map was built with."),
+    map_path: Path = typer.Option(..., "--map", help="Map of the dataset's database (netvlad-map build)."),
+    dataset: str = typer.Option(..., help="Dataset whose queries are a sequence in order, e.g. nordland."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for sequence.json and sequence.md."),
+    frames: str = typer.Option("10,20", help="Sequence lengths to measure, e.g. 10,20."),
+    cost_sizes: str = typer.Option("1000,100000", help="Map sizes for the cost per frame."),
+    cost_dim: int = typer.Option(1024, help="Descriptor dimension of the cost maps."),
+    reverse: bool = typer.Option(False, help="Also score backward lines (a robot that reverses)."),
+    threads: int = typer.Option(2, help="Inference threads."),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
+) -> None:
+    """Sequence matching (--temporal): recall@1 against single frames, and its cost per frame at two map sizes."""
+    from benchmarks.sequence import SequenceBenchConfig, run_sequence_bench
+    from runtime.console import configure_logging, progress
+
+    configure_logging(verbose, quiet)
+    cfg = SequenceBenchConfig(
+        frames=_ints(frames, "--frames"),
+        cost_sizes=_ints(cost_sizes, "--cost-sizes"),
+        cost_dim=cost_dim,
+        reverse=reverse,
+        threads=threads,
+    )
+    _print_markdown(run_sequence_bench(model, map_path, dataset, out, cfg, progress=progress))
+
+
+@app.command()
+@command_boundary
+def live(
+    model: Path = typer.Option(..., help="Model file (.onnx) the map was built with."),
+    map_path: Path = typer.Option(..., "--map", help="Map directory (netvlad-map build)."),
+    video: Path = typer.Option(..., help="Video played at its own frame rate, as a camera delivers it."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for live.json and live.md."),
+    frames: int = typer.Option(300, help="Frames localised per run."),
+    threads: int = typer.Option(2, help="Inference threads."),
+    temporal: bool = typer.Option(False, help="Sequence matching on."),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
+) -> None:
+    """Capture-to-result latency (p50/p99) with a paced source, against the model's batch-1 inference time."""
+    from benchmarks.live import LiveBenchConfig, run_live_latency
+    from runtime.console import configure_logging
+
+    configure_logging(verbose, quiet)
+    cfg = LiveBenchConfig(frames=frames, threads=threads, temporal=temporal)
+    _print_markdown(run_live_latency(model, map_path, video, out, cfg))
+
+
 if __name__ == "__main__":
     app()

@@ -36,6 +36,7 @@ from the one :meth:`~Localizer.localize` builds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -452,6 +453,21 @@ class Localizer:
                     continue
             return False
 
+        superseded = [0]
+
+        def put_newest(item) -> bool:
+            """Live: a frame still waiting for the model gives way to this newer one, so each frame goes
+            straight to the model when it is free instead of queueing behind a stale one."""
+            while not stop.is_set():
+                try:
+                    prepared.put_nowait(item)
+                    return True
+                except queue.Full:
+                    with contextlib.suppress(queue.Empty):
+                        prepared.get_nowait()
+                        superseded[0] += 1
+            return False
+
         def feeder() -> None:
             try:
                 for number, frame in enumerate(frames):
@@ -459,7 +475,8 @@ class Localizer:
                     if not isinstance(frame, Frame):
                         frame = Frame(np.asarray(frame), time.time(), f"frame#{number}", number, 0.0, t0)
                     image = self.preprocess(frame.image, "BGR")
-                    if not put(prepared, (frame, image, time.perf_counter() - t0)):
+                    item = (frame, image, time.perf_counter() - t0)
+                    if not (put_newest(item) if live else put(prepared, item)):
                         return
                 put(prepared, _END)
             except BaseException as exc:
@@ -532,6 +549,8 @@ class Localizer:
             # from this thread could deadlock: a Ctrl-C that lands inside inferred.get() can leave that
             # queue's mutex held.
             stop.set()
+            if superseded[0]:
+                log.info("live: %d frames gave way to newer ones before the model", superseded[0])
             feeder_thread, inference_thread = threads
             feeder_thread.join(timeout=2.0)  # may wait on a stalled live source; it runs no model code
             # Always wait for the inference thread (it polls `stop` and finishes its batch): leaving a model

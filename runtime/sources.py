@@ -106,6 +106,9 @@ class FrameSource:
     def _release(self) -> None:
         """Close the underlying device or file."""
 
+    def _pace(self) -> None:
+        """Wait until the next frame is due (a file played in real time); called before each decode."""
+
     # -- the decoding thread -------------------------------------------------------------------------
     def _put(self, item) -> None:
         if self.live and item is not _END:
@@ -128,6 +131,7 @@ class FrameSource:
         try:
             self._open()
             while not self._stop.is_set():
+                self._pace()
                 t0 = time.perf_counter()
                 status, image, timestamp, name = self._read()
                 decode_s = time.perf_counter() - t0
@@ -340,13 +344,22 @@ class VideoFileSource(_CaptureSource):
 
     A frame that fails to decode before the end announced by the container is skipped and counted; after
     ``max_bad_frames`` consecutive failures the video is treated as ended early (logged).
+
+    ``realtime=True`` plays the file at its own frame rate, as a camera delivers frames: frame ``i`` is
+    decoded at ``i / fps`` seconds after the first, and the source is live (a slow consumer gets the newest
+    frame; the others are dropped and counted). For measuring the latency a robot sees.
     """
 
-    def __init__(self, path: str | Path, max_bad_frames: int = 25, **kwargs) -> None:
+    def __init__(self, path: str | Path, max_bad_frames: int = 25, realtime: bool = False, **kwargs) -> None:
         path = Path(path)
+        if realtime:
+            kwargs.setdefault("live", True)
         super().__init__(str(path), path.name, **kwargs)
         self.path = path
         self.max_bad_frames = max_bad_frames
+        self.realtime = realtime
+        self._period_s = 0.0
+        self._due = 0.0
         self._frame_count = 0
         self._position = 0
         if path.is_dir():
@@ -364,6 +377,20 @@ class VideoFileSource(_CaptureSource):
                 "codec?); re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4"
             )
         self._frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if self.realtime:
+            fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+            if not fps > 0:
+                raise SourceError(
+                    f"video '{self.path}' does not state its frame rate; it cannot play in real time"
+                )
+            self._period_s, self._due = 1.0 / fps, time.perf_counter()
+
+    def _pace(self) -> None:
+        if self.realtime:
+            delay = self._due - time.perf_counter()
+            if delay > 0:
+                self._stop.wait(delay)
+            self._due += self._period_s
 
     def _read(self):
         bad = 0

@@ -1,0 +1,233 @@
+"""``netvlad-bench sequence``: recall@1 of sequence matching (``netvlad-run --temporal``) against single
+frames, and its cost per frame at two map sizes.
+
+Recall: the dataset's queries are localised in their order, through the same code as ``netvlad-run``
+(:meth:`runtime.localizer.Localizer.locate` on each query's descriptor, one sequence over the whole
+stream), once frame by frame and once per sequence length. On Nordland the stream is every winter frame,
+as the SeqSLAM anchor feeds it; the near-blank frames of ``near_uniform.txt`` stay in the stream but are
+not scored. A query is right when its first match lies within ``radius_m`` (Nordland: +-1 frame).
+
+Cost: the sequence matcher's update alone (the map search, which grows with the map unless the index is
+compressed, is timed beside it) on maps of seeded route descriptors of two sizes, the same route of queries
+against each, so the two columns differ only in the map's size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.atomic import atomic_write_text
+from runtime.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SequenceBenchConfig:
+    """``frames``: sequence lengths measured (each a TemporalConfig(frames=...)); ``cost_sizes``: map sizes
+    for the cost table; ``cost_dim``: their descriptor dimension; ``cost_frames``: frames timed per size."""
+
+    frames: tuple[int, ...] = (10, 20)
+    radius_m: float = 25.0
+    threads: int = 2
+    batch_size: int = 16
+    cost_sizes: tuple[int, ...] = (1_000, 100_000)
+    cost_dim: int = 1024
+    cost_frames: int = 300
+    reverse: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.frames or min(self.frames) < 1 or not self.cost_sizes or min(self.cost_sizes) < 100:
+            raise ConfigError(f"invalid sequence benchmark config {self}: frames >= 1, cost sizes >= 100")
+
+
+def sequence_stream(spec: str):
+    """The dataset whose queries form the stream, and which of them are scored ``(Q,) bool``.
+
+    Nordland: every winter frame in order, near-blank ones not scored (as the SeqSLAM anchor)."""
+    from runtime.datasets import open_dataset
+    from runtime.datasets.aligned import load_aligned
+
+    dataset = open_dataset(spec)
+    if dataset.info.get("dataset") == "nordland":
+        root = dataset.root
+        full = load_aligned(root / "summer", root / "winter", name=dataset.name, frame_seconds=1.0)
+        listed = root / "near_uniform.txt"
+        blank = {line.strip() for line in listed.read_text().splitlines()} if listed.is_file() else set()
+        scored = np.array([Path(name).name not in blank for name in full.q_images])
+        return dataclasses.replace(full, info=dict(dataset.info)), scored
+    return dataset, np.ones(dataset.num_queries, dtype=bool)
+
+
+def query_descriptors(backend, dataset, cache: Path, batch_size: int, progress=None) -> np.ndarray:
+    """The queries' descriptors ``(Q, D)``, cached in ``cache`` (keyed by model fingerprint and dataset)."""
+    from runtime.map.build import extract_descriptors
+
+    if cache.is_file():
+        descriptors = np.load(cache)
+        if descriptors.shape == (dataset.num_queries, backend.card.descriptor_dim):
+            return descriptors
+    descriptors = extract_descriptors(
+        backend,
+        lambda i: dataset.read_image("queries", i),
+        dataset.num_queries,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, descriptors)
+    return descriptors
+
+
+def sequence_recall(
+    localizer,
+    descriptors: np.ndarray,
+    truth_utm: np.ndarray,
+    scored: np.ndarray,
+    radius_m: float,
+    progress=None,
+) -> dict[str, Any]:
+    """R@1 of ``localizer`` over the stream of ``descriptors (Q, D)`` and the time per frame of locate()."""
+    localizer.reset()
+    best = np.empty((len(descriptors), 2))
+    started = time.perf_counter()
+    rows = (
+        progress(range(len(descriptors)), desc="frames", unit="frame")
+        if progress
+        else range(len(descriptors))
+    )
+    for i in rows:
+        loc = localizer.locate(descriptors[i], timestamp=float(i), index=i)
+        best[i] = loc.matches[0].easting, loc.matches[0].northing
+    seconds = time.perf_counter() - started
+    right = np.linalg.norm(best - truth_utm, axis=1) <= radius_m
+    return {
+        "R@1": float(right[scored].mean()),
+        "scored": int(scored.sum()),
+        "ms_per_frame": 1000 * seconds / len(descriptors),
+    }
+
+
+def route_descriptors(places: int, dim: int, seed: int) -> np.ndarray:
+    """Seeded map descriptors along a route ``(places, dim)`` float32: neighbours share appearance."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((places, dim), dtype=np.float32)
+    walk = rng.standard_normal(dim).astype(np.float32)
+    for start in range(0, places, 4096):  # a random walk in blocks: bounded temporary memory
+        steps = rng.standard_normal((min(4096, places - start), dim)).astype(np.float32)
+        block = walk + np.cumsum(steps, axis=0) * 0.5  # (B, dim)
+        walk = block[-1]
+        out[start : start + len(block)] = block + 2.0 * rng.standard_normal(block.shape).astype(np.float32)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+def matcher_cost(sizes, dim: int, frames: int, temporal_config, seed: int = 0) -> list[dict[str, Any]]:
+    """Per map size: the sequence matcher's update time per frame (p50, p99) and the flat search's."""
+    from runtime.map.index import build_index, search
+    from runtime.temporal import SequenceMatcher
+
+    rows = []
+    for size in sizes:
+        places = route_descriptors(size, dim, seed)
+        index, _ = build_index(places, "flat")
+        rng = np.random.default_rng(seed + 1)
+        path = (np.arange(frames) * 1.0 + size // 3).astype(np.int64) % size
+        queries = places[path] + 0.05 * rng.standard_normal((frames, dim)).astype(np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        matcher = SequenceMatcher(lambda ids, p=places: p[ids], size, temporal_config)
+        update_ms, search_ms, right = [], [], 0
+        for t, q in enumerate(queries):
+            t0 = time.perf_counter()
+            _, ids = search(index, q[None], temporal_config.candidates)
+            t1 = time.perf_counter()
+            best = matcher.update(q, ids[0]).ids[0]
+            t2 = time.perf_counter()
+            search_ms.append(1000 * (t1 - t0))
+            update_ms.append(1000 * (t2 - t1))
+            right += abs(int(best) - int(path[t])) <= 1
+        rows.append(
+            {
+                "places": size,
+                "dim": dim,
+                "update_ms_p50": float(np.percentile(update_ms, 50)),
+                "update_ms_p99": float(np.percentile(update_ms, 99)),
+                "flat_search_ms_p50": float(np.percentile(search_ms, 50)),
+                "R@1": right / frames,
+            }
+        )
+        log.info("cost at %d places: update p50 %.2f ms", size, rows[-1]["update_ms_p50"])
+        del index, places
+    return rows
+
+
+def run_sequence_bench(
+    model: str | Path,
+    map_path: str | Path,
+    dataset: str,
+    out: str | Path,
+    config: SequenceBenchConfig | None = None,
+    progress=None,
+) -> dict[str, Any]:
+    """Measure, write ``sequence.json`` and ``sequence.md`` into ``out``, and return the result."""
+    from runtime.backends import open_backend
+    from runtime.localizer import Localizer, LocalizerConfig
+    from runtime.map import open_map
+    from runtime.temporal import TemporalConfig
+
+    config = config or SequenceBenchConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stream, scored = sequence_stream(dataset)
+    result: dict[str, Any] = {"dataset": stream.name, "queries": stream.num_queries, "runs": {}}
+    with open_backend(model, "onnxruntime-cpu", threads=config.threads) as backend:
+        place_map = open_map(map_path, backend.card, model_name=str(model))
+        if len(place_map) != stream.num_db:
+            raise ConfigError(
+                f"map '{map_path}' has {len(place_map)} places but dataset '{dataset}' has {stream.num_db} "
+                "database images; build the map from this dataset's database"
+            )
+        cache = out / f"queries-{backend.card.weights_fingerprint}-{stream.name}.npy"
+        descriptors = query_descriptors(backend, stream, cache, config.batch_size, progress)
+        runs = [("single frame", None)] + [
+            (f"sequence {f} frames", TemporalConfig(frames=f, reverse=config.reverse)) for f in config.frames
+        ]
+        for name, temporal in runs:
+            localizer = Localizer(backend, place_map, LocalizerConfig(temporal=temporal))
+            row = sequence_recall(localizer, descriptors, stream.q_utm, scored, config.radius_m, progress)
+            result["runs"][name] = row
+            log.info("%s: R@1 %.4f (%.2f ms per frame)", name, row["R@1"], row["ms_per_frame"])
+    result["cost"] = matcher_cost(
+        config.cost_sizes, config.cost_dim, config.cost_frames, TemporalConfig(reverse=config.reverse)
+    )
+    result["config"] = dataclasses.asdict(config)
+    lines = [
+        f"# Sequence matching on {stream.name} ({int(scored.sum())} scored queries of {stream.num_queries})",
+        "",
+        "| run | R@1 | ms per frame (search + sequence) |",
+        "|---|---|---|",
+        *(f"| {n} | {r['R@1']:.4f} | {r['ms_per_frame']:.2f} |" for n, r in result["runs"].items()),
+        "",
+        f"Cost per frame, {config.cost_dim}-D seeded route maps, TemporalConfig() defaults:",
+        "",
+        "| places | sequence update p50 / p99 (ms) | flat search p50 (ms) | R@1 |",
+        "|---|---|---|---|",
+        *(
+            f"| {c['places']:,} | {c['update_ms_p50']:.2f} / {c['update_ms_p99']:.2f} | "
+            f"{c['flat_search_ms_p50']:.2f} | {c['R@1']:.3f} |"
+            for c in result["cost"]
+        ),
+    ]
+    files = {"json": out / "sequence.json", "markdown": out / "sequence.md"}
+    atomic_write_text(files["json"], json.dumps(result, indent=2) + "\n")
+    atomic_write_text(files["markdown"], "\n".join(lines) + "\n")
+    result["files"] = {k: str(v) for k, v in files.items()}
+    return result

@@ -1,0 +1,87 @@
+"""netvlad-bench sequence and live on a tiny world: what they measure and write (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from benchmarks.live import LiveBenchConfig, run_live_latency
+from benchmarks.sequence import SequenceBenchConfig, route_descriptors, run_sequence_bench
+from runtime.errors import ConfigError
+from runtime.map import MapConfig, build_map
+from runtime.sources import VideoFileSource
+from tests.runtime.helpers import make_onnx_model, make_stand_in_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seqbench")
+    model, _ = make_onnx_model(root / "model.onnx")
+    dataset = make_stand_in_world(
+        root / "data", places=60, spacing_m=10.0, seed=7, size=(48, 64), noise=30, distract=0.6
+    )
+    map_dir = build_map(model, dataset, root / "map", MapConfig(faiss_threads=1))
+    video = root / "queries.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (64, 48))
+    for i in range(dataset.num_queries):
+        writer.write(cv2.imread(str(dataset.image_path("queries", i))))
+    writer.release()
+    return root, model, dataset, map_dir, video
+
+
+def test_sequence_benchmark_measures_recall_and_cost(world, tmp_path):
+    _, model, dataset, map_dir, _ = world
+    config = SequenceBenchConfig(frames=(10,), cost_sizes=(200, 800), cost_dim=32, cost_frames=40, threads=1)
+    result = run_sequence_bench(model, map_dir, str(dataset.root), tmp_path, config)
+    runs = result["runs"]
+    # measured on this world (tests/runtime/test_streaming.py): 0.700 frame by frame, 0.983 sequenced
+    assert runs["single frame"]["R@1"] == pytest.approx(0.700, abs=0.02)
+    assert runs["sequence 10 frames"]["R@1"] >= 0.95
+    assert [c["places"] for c in result["cost"]] == [200, 800]
+    assert all(c["R@1"] >= 0.9 for c in result["cost"])  # the seeded route is easy: the cost maps are sane
+    saved = json.loads((tmp_path / "sequence.json").read_text())
+    assert saved["runs"]["sequence 10 frames"]["R@1"] == runs["sequence 10 frames"]["R@1"]
+    assert "| sequence 10 frames |" in (tmp_path / "sequence.md").read_text()
+    assert len(list(tmp_path.glob("queries-*.npy"))) == 1
+
+
+def test_sequence_benchmark_needs_the_datasets_map(world, tmp_path):
+    _, model, _, map_dir, _ = world
+    other = make_stand_in_world(tmp_path / "other", places=20, size=(48, 64))
+    with pytest.raises(ConfigError, match="has 60 places but dataset .* has 20 database images"):
+        run_sequence_bench(
+            model, map_dir, str(other.root), tmp_path / "out", SequenceBenchConfig(cost_sizes=(200,))
+        )
+
+
+def test_route_descriptors_are_a_route():
+    x = route_descriptors(300, 32, seed=0)
+    assert x.shape == (300, 32) and np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    neighbour = np.sum(x[1:] * x[:-1], axis=1).mean()
+    far = np.sum(x[100:] * x[:-100], axis=1).mean()
+    assert neighbour > far + 0.2
+
+
+def test_live_benchmark_paces_the_video(world, tmp_path):
+    _, model, dataset, map_dir, video = world
+    result = run_live_latency(
+        model, map_dir, video, tmp_path, LiveBenchConfig(frames=30, threads=1, infer_repeats=5)
+    )
+    assert result["video_fps"] == pytest.approx(30.0)
+    assert result["paced_frames"] + result["paced_dropped"] <= dataset.num_queries
+    assert result["paced_frames"] == 30 and result["unpaced"]["total"]["n"] == 30
+    assert result["inference_batch1"]["n"] == 10
+    assert result["ratio_p50"] > 0
+    assert "capture to result" in (tmp_path / "live.md").read_text()
+
+
+def test_a_realtime_video_is_live_and_delivers_every_frame_to_a_fast_reader(world):
+    _, _, dataset, _, video = world
+    with VideoFileSource(video, realtime=True) as source:
+        assert source.live
+        frames = list(source)
+    assert len(frames) + source.stats.dropped == dataset.num_queries
+    assert [f.source for f in frames][:2] == ["queries.avi#0", "queries.avi#1"]
