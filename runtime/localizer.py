@@ -54,7 +54,7 @@ from runtime.map import PlaceMap, open_map
 from runtime.map.calibrate import SEARCH_CANDIDATES, Verdict
 from runtime.preprocess import Preprocessor
 from runtime.protocol import EVAL_RADIUS_M
-from runtime.sources import Frame
+from runtime.sources import Frame, SourceStats
 from runtime.temporal import SequenceMatcher, TemporalConfig, route_order_gap
 
 log = logging.getLogger(__name__)
@@ -352,7 +352,7 @@ class Localizer:
                 self.map.path,
                 gap,
             )
-        return SequenceMatcher(self.map.descriptors, len(self.map), config)
+        return SequenceMatcher(self.map.descriptors, len(self.map), config, place_spacing_m=self._spacing)
 
     def _finish(
         self,
@@ -454,6 +454,9 @@ class Localizer:
             return False
 
         superseded = [0]
+        stats = getattr(
+            frames, "stats", None
+        )  # a FrameSource's counters: superseded frames are counted there
 
         def put_newest(item) -> bool:
             """Live: a frame still waiting for the model gives way to this newer one, so each frame goes
@@ -466,6 +469,8 @@ class Localizer:
                     with contextlib.suppress(queue.Empty):
                         prepared.get_nowait()
                         superseded[0] += 1
+                        if isinstance(stats, SourceStats):
+                            stats.superseded += 1
             return False
 
         def feeder() -> None:

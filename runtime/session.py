@@ -251,14 +251,15 @@ class _Replays:
         self._dropped = self._corrupt = 0
 
     def finished(self, source: FrameSource) -> None:
-        self._dropped += source.stats.dropped
+        self._dropped += source.stats.dropped + source.stats.superseded
         self._corrupt += source.stats.corrupt
         if self.current is source:
             self.current = None
 
     @property
     def dropped(self) -> int:
-        return self._dropped + (self.current.stats.dropped if self.current is not None else 0)
+        current = self.current.stats if self.current is not None else None
+        return self._dropped + (current.dropped + current.superseded if current is not None else 0)
 
     @property
     def corrupt(self) -> int:

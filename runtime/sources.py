@@ -55,6 +55,9 @@ class SourceStats:
     dropped: int = 0  # live sources: frames discarded because the consumer was slower
     corrupt: int = 0  # frames or images that could not be decoded and were skipped
     reopened: int = 0  # live sources: successful reconnections after a drop-out
+    superseded: int = (
+        0  # live runs: frames a newer one replaced while they waited for the model (Localizer.run)
+    )
 
 
 @dataclass(frozen=True)

@@ -55,13 +55,20 @@ import numpy as np
 from runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
+CONTRAST_WINDOW_M = (
+    200.0  # metres of route a place is contrasted against (10 Nordland frames, 40 places at 5 m)
+)
 
 
 @dataclass(frozen=True)
 class TemporalConfig:
     """``frames``: sequence length (frames per line). ``candidates``: places taken from the map index per
     frame. ``hypotheses``: best line ends carried to the next frame. ``window``: contrast-enhancement window
-    (places). ``min_speed`` / ``max_speed``: forward speeds in places per frame. ``stops``: a frame that
+    (places; None: 200 m of route at the map's place spacing, at least 10). ``continuity``: subtracted from
+    the score of the ends that continue the previous frame's best line (within one place of where it
+    leads): through a stretch where frames say little (night), the line being followed keeps its place
+    unless another wins by this much; a jump costs about this much evidence more to follow.
+    ``min_speed`` / ``max_speed``: forward speeds in places per frame. ``stops``: a frame that
     did not move replaces the newest frame of the window (see the module doc); ``stop_fraction``: a frame
     whose difference to the previous one (``1 - cosine``) is below this fraction of the map's median
     difference between neighbouring places did not move. ``reverse``: also the forward speeds backwards.
@@ -71,9 +78,10 @@ class TemporalConfig:
     frames: int = 10
     candidates: int = 32
     hypotheses: int = 16
-    window: int = 10
+    window: int | None = None
     min_speed: float = 0.8
     max_speed: float = 1.2
+    continuity: float = 4.0
     stops: bool = True
     stop_fraction: float = 0.25
     reverse: bool = False
@@ -84,14 +92,15 @@ class TemporalConfig:
             self.frames < 1
             or self.candidates < 1
             or self.hypotheses < 0
-            or self.window < 2
+            or (self.window is not None and self.window < 2)
+            or self.continuity < 0
             or self.suppress < 0
             or not 0 < self.min_speed <= self.max_speed
             or not 0 <= self.stop_fraction < 1
         ):
             raise ConfigError(
                 f"invalid temporal config {self}: frames, candidates >= 1, hypotheses, suppress >= 0, "
-                "window >= 2, 0 < min_speed <= max_speed, 0 <= stop_fraction < 1"
+                "window >= 2 or None, continuity >= 0, 0 < min_speed <= max_speed, 0 <= stop_fraction < 1"
             )
 
     def speeds(self) -> np.ndarray:
@@ -132,6 +141,7 @@ class SequenceMatcher:
         place_descriptors: Callable[[np.ndarray], np.ndarray],
         num_places: int,
         config: TemporalConfig | None = None,
+        place_spacing_m: float | None = None,
     ) -> None:
         if num_places < 1:
             raise ConfigError(f"sequence matching needs a map with places, got {num_places}")
@@ -150,7 +160,8 @@ class SequenceMatcher:
         self._steps = np.arange(np.floor(self._speeds.min()), np.ceil(self._speeds.max()) + 1).astype(
             np.int64
         )
-        self._half = self.config.window // 2
+        self.window = self.config.window or contrast_window(place_spacing_m)
+        self._half = self.window // 2
         self._stop_similarity = self._standing_still_similarity() if self.config.stops else np.inf
         slots = (self.config.frames, self.num_places)  # one row per frame of the window
         self._similarity = np.zeros(slots, dtype=np.float32)  # cosine similarity of frame to place
@@ -165,14 +176,16 @@ class SequenceMatcher:
         """Forget the past: the next frame starts a new sequence."""
         self._window: list[tuple[int, int]] = []  # (serial, slot) of the window's frames, newest first
         self._carried = np.empty(0, dtype=np.int64)
+        self._lead: tuple[int, float] | None = None  # the previous frame's best end and its line's speed
 
     @property
     def frames(self) -> int:
         """Frames in the current window (0 after :meth:`reset`)."""
         return len(self._window)
 
-    def _admit(self, descriptor: np.ndarray) -> None:
-        """Put a frame into the window: a new newest frame, or, when it did not move, in place of the newest."""
+    def _admit(self, descriptor: np.ndarray) -> bool:
+        """Put a frame into the window: a new newest frame, or, when it did not move, in place of the newest.
+        Returns whether the window advanced."""
         serial = self._serial
         self._serial += 1
         if self._window:
@@ -181,13 +194,14 @@ class SequenceMatcher:
             if still and not self._map_still_at_best():
                 self._window[0] = (serial, newest_slot)
                 self._frame_descriptors[newest_slot] = descriptor
-                return
+                return False
         if len(self._window) == self.config.frames:
             slot = self._window.pop()[1]
         else:
             slot = min(set(range(self.config.frames)) - {s for _, s in self._window})
         self._window.insert(0, (serial, slot))
         self._frame_descriptors[slot] = descriptor
+        return True
 
     def _map_still_at_best(self) -> bool:
         """Whether the map itself stands still where the best line ended (its place and the next look the
@@ -201,7 +215,7 @@ class SequenceMatcher:
     def update(self, descriptor: np.ndarray, candidates: np.ndarray) -> SequenceMatch:
         """Add one frame: its descriptor ``(D,)`` and its top places from the map index ``(K,)`` (best first,
         -1 = padding). Returns the places ranked by sequence score (:class:`SequenceMatch`)."""
-        self._admit(np.ascontiguousarray(descriptor, dtype=np.float32).reshape(-1))
+        advanced = self._admit(np.ascontiguousarray(descriptor, dtype=np.float32).reshape(-1))
         n = len(self._window)
         window_stamps = np.asarray([serial + 1 for serial, _ in self._window])  # (n,) newest first
         window_slots = np.asarray([slot for _, slot in self._window])  # (n,)
@@ -231,8 +245,13 @@ class SequenceMatcher:
             lines[np.ix_(fresh, self._speeds < 0)] = np.inf
         best = lines.argmin(axis=1)
         scores = lines[np.arange(len(ends)), best]
+        if self._lead is not None and self.config.continuity > 0:  # the line followed so far, one step on
+            end, speed = self._lead
+            follows = np.abs(ends - (end + (round(speed) if advanced else 0))) <= 1
+            scores = scores - self.config.continuity * follows
         order = np.argsort(scores, kind="stable")
         ends, scores, speeds = ends[order], scores[order], self._speeds[best[order]]
+        self._lead = (int(ends[0]), float(speeds[0])) if np.isfinite(scores[0]) else None
         self._carry(ends, scores)
         similarities = self._similarity[window_slots[0], ends]  # filled: each end is a cell at lag 0
         return SequenceMatch(ends, scores, speeds, similarities.copy(), n)
@@ -252,7 +271,7 @@ class SequenceMatcher:
         """Compute and store the contrast-enhanced differences of cells ``(slots (M,), places (M,))``: the
         z-score of ``1 - s`` within the ``window + 1`` places around the place (shifted at the map's ends so
         that every place has as many neighbours)."""
-        size = min(self.config.window + 1, self.num_places)
+        size = min(self.window + 1, self.num_places)
         start = np.clip(places - self._half, 0, self.num_places - size)  # (M,)
         window = start[:, None] + np.arange(size)[None, :]  # (M, size)
         window_slots = np.broadcast_to(slots[:, None], window.shape)
@@ -281,6 +300,14 @@ class SequenceMatcher:
             if all(abs(end - k) > self.config.suppress for k in kept):
                 kept.append(end)
         self._carried = np.asarray(kept, dtype=np.int64)
+
+
+def contrast_window(place_spacing_m: float | None, metres: float = CONTRAST_WINDOW_M) -> int:
+    """Places in the contrast-enhancement window: ``metres`` of route, at least 10 places (OpenSeqSLAM's
+    window, which is Nordland's 200 m), at most 100."""
+    if not place_spacing_m or place_spacing_m <= 0:
+        return 10
+    return int(min(100, max(10, round(metres / place_spacing_m))))
 
 
 def route_order_gap(utm: np.ndarray, samples: int = 2000) -> float:

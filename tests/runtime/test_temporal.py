@@ -97,7 +97,8 @@ def match(x: np.ndarray, queries: np.ndarray, config: TemporalConfig | None, k: 
 def reference_scores(x: np.ndarray, queries: np.ndarray, config: TemporalConfig) -> np.ndarray:
     """Causal SeqSLAM over the whole difference matrix, by loops (the definition in the module doc)."""
     d = 1.0 - queries.astype(np.float64) @ x.T.astype(np.float64)  # (T, N)
-    n_places, half, size = len(x), config.window // 2, config.window + 1
+    window = config.window or 10  # no place spacing given: the 10-place default
+    n_places, half, size = len(x), window // 2, window + 1
     enhanced = np.empty_like(d)
     for j in range(n_places):
         start = min(max(0, j - half), n_places - size)  # shifted, not clipped, at the map's ends
@@ -123,7 +124,7 @@ def test_matcher_scores_equal_the_brute_force_reference():
     x = route_world(places=80)
     path = np.arange(20, 45)
     queries = noisy_queries(x, path, noise=2.0)
-    config = TemporalConfig(frames=8, stops=False)
+    config = TemporalConfig(frames=8, stops=False, continuity=0.0)  # the bare SeqSLAM score
     matcher = SequenceMatcher(lambda ids: x[ids], len(x), config)
     for q in queries:
         result = matcher.update(q, np.argsort(-(x @ q))[:10])
@@ -141,9 +142,9 @@ def test_sequence_beats_single_frame_on_a_seeded_route():
     queries = noisy_queries(x, path, noise=4.0)
     single = np.mean(np.abs(match(x, queries, None) - path) <= 1)
     sequenced = np.mean(np.abs(match(x, queries, TemporalConfig()) - path) <= 1)
-    # measured: 0.26 single-frame, 0.84 over 10 frames
+    # measured: 0.26 single-frame, 0.995 over 10 frames (0.84 without the continuity bonus)
     assert single == pytest.approx(0.26, abs=0.03)
-    assert sequenced >= 0.8
+    assert sequenced >= 0.97
 
 
 def test_a_stopped_robot_keeps_its_place():
@@ -155,7 +156,8 @@ def test_a_stopped_robot_keeps_its_place():
     held = match(x, queries, TemporalConfig())
     clocked = match(x, queries, TemporalConfig(stops=False))
     stop = slice(80, 100)
-    # measured: 1.0 while waiting when the window advances with motion, 0.15 when it advances per frame
+    # measured: 1.0 while waiting when the window advances with motion, 0.15 when it advances per frame;
+    # 1.0 in the 10 frames after
     assert np.mean(np.abs(held[stop] - path[stop]) <= 1) == 1.0
     assert np.mean(np.abs(clocked[stop] - path[stop]) <= 1) <= 0.3
     after = slice(100, 110)
@@ -169,9 +171,9 @@ def test_reversing_is_followed_when_enabled():
     backwards = slice(110, 159)
     forward_only = match(x, queries, TemporalConfig())
     reversing = match(x, queries, TemporalConfig(reverse=True))
-    # measured: 0.06 with forward lines only (the reversed stretch), 0.71 with backward lines
+    # measured: 0.0 with forward lines only (the reversed stretch), 0.88 with backward lines
     assert np.mean(np.abs(forward_only[backwards] - path[backwards]) <= 1) <= 0.15
-    assert np.mean(np.abs(reversing[backwards] - path[backwards]) <= 1) >= 0.6
+    assert np.mean(np.abs(reversing[backwards] - path[backwards]) <= 1) >= 0.8
 
 
 def test_matcher_relocalises_after_a_splice_and_resets():
@@ -233,6 +235,6 @@ def test_sequence_matching_on_nordland_winter_against_summer(nordland_dir):
     single = recall(match(db, q, None, k=32))
     sequenced = recall(match(db, q, TemporalConfig(frames=10), k=32))
     print(f"nordland[:400] R@1 single {single:.3f}, 10 frames {sequenced:.3f}")
-    # measured: 0.223 single-frame, 0.674 over 10 frames (SeqSLAM anchor, whole route: 0.070 -> 0.724)
+    # measured: 0.223 single-frame, 0.698 over 10 frames (SeqSLAM anchor, whole route: 0.070 -> 0.724)
     assert single == pytest.approx(0.223, abs=0.01)
-    assert sequenced >= 0.65
+    assert sequenced >= 0.68
