@@ -1,6 +1,6 @@
 """CPU latency of the exported variants against PyTorch eager, side by side: ``python -m export.measure``.
 
-``python -m export.measure CHECKPOINT EXPORT_DIR [--batch 1 --batch 8] [--rounds 15] [--threads 2]``
+``python -m export.measure CHECKPOINT EXPORT_DIR [--batch-size 1 --batch-size 8] [--rounds 15] [--threads 2]``
 
 Every variant (PyTorch eager FP32, and each ``*.onnx`` in EXPORT_DIR on ONNX Runtime's CPU provider) runs
 the same uint8 batch, interleaved round by round so that load from other processes hits all of them alike;
@@ -10,7 +10,6 @@ ONNX Runtime chose for each model. Report ratios, not absolute times, on a share
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -18,6 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import typer
+
+from runtime.cli.options import json_option, overwrite_option, run_app, threads_option
 from runtime.console import command_boundary
 
 
@@ -37,38 +39,48 @@ def time_interleaved(
     return times
 
 
-@command_boundary
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("export_dir", type=Path)
-    parser.add_argument("--batch", type=int, action="append", default=None)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
-    args = parser.parse_args(argv)
+app = typer.Typer(add_completion=False, help=(__doc__ or "").split("\n\n")[0])
 
+
+@app.command()
+@command_boundary
+def cli(
+    checkpoint: Path = typer.Argument(
+        ..., metavar="CHECKPOINT", help="The model.pt the artifacts came from."
+    ),
+    export_dir: Path = typer.Argument(..., metavar="EXPORT_DIR", help="The folder netvlad-export wrote."),
+    batch_size: list[int] = typer.Option(
+        [1, 8], "--batch-size", metavar="N", help="Batch sizes to time; repeatable."
+    ),
+    rounds: int = typer.Option(15, min=1, help="Interleaved rounds per batch size."),
+    threads: int = threads_option("PyTorch and ONNX Runtime"),
+    json_out: Path = json_option("the numbers"),
+    overwrite: bool = overwrite_option("the --json file"),
+) -> None:
+    """Print the median per variant and its ratios to ONNX Runtime FP32 and to PyTorch eager."""
     import torch
 
     from export.images import fixed_images
     from export.quantize import ort_kernels
+    from runtime.atomic import atomic_write_text
     from runtime.backends.onnxruntime import create_session
     from runtime.card import read_onnx_card
+    from runtime.outputs import check_not_replacing
     from training.checkpoint import load_model
     from training.model import DeployModel
 
-    torch.set_num_threads(args.threads)
-    deploy = DeployModel(load_model(args.checkpoint)).eval()
-    models = sorted(args.export_dir.glob("*.onnx"), key=lambda p: (len(p.name), p.name))
+    check_not_replacing({"--json": json_out}, overwrite)
+    if threads:
+        torch.set_num_threads(threads)
+    deploy = DeployModel(load_model(checkpoint)).eval()
+    models = sorted(export_dir.glob("*.onnx"), key=lambda p: (len(p.name), p.name))
     card = read_onnx_card(models[0])
-    results: dict[str, Any] = {"threads": args.threads, "rounds": args.rounds, "batches": {}, "kernels": {}}
+    results: dict[str, Any] = {"threads": threads, "rounds": rounds, "batches": {}, "kernels": {}}
     for path in models:
-        kernels = ort_kernels(path, args.threads)
+        kernels = ort_kernels(path, threads)
         results["kernels"][path.name] = kernels
-        print(f"{path.name}: ONNX Runtime CPU kernels {kernels}")
-    for batch in args.batch or [1, 8]:
+        typer.echo(f"{path.name}: ONNX Runtime CPU kernels {kernels}")
+    for batch in batch_size:
         images = fixed_images(card, batch, seed=batch)
         tensor = torch.from_numpy(images)
         runners: dict[str, Callable[[], Any]] = {}
@@ -79,23 +91,27 @@ def main(argv: list[str] | None = None) -> int:
 
         runners["pytorch eager fp32"] = eager
         for path in models:
-            session = create_session(path, threads=args.threads)
+            session = create_session(path, threads=threads)
             runners[f"onnxruntime {path.name}"] = lambda s=session, x=images: s.run(None, {"image": x})
-        times = time_interleaved(runners, args.rounds)
+        times = time_interleaved(runners, rounds)
         medians = {name: statistics.median(t) for name, t in times.items()}
         base = medians["onnxruntime model.onnx"]
-        print(f"\nbatch {batch}: median of {args.rounds} interleaved rounds, {args.threads} threads")
-        print("| variant | median ms | speed vs ORT FP32 | speed vs PyTorch eager |")
-        print("|---|---|---|---|")
+        typer.echo(f"\nbatch {batch}: median of {rounds} interleaved rounds, {threads} threads")
+        typer.echo("| variant | median ms | speed vs ORT FP32 | speed vs PyTorch eager |")
+        typer.echo("|---|---|---|---|")
         for name, median in medians.items():
-            print(
+            typer.echo(
                 f"| {name} | {1000 * median:.1f} | {base / median:.2f}x | "
                 f"{medians['pytorch eager fp32'] / median:.2f}x |"
             )
         results["batches"][str(batch)] = {name: 1000 * m for name, m in medians.items()}
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    if json_out:
+        atomic_write_text(json_out, json.dumps(results, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m export.measure ARGS``; returns 0, or exits with the command's exit code."""
+    return run_app(app, argv, "python -m export.measure")
 
 
 if __name__ == "__main__":
