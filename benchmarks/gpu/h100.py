@@ -165,18 +165,20 @@ def run(
         "capabilities": {k: v or "present" for k, v in caps.items()},
     }
     repeats = 10 if quick else 50
-    world = guarded(lambda: {"dataset": _world(out, quick, dataset)})
-    if "error" in world:
-        result["world"] = world
+    world: dict[str, Any] = {"error": "not needed by these sections"}
+    if {"inference", "localizer"} & set(sections) or (quick and "training" in sections):
+        world = guarded(lambda: {"dataset": _world(out, quick, dataset)})
+        if "error" in world:
+            result["world"] = world
     models: dict[str, Any] = {}
     if {"inference", "localizer"} & set(sections):
         models = inference.build_models(out, quick, checkpoint, model_names)
+        result["models"] = {name: e for name, e in models.items() if "error" in e}  # export failures
     if "inference" in sections:
         result["inference"] = {}
         for i, (name, entry) in enumerate(models.items()):
             if "error" in entry or "error" in world:
-                result["inference"][name] = entry if "error" in entry else {"error": "no dataset"}
-                continue
+                continue  # the reason is under "models" or "world"
             _timed(
                 result["inference"],
                 name,

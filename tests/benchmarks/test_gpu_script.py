@@ -121,15 +121,25 @@ def test_parity_fails_a_candidate_that_drifts():
     assert drifted["failures"][0].startswith("cosine min 0.9") and drifted["failures"][0].endswith("< 0.999")
 
 
-def test_a_failing_step_is_an_error_in_the_json_and_the_exit_status(tmp_path, capsys):
-    missing = tmp_path / "no-such-dataset"
-    status = h100.main(["--quick", "--sections", "search", "--dataset", str(missing), "--out", str(tmp_path)])
+def test_a_failing_step_is_an_error_in_the_json_and_the_exit_status(bench_world, tmp_path, capsys):
+    missing = tmp_path / "missing.pt"
+    args = [
+        "--quick",
+        "--sections",
+        "localizer",
+        "--checkpoint",
+        str(missing),
+        "--dataset",
+        str(bench_world.dataset),
+    ]
+    status = h100.main([*args, "--out", str(tmp_path)])
     result = json.loads((tmp_path / "gpu.json").read_text())
     assert status == 1
-    assert len(result["errors"]) == 1 and result["errors"][0].startswith("world: ")
-    assert str(missing) in result["errors"][0] and "trace" in result["world"]
+    assert [e.split(":")[0] for e in result["errors"]] == ["models/missing", "localizer"]
+    assert str(missing) in result["errors"][0] and "trace" in result["models"]["missing"]
+    assert result["errors"][1] == "localizer: no model or dataset (see models / world)"
     printed = capsys.readouterr().out
-    assert "errors: 1" in printed and result["errors"][0][:100] in printed
+    assert "errors: 2" in printed and result["errors"][0][:100] in printed
 
 
 def test_training_steps_checkpoint_and_resume(bench_world, tmp_path):
