@@ -89,7 +89,7 @@ def run_live_latency(
         before = time_calls(lambda: localizer.backend.infer(image), config.infer_repeats)
         with VideoFileSource(video, realtime=True, queue_size=1) as source:
             paced = _localise(localizer, source, config.frames)
-            dropped = source.stats.dropped
+            dropped, superseded = source.stats.dropped, source.stats.superseded
         with VideoFileSource(video) as source:
             unpaced = _localise(localizer, source, config.frames)
         after = time_calls(lambda: localizer.backend.infer(image), config.infer_repeats)
@@ -103,6 +103,7 @@ def run_live_latency(
         "paced": {stage: summarize_ms(v) for stage, v in paced.items()},
         "paced_frames": len(paced["total"]),
         "paced_dropped": dropped,
+        "paced_superseded": superseded,
         "unpaced": {stage: summarize_ms(v) for stage, v in unpaced.items()},
         "ratio_p50": summarize_ms(paced["total"])["p50_ms"] / infer["p50_ms"],
         "config": asdict(config),
@@ -119,8 +120,13 @@ def run_live_latency(
         f"| same video as fast as it decodes (queueing) | {u['p50_ms']:.1f} | {u['p99_ms']:.1f} |",
         "",
         f"Paced p50 / inference p50 = {result['ratio_p50']:.2f} (goal <= 1.5); "
-        f"{result['paced_frames']} frames localised, {dropped} dropped by the source "
-        f"(inference p50 in the paced run: {result['paced']['inference']['p50_ms']:.1f} ms).",
+        f"{result['paced_frames']} frames localised, {dropped} dropped by the source, {superseded} replaced by "
+        "a newer frame before the model (stage p50 in the paced run: "
+        + ", ".join(
+            f"{s} {result['paced'][s]['p50_ms']:.1f} ms"
+            for s in ("decode", "preprocess", "inference", "search")
+        )
+        + ").",
     ]
     files = {"json": out / "live.json", "markdown": out / "live.md"}
     atomic_write_text(files["json"], json.dumps(result, indent=2, default=float) + "\n")

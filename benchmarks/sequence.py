@@ -116,16 +116,21 @@ def sequence_recall(
     }
 
 
-def route_descriptors(places: int, dim: int, seed: int) -> np.ndarray:
-    """Seeded map descriptors along a route ``(places, dim)`` float32: neighbours share appearance."""
+def route_descriptors(places: int, dim: int, seed: int, width: int = 5) -> np.ndarray:
+    """Seeded map descriptors along a route ``(places, dim)`` float32, L2-normalised: each place is the sum of
+    ``width`` consecutive draws of white noise, so neighbours share appearance and places farther apart than
+    ``width`` are unrelated, the same all along the route (a stationary route, whatever its length)."""
     rng = np.random.default_rng(seed)
     out = np.empty((places, dim), dtype=np.float32)
-    walk = rng.standard_normal(dim).astype(np.float32)
-    for start in range(0, places, 4096):  # a random walk in blocks: bounded temporary memory
-        steps = rng.standard_normal((min(4096, places - start), dim)).astype(np.float32)
-        block = walk + np.cumsum(steps, axis=0) * 0.5  # (B, dim)
-        walk = block[-1]
-        out[start : start + len(block)] = block + 2.0 * rng.standard_normal(block.shape).astype(np.float32)
+    carry = rng.standard_normal((width - 1, dim)).astype(np.float32)
+    for start in range(0, places, 4096):  # in blocks: bounded temporary memory
+        raw = np.concatenate(
+            [carry, rng.standard_normal((min(4096, places - start), dim)).astype(np.float32)]
+        )
+        window = np.cumsum(raw, axis=0)  # (width - 1 + B, dim)
+        block = window[width - 1 :] - np.concatenate([np.zeros((1, dim), np.float32), window[:-width]])
+        out[start : start + len(block)] = block  # (B, dim): sums of `width` consecutive draws
+        carry = raw[-(width - 1) :]
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out
 
@@ -141,7 +146,7 @@ def matcher_cost(sizes, dim: int, frames: int, temporal_config, seed: int = 0) -
         index, _ = build_index(places, "flat")
         rng = np.random.default_rng(seed + 1)
         path = (np.arange(frames) * 1.0 + size // 3).astype(np.int64) % size
-        queries = places[path] + 0.05 * rng.standard_normal((frames, dim)).astype(np.float32)
+        queries = places[path] + 1.2 / np.sqrt(dim) * rng.standard_normal((frames, dim)).astype(np.float32)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
         matcher = SequenceMatcher(lambda ids, p=places: p[ids], size, temporal_config)
         update_ms, search_ms, right = [], [], 0

@@ -32,7 +32,9 @@ def main(
     ),
     show: bool = typer.Option(False, help="Show the overlay in a window (needs a GUI OpenCV)."),
     save_video: Path = typer.Option(None, help="Write the overlay video here (.mp4 or .avi)."),
-    temporal: bool = typer.Option(False, help="Filter positions over time (for sequences)."),
+    temporal: bool = typer.Option(
+        False, help="Sequence matching over the last frames (a drive or walk along the map's route)."
+    ),
     top_k: int = typer.Option(5, help="Places reported per frame."),
     min_confidence: float = typer.Option(
         None,
