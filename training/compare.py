@@ -106,18 +106,12 @@ def cli(
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
-    from runtime.outputs import check_not_replacing
-
-    check_not_replacing({"--json": json_out}, overwrite)  # before the work, not after it
     from runtime.atomic import atomic_write_text
-    from runtime.console import configure_logging, progress
+    from runtime.console import progress
     from runtime.datasets import open_dataset
+    from training.command import start_command
 
-    configure_logging(verbose, quiet)
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
+    start_command(verbose, quiet, threads, {"--json": json_out}, overwrite)
     data = open_dataset(dataset)
     if limit:
         data = first_stretch(data, limit)
