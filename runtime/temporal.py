@@ -75,7 +75,7 @@ class TemporalConfig:
     ``suppress``: a carried end closer than this (places) to a better one is dropped, so the carried
     hypotheses cover distinct stretches of the route."""
 
-    frames: int = 10
+    frames: int = 20
     candidates: int = 32
     hypotheses: int = 16
     window: int | None = None

@@ -124,4 +124,4 @@ def test_a_localizer_shared_between_threads(world):
         for t in threads:
             t.join()
         assert sorted(seen) == list(range(len(frames)))  # one sequence, every frame numbered once
-        assert localizer._sequence.frames == 10
+        assert localizer._sequence.frames == TemporalConfig().frames  # a full window, nothing lost
