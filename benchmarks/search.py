@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_gib": 4.0,
         "num_queries": 100,
         "nprobe": (16, 64),
-        "rerank": (0, 250),
+        "rerank": (0, 500),
     },
     # seconds: what the tests and `make demo` use
     "tiny": {
@@ -77,7 +77,7 @@ class SearchConfig:
     route_correlation: float = 0.9  # similarity of the place-specific parts of neighbouring places
     pq_bytes: int = 64  # IVF-PQ code size (sub-quantisers of 8 bits); adjusted down to divide the dimension
     nprobe: tuple[int, ...] = (8, 32)  # inverted lists visited per query
-    rerank: tuple[int, ...] = (0, 250)  # candidates re-ranked exactly against float16 descriptors (0: none)
+    rerank: tuple[int, ...] = (0, 500)  # candidates re-ranked exactly against float16 descriptors (0: none)
     max_gib: float = 6.0  # RAM for the descriptors (float16; over it: skipped, or memory-mapped with scratch)
     scratch: str | None = None  # a folder for memory-mapped descriptors of maps over max_gib (deleted after)
     threads: int = 2  # faiss OpenMP threads

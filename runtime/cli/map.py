@@ -41,7 +41,7 @@ def build(
     batch_size: int = typer.Option(16, help="Images per inference batch."),
     nprobe: int = typer.Option(16, help="IVF lists searched per query (ivfpq)."),
     rerank: int = typer.Option(
-        250,
+        500,
         help="ivfpq: re-rank this many of the compressed index's candidates exactly against the full "
         "descriptors (float16, memory-mapped from the map); 0: search the compressed codes alone.",
     ),

@@ -107,7 +107,7 @@ def test_compressed_index_reports_its_recall(world, tmp_path):
     plain = build_map(world["model"], dataset, tmp_path / "ivf-plain", config.replace(rerank=0))
     meta, plain_meta = read_map_meta(out), read_map_meta(plain)
     assert meta["index"]["factory"] == "IVF4,PQ16x6"  # the one sizing rule: 300 places -> 4 lists, 6 bits
-    assert meta["index"]["rerank"] == {"candidates": 250, "file": "descriptors.f16.npy", "dtype": "float16"}
+    assert meta["index"]["rerank"] == {"candidates": 500, "file": "descriptors.f16.npy", "dtype": "float16"}
     assert "rerank" not in plain_meta["index"]  # its descriptors.f16.npy serves add/remove, not search
     stored = np.load(out / "descriptors.f16.npy")
     assert stored.dtype == np.float16 and stored.shape == (300, 64)
