@@ -197,11 +197,13 @@ def test_a_silent_rtsp_server_fails_in_the_time_its_message_says(silent_server):
 
 @pytest.mark.slow
 def test_closing_a_stream_stuck_in_its_open_does_not_wait_for_the_open(silent_server):
-    source = RtspSource(silent_server, retry=RetryPolicy(attempts=1, open_timeout_s=30.0))
+    source = RtspSource(silent_server, retry=RetryPolicy(attempts=1, open_timeout_s=4.0))
     source.start()
-    threading.Event().wait(0.5)  # the decoder is now inside FFmpeg's open, for up to 30 s
+    threading.Event().wait(0.5)  # the decoder is now inside FFmpeg's open, for up to 4 s
     _finishes(lambda: source.close(timeout_s=0.5), timeout_s=10)
-    assert source._thread.is_alive()  # left to finish on its own: close() did not wait 30 s for it
+    assert source._thread.is_alive()  # left to finish on its own: close() did not wait 4 s for it
+    source._thread.join(20)  # it does finish (FFmpeg's timeout), leaving no thread behind for later tests
+    assert not source._thread.is_alive()
 
 
 # -- numbers on the command line -----------------------------------------------------------------------
