@@ -215,6 +215,11 @@ class Verdict:
         self.tail_scale = float(calibration["tail_scale"])
         self.radius_m = float(calibration["radius_m"])
         self.kind = str(calibration.get("evidence_kind", "gap"))
+        # tied quantiles (many impostors with the same evidence, e.g. 0): keep the highest level of each
+        levels = np.linspace(0.0, 1.0, self.quantiles.size)
+        reverse = self.quantiles[::-1]
+        self._values, first = np.unique(reverse, return_index=True)  # increasing values
+        self._levels = levels[::-1][first]
         self.unknown_below = (
             float(calibration["unknown_below_confidence"]) if unknown_below is None else float(unknown_below)
         )
@@ -223,9 +228,7 @@ class Verdict:
         """The share of impostors (unmapped places) with less evidence than ``value``, in [0, 1]."""
         start = self.quantiles[int(TAIL_FROM * 100)]
         if value <= start:
-            levels = np.linspace(0.0, 1.0, self.quantiles.size)
-            # quantiles may repeat (ties): interpolate on the last level of each repeated value
-            return float(np.interp(value, self.quantiles, levels, left=0.0))
+            return float(np.interp(value, self._values, self._levels, left=0.0))
         return float(1.0 - (1.0 - TAIL_FROM) * np.exp(-(value - start) / self.tail_scale))
 
     def judge(self, sims: np.ndarray, ids: np.ndarray, utm: np.ndarray) -> tuple[float, float, bool]:

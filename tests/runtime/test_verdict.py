@@ -85,6 +85,9 @@ def test_evidence_is_scale_free_and_confidence_is_the_impostor_cdf():
     value, confidence, unknown = verdict.judge(sims, ids, utm)
     assert value == pytest.approx(0.3 / 0.11) and confidence > 0.9 and not unknown
     assert Verdict(calibration, unknown_below=0.999).judge(sims, ids, utm)[2]  # a stricter operating point
+    # 30 % of the impostors show no evidence at all (tied quantiles): evidence 0 is at their top, 0.29
+    tied = dict(calibration, impostor_quantiles=[0.0] * 30 + np.linspace(0.1, 2.0, 71).tolist())
+    assert Verdict(tied).confidence(0.0) == pytest.approx(0.29)
 
 
 def test_calibration_on_held_out_queries_is_recorded(model, tmp_path):
