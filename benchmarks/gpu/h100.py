@@ -34,6 +34,7 @@ import numpy as np
 from benchmarks.gpu import inference
 from benchmarks.gpu.common import collect_errors, error_entry, guarded
 from runtime.atomic import atomic_write_text
+from runtime.console import configure_logging
 
 log = logging.getLogger("benchmarks.gpu")
 
@@ -294,9 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set((args.models or "").split(",")) - set(inference.MODELS) - {""}
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; choose from {','.join(inference.MODELS)}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    for chatty in ("onnx_ir", "onnxscript", "torch.onnx", "root"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    # Only the kit's INFO lines reach the console; other libraries' loggers are filtered, not re-levelled
+    # (changing their levels here leaked into every later caller in the same process).
+    configure_logging()
     try:
         names = tuple(m for m in (args.models or "").split(",") if m) or None
         result = run(

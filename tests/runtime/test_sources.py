@@ -48,7 +48,9 @@ def test_live_source_keeps_the_newest_frame(tmp_path):
         while source.stats.decoded < 60 and time.monotonic() < deadline:
             time.sleep(0.01)  # the consumer stalls while the decoder runs on; only the newest frame is kept
         rest = list(it)
-    assert first.index == 0
+    # The decoder may run ahead of the first read under load, so the first frame need not be frame 0.
+    indices = [first.index] + [f.index for f in rest]
+    assert indices == sorted(indices)
     assert source.stats.decoded == 60 and source.stats.dropped >= 50
     assert len(rest) + 1 + source.stats.dropped == 60
     assert rest[-1].index == 59
