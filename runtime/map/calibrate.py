@@ -76,6 +76,14 @@ def _batch(places: int) -> int:
     return int(np.clip(2**26 // max(1, places), 8, 256))
 
 
+def _similarity_blocks(queries: np.ndarray, descriptors: np.ndarray):
+    """Yield ``(start, sims (B, N))`` for blocks of ``queries (M, D)`` against the map ``descriptors (N, D)``."""
+    batch = _batch(descriptors.shape[0])
+    for start in range(0, queries.shape[0], batch):
+        q = np.asarray(queries[start : start + batch], dtype=np.float32)
+        yield start, similarities(descriptors, q)
+
+
 def _top_candidates(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``sims (B, N)``: the ``k`` largest, best first -> ``(values (B, k), indices (B, k))``."""
     k = min(k, sims.shape[1])
@@ -101,14 +109,12 @@ def impostor_evidence(
     time) at ``utm (N, 2)``. Queries with nothing left beyond their neighbourhood are skipped (NaN).
     """
     out = np.full(queries.shape[0], np.nan)
-    batch = _batch(descriptors.shape[0])
-    for start in range(0, queries.shape[0], batch):
-        q = np.asarray(queries[start : start + batch], dtype=np.float32)
-        sims = similarities(descriptors, q)  # (B, N)
-        near = np.linalg.norm(query_utm[start : start + batch, None, :] - utm[None, :, :], axis=2) <= radius_m
+    for start, sims in _similarity_blocks(queries, descriptors):  # sims (B, N)
+        stop = start + sims.shape[0]
+        near = np.linalg.norm(query_utm[start:stop, None, :] - utm[None, :, :], axis=2) <= radius_m
         sims[near] = -np.inf  # the unmapped place: its neighbourhood is not in the map
         values, ids = _top_candidates(sims, candidates + 1)
-        for b in range(q.shape[0]):
+        for b in range(sims.shape[0]):
             ok = np.isfinite(values[b])
             if ok.sum() >= 2:
                 out[start + b] = evidence(values[b][ok], ids[b][ok], utm, radius_m, kind)
@@ -127,11 +133,9 @@ def genuine_evidence(
     """Evidence of each query against the whole map and whether its best place is right: ``(M,), (M,) bool``."""
     scores = np.zeros(queries.shape[0])
     correct = np.zeros(queries.shape[0], dtype=bool)
-    batch = _batch(descriptors.shape[0])
-    for start in range(0, queries.shape[0], batch):
-        q = np.asarray(queries[start : start + batch], dtype=np.float32)
-        values, ids = _top_candidates(similarities(descriptors, q), candidates)  # (B, C)
-        for b in range(q.shape[0]):
+    for start, sims in _similarity_blocks(queries, descriptors):  # sims (B, N)
+        values, ids = _top_candidates(sims, candidates)  # (B, C)
+        for b in range(sims.shape[0]):
             scores[start + b] = evidence(values[b], ids[b], utm, radius_m, kind)
             correct[start + b] = np.linalg.norm(utm[ids[b, 0]] - query_utm[start + b]) <= radius_m
     return scores, correct
