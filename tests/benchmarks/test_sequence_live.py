@@ -11,19 +11,14 @@ import pytest
 from benchmarks.live import LiveBenchConfig, run_live_latency
 from benchmarks.sequence import SequenceBenchConfig, route_descriptors, run_sequence_bench
 from runtime.errors import ConfigError
-from runtime.map import MapConfig, build_map
 from runtime.sources import VideoFileSource
-from tests.runtime.helpers import make_onnx_model, make_stand_in_world
+from tests.runtime.helpers import make_ambiguous_route, make_stand_in_world
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("seqbench")
-    model, _ = make_onnx_model(root / "model.onnx")
-    dataset = make_stand_in_world(
-        root / "data", places=60, spacing_m=10.0, seed=7, size=(48, 64), noise=30, distract=0.6
-    )
-    map_dir = build_map(model, dataset, root / "map", MapConfig(faiss_threads=1))
+    model, dataset, map_dir = make_ambiguous_route(root)
     video = root / "queries.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (64, 48))
     for i in range(dataset.num_queries):

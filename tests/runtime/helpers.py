@@ -187,3 +187,15 @@ def make_stand_in_world(
     from runtime.datasets import load_generic
 
     return load_generic(root)
+
+
+def make_ambiguous_route(root: Path, places: int = 60, seed: int = 7):
+    """A tiny model, a route of ``places`` places 10 m apart whose queries each blend in an unrelated scene
+    (60 %), so single frames are ambiguous and sequences help, and its map: ``(model, dataset, map_dir)``."""
+    from runtime.map import MapConfig, build_map
+
+    model, _ = make_onnx_model(root / "model.onnx")
+    dataset = make_stand_in_world(
+        root / "data", places=places, spacing_m=10.0, seed=seed, size=(48, 64), noise=30, distract=0.6
+    )
+    return model, dataset, build_map(model, dataset, root / "map", MapConfig(faiss_threads=1))

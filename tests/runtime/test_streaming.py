@@ -10,19 +10,14 @@ import pytest
 
 from runtime.errors import ConfigError
 from runtime.localizer import Localizer, LocalizerConfig
-from runtime.map import MapConfig, build_map
 from runtime.temporal import TemporalConfig
-from tests.runtime.helpers import make_onnx_model, make_stand_in_world
+from tests.runtime.helpers import make_ambiguous_route
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("streaming")
-    model, _ = make_onnx_model(root / "model.onnx")
-    dataset = make_stand_in_world(
-        root / "data", places=60, spacing_m=10.0, seed=7, size=(48, 64), noise=30, distract=0.6
-    )
-    map_dir = build_map(model, dataset, root / "map", MapConfig(faiss_threads=1))
+    model, dataset, map_dir = make_ambiguous_route(root)
     frames = [dataset.read_image("queries", i)[:, :, ::-1].copy() for i in range(dataset.num_queries)]  # BGR
     return model, dataset, map_dir, frames
 

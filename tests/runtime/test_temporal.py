@@ -10,21 +10,15 @@ import pytest
 
 from runtime.errors import ConfigError
 from runtime.localizer import Localizer
-from runtime.map import MapConfig, build_map
 from runtime.sources import Frame
 from runtime.temporal import SequenceMatcher, TemporalConfig, route_order_gap
-from tests.runtime.helpers import make_onnx_model, make_stand_in_world
+from tests.runtime.helpers import make_ambiguous_route
 
 
 @pytest.fixture(scope="module")
 def sequence(tmp_path_factory):
     root = tmp_path_factory.mktemp("temporal")
-    model, _ = make_onnx_model(root / "model.onnx")
-    # 120 places 10 m apart; every query blends in an unrelated scene (60 %), so single frames are ambiguous
-    dataset = make_stand_in_world(
-        root / "data", places=120, spacing_m=10.0, seed=5, size=(48, 64), noise=30, distract=0.6
-    )
-    map_dir = build_map(model, dataset, root / "map", MapConfig(faiss_threads=1))
+    model, dataset, map_dir = make_ambiguous_route(root, places=120, seed=5)
     frames = [
         Frame(
             dataset.read_image("queries", i)[:, :, ::-1],
