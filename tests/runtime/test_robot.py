@@ -150,43 +150,16 @@ def test_map_from_a_bag_then_localise_another_bag(robot, tmp_path):
 
 def test_bag_dataset_for_training(robot, tmp_path):
     folder = tmp_path / "drives"
+    bag_dataset = ["bag-dataset", "--rosbag", str(robot["map_bag"]), "--image-topic", CAM, "--gps-topic", GPS]
+    bag_dataset += ["--out", str(folder)]
     for split in ("database", "queries"):
-        result = runner.invoke(
-            map_app,
-            [
-                "bag-dataset",
-                "--rosbag",
-                str(robot["map_bag"]),
-                "--image-topic",
-                CAM,
-                "--gps-topic",
-                GPS,
-                "--out",
-                str(folder),
-                "--split",
-                split,
-                "-q",
-            ],
-        )
+        result = runner.invoke(map_app, [*bag_dataset, "--split", split, "-q"])
         assert result.exit_code == 0, result.output
     dataset = load_generic(folder)
     assert dataset.num_db == dataset.num_queries == 18 and dataset.info["utm_zone"] == "33T"
     assert np.abs(dataset.db_utm[:, 0] - (E0 + SPACING * np.array(EXPECTED_PLACES))).max() < 1.0
     assert dataset.db_images[0] == "database/000000.png" and np.abs(dataset.db_heading - 90).max() < 5.0
-    again = runner.invoke(
-        map_app,
-        [
-            "bag-dataset",
-            "--rosbag",
-            str(robot["map_bag"]),
-            "--image-topic",
-            CAM,
-            "--gps-topic",
-            GPS,
-            "--out",
-            str(folder),
-        ],
-    )
+    again = runner.invoke(map_app, bag_dataset)
     expected = (
         f"error: '{folder / 'database.csv'}' or '{folder / 'database'}' already exists; pass --overwrite"
     )
