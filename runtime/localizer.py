@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.adapt import QueryCentre
 from runtime.backends import Backend, open_backend
 from runtime.errors import ConfigError
 from runtime.map import PlaceMap, open_map
@@ -55,7 +56,7 @@ from runtime.map.calibrate import SEARCH_CANDIDATES, Verdict
 from runtime.preprocess import Preprocessor
 from runtime.protocol import EVAL_RADIUS_M
 from runtime.sources import Frame, SourceStats
-from runtime.temporal import SequenceMatcher, TemporalConfig, route_order_gap
+from runtime.temporal import SequenceMatcher, TemporalConfig, route_order_gap, still_similarity
 
 log = logging.getLogger(__name__)
 _END = object()
@@ -74,7 +75,9 @@ class LocalizerConfig:
     ``queue_size``: frames in flight between pipeline stages. ``keep_frames``: attach each frame to its
     Localization (for overlays; costs memory while held). ``max_batch``: when frames queue up before the
     model (files read faster than inference), up to this many run as one batch (more throughput on CPU);
-    a live source's single newest frame always runs alone. Per-frame inference time is the batch time / B."""
+    a live source's single newest frame always runs alone. Per-frame inference time is the batch time / B.
+    ``adapt``: centre each stream's descriptors on the stream's own running mean (:mod:`runtime.adapt`),
+    which aligns the query domain (season, light, camera) with the map's; off: on the map's mean."""
 
     top_k: int = 5
     unknown_threshold: float | None = None
@@ -83,6 +86,7 @@ class LocalizerConfig:
     queue_size: int = 4
     keep_frames: bool = False
     max_batch: int = 4
+    adapt: bool = True
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.queue_size < 1 or self.max_batch < 1 or not self.position_radius_m > 0:
@@ -184,6 +188,21 @@ class Localization:
         }
 
 
+@dataclass
+class _Stream:
+    """What a stream of frames carries from frame to frame on one map: the query domain's running centre
+    and the sequence matcher (each None when off)."""
+
+    map: PlaceMap
+    centre: QueryCentre | None
+    sequence: SequenceMatcher | None
+
+    def reset(self) -> None:
+        for part in (self.centre, self.sequence):
+            if part is not None:
+                part.reset()
+
+
 def place_spacing(utm: np.ndarray, samples: int = 1000) -> float:
     """Median distance (metres) from a place to its nearest other place, over up to ``samples`` places."""
     utm = np.asarray(utm, np.float64)
@@ -226,9 +245,8 @@ class Localizer:
         self.threshold = self.verdict.unknown_below  # confidence below which a frame is an unknown place
         self._spacing = place_spacing(self.map.places.utm)
         self._geo = self.map.geo
-        self._sequence = self._sequence_matcher(
-            self.config.temporal
-        )  # localize()'s; new place ids: new sequence
+        self._still = still_similarity(self.map.descriptors, len(self.map))  # a frame that did not move
+        self._stream = self._new_stream(self.config.temporal)  # localize()'s; a new map: a new stream
 
     def reload(self, override_map_check: bool = False) -> bool:
         """Re-open the map from its directory (after ``netvlad-map add/remove`` or a rebuild) and switch to
@@ -330,15 +348,19 @@ class Localizer:
             self._frames += 1
             stamp = time.time() if timestamp is None else float(timestamp)
             meta = Frame(keep, stamp, source, number, 0.0, started)
-            return self._finish(meta, descriptor, times, self._sequence, keep)
+            return self._finish(meta, descriptor, times, self._stream, keep)
 
     def reset(self) -> None:
         """Start a new sequence: :meth:`localize` forgets the frames before (a robot carried elsewhere, a new
         run). Frame numbers restart at 0."""
         with self._map_lock:
-            if self._sequence is not None:
-                self._sequence.reset()
+            self._stream.reset()
             self._frames = 0
+
+    def _new_stream(self, temporal: TemporalConfig | None) -> _Stream:
+        """A new stream over the current map: sequence matching with ``temporal`` (None: off)."""
+        centre = QueryCentre(self.map.projection.mean, self._still) if self.config.adapt else None
+        return _Stream(self.map, centre, self._sequence_matcher(temporal))
 
     def _sequence_matcher(self, config: TemporalConfig | None) -> SequenceMatcher | None:
         """A new sequence over the current map, or None when ``config`` is None."""
@@ -359,16 +381,21 @@ class Localizer:
         frame: Frame,
         descriptor: np.ndarray,
         times: dict,
-        sequence: SequenceMatcher | None,
+        stream: _Stream,
         keep: np.ndarray | None,
     ) -> Localization:
         t0 = time.perf_counter()
+        sequence = stream.sequence
         k = max(self.config.top_k, SEARCH_CANDIDATES, sequence.config.candidates if sequence else 0)
-        sims, ids = self.map.search(descriptor, k)
+        centre = None  # (D,): the stream's own domain, or None: the map's
+        if stream.centre is not None:
+            centre = stream.centre.update(descriptor[0], self.map.prepare(descriptor)[0])
+        query = self.map.prepare(descriptor, centre)  # (1, d): the index's space
+        sims, ids = self.map.search_prepared(query, k)
         valid = ids[0] >= 0
         sims, ids = sims[0][valid], ids[0][valid]  # (k,), best first
         if sequence is not None:  # the places ranked by their best line through the recent frames
-            ranked = sequence.update(self.map.prepare(descriptor)[0], ids)
+            ranked = sequence.update(query[0], ids)
             top_ids, top_sims = ranked.ids[: self.config.top_k], ranked.similarities[: self.config.top_k]
         else:
             top_ids, top_sims = ids[: self.config.top_k], sims[: self.config.top_k]
@@ -438,8 +465,7 @@ class Localizer:
             if temporal is None
             else (TemporalConfig() if temporal is True else (temporal or None))
         )
-        tracker = self._sequence_matcher(temporal_config)
-        tracker_map = self.map
+        stream = self._new_stream(temporal_config)
         stop = threading.Event()
         prepared: queue.Queue = queue.Queue(maxsize=depth)
         inferred: queue.Queue = queue.Queue(maxsize=depth)
@@ -543,10 +569,10 @@ class Localizer:
                 frame, descriptor, pre_s, infer_s = item
                 times = {"decode": frame.decode_s, "preprocess": pre_s, "inference": infer_s}
                 with self._map_lock:
-                    if tracker is not None and tracker_map is not self.map:  # reloaded: new place ids
-                        tracker, tracker_map = self._sequence_matcher(temporal_config), self.map
+                    if stream.map is not self.map:  # reloaded: new place ids, a new mean
+                        stream = self._new_stream(temporal_config)
                     result = self._finish(
-                        frame, descriptor, times, tracker, frame.image if self.config.keep_frames else None
+                        frame, descriptor, times, stream, frame.image if self.config.keep_frames else None
                     )
                 yield result
         finally:

@@ -162,7 +162,11 @@ class SequenceMatcher:
         )
         self.window = self.config.window or contrast_window(place_spacing_m)
         self._half = self.window // 2
-        self._stop_similarity = self._standing_still_similarity() if self.config.stops else np.inf
+        self._stop_similarity = (
+            still_similarity(place_descriptors, self.num_places, self.config.stop_fraction)
+            if self.config.stops
+            else np.inf
+        )
         slots = (self.config.frames, self.num_places)  # one row per frame of the window
         self._similarity = np.zeros(slots, dtype=np.float32)  # cosine similarity of frame to place
         self._similarity_stamp = np.zeros(slots, dtype=np.int64)  # serial + 1 of the frame that filled it
@@ -256,17 +260,6 @@ class SequenceMatcher:
         similarities = self._similarity[window_slots[0], ends]  # filled: each end is a cell at lag 0
         return SequenceMatch(ends, scores, speeds, similarities.copy(), n)
 
-    def _standing_still_similarity(self, samples: int = 1000) -> float:
-        """The similarity above which a frame counts as not having moved since the previous one: its
-        difference must be below ``stop_fraction`` of the median difference between neighbouring places."""
-        if self.num_places < 2:
-            return np.inf
-        ids = np.unique(
-            np.linspace(0, self.num_places - 2, min(samples, self.num_places - 1)).astype(np.int64)
-        )
-        step = np.einsum("nd,nd->n", self._place_descriptors(ids), self._place_descriptors(ids + 1))  # (S,)
-        return 1.0 - self.config.stop_fraction * float(np.median(1.0 - step))
-
     def _fill_enhanced(self, slots: np.ndarray, places: np.ndarray, stamp_of_slot: np.ndarray) -> None:
         """Compute and store the contrast-enhanced differences of cells ``(slots (M,), places (M,))``: the
         z-score of ``1 - s`` within the ``window + 1`` places around the place (shifted at the map's ends so
@@ -300,6 +293,22 @@ class SequenceMatcher:
             if all(abs(end - k) > self.config.suppress for k in kept):
                 kept.append(end)
         self._carried = np.asarray(kept, dtype=np.int64)
+
+
+def still_similarity(
+    place_descriptors: Callable[[np.ndarray], np.ndarray],
+    num_places: int,
+    fraction: float = TemporalConfig.stop_fraction,
+    samples: int = 1000,
+) -> float:
+    """The similarity above which a frame counts as not having moved since the previous one: its difference
+    (``1 - cosine``, in the map's space) must be below ``fraction`` of the median difference between
+    neighbouring places of the map (``place_descriptors(ids (M,)) -> (M, d)``). ``inf`` for a one-place map."""
+    if num_places < 2:
+        return np.inf
+    ids = np.unique(np.linspace(0, num_places - 2, min(samples, num_places - 1)).astype(np.int64))
+    step = np.einsum("nd,nd->n", place_descriptors(ids), place_descriptors(ids + 1))  # (S,)
+    return 1.0 - fraction * float(np.median(1.0 - step))
 
 
 def contrast_window(place_spacing_m: float | None, metres: float = CONTRAST_WINDOW_M) -> int:

@@ -1,9 +1,11 @@
-"""PCA-whitening in numpy: fitted on a model's training set (training) or on a map's own descriptors.
+"""PCA-whitening in numpy (fitted on a model's training set by training, or on a map's own descriptors),
+and the map's descriptor space (:class:`MapProjection`).
 
-A map built with whitening (:mod:`runtime.map.build`) fits it without labels on its places' descriptors,
-stores it beside the index tied to the model's fingerprint, and :class:`runtime.map.PlaceMap` applies it to
-every descriptor the model returns before searching: a descriptor fitted to the map's domain and a tenth
-of the model's dimension or less, so flat search is at least ten times cheaper.
+Every map (:mod:`runtime.map.build`) centres its places' descriptors on their mean; a map built with
+whitening also fits PCA-whitening without labels on them. The projection is stored beside the index, tied
+to the model's fingerprint, and :class:`runtime.map.PlaceMap` applies it to every descriptor the model
+returns before searching: a descriptor fitted to the map's domain, with whitening a tenth of the model's
+dimension or less, so flat search is at least ten times cheaper.
 """
 
 from __future__ import annotations
@@ -84,73 +86,103 @@ def map_whitening_dim(places: int, model_dim: int) -> int:
     return max(1, min(model_dim // 10, (3 * places) // 4))
 
 
-@dataclass(frozen=True, eq=False)
-class MapWhitening:
-    """``y = L2(x @ weight.T + bias)``: ``(M, in_dim)`` model descriptors -> ``(M, dim)`` map descriptors.
+def descriptor_mean(descriptors: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """The mean of ``descriptors (N, D)`` (float32 or float16, may be a memory map larger than RAM: read a
+    chunk at a time) as float32 ``(D,)``."""
+    total = np.zeros(descriptors.shape[1], dtype=np.float64)
+    for start in range(0, descriptors.shape[0], chunk):
+        total += np.asarray(descriptors[start : start + chunk], dtype=np.float64).sum(axis=0)
+    return (total / max(1, descriptors.shape[0])).astype(np.float32)
 
-    ``fingerprint``: the weights fingerprint of the model whose descriptors it was fitted on.
+
+@dataclass(frozen=True, eq=False)
+class MapProjection:
+    """The map's descriptor space: ``y = L2(W (x - c))`` takes the model's descriptors ``(M, in_dim)`` to the
+    index's ``(M, dim)``.
+
+    ``mean (in_dim,)``: the mean of the map's own model descriptors, the default centre ``c``. Centring
+    removes what every image of the map's domain shares (a season's light, a camera's colour), so the cosine
+    compares what sets places apart; a query stream from another domain is centred on its own running mean
+    instead (:mod:`runtime.adapt`), which aligns the two domains without labels. ``weight (dim, in_dim)``:
+    PCA-whitening fitted on the map (``--whiten``), or None (centring only, ``dim == in_dim``).
+    ``fingerprint``: the weights fingerprint of the model the map was built with.
     """
 
-    weight: np.ndarray  # (dim, in_dim) float32
-    bias: np.ndarray  # (dim,) float32
+    mean: np.ndarray  # (in_dim,) float32
+    weight: np.ndarray | None  # (dim, in_dim) float32, or None
     fingerprint: str
-    shrinkage: float
+    shrinkage: float | None = None
 
     @property
     def dim(self) -> int:
-        return int(self.weight.shape[0])
+        return int(self.weight.shape[0]) if self.weight is not None else self.in_dim
 
     @property
     def in_dim(self) -> int:
-        return int(self.weight.shape[1])
+        return int(self.mean.shape[0])
 
     @classmethod
-    def fit(cls, descriptors: np.ndarray, dim: int, fingerprint: str, shrinkage: float = 3.0) -> MapWhitening:
-        weight, bias = fit_pca_whitening(descriptors, dim, shrinkage)
-        return cls(weight, bias, fingerprint, float(shrinkage))
+    def centring(cls, descriptors: np.ndarray, fingerprint: str) -> MapProjection:
+        """Centring on the mean of the map's model descriptors ``(N, D)`` (may be a memory map)."""
+        return cls(descriptor_mean(descriptors), None, fingerprint)
 
-    def apply(self, descriptors: np.ndarray) -> np.ndarray:
-        """``(M, in_dim)`` -> ``(M, dim)`` float32, L2-normalised (a new array)."""
+    @classmethod
+    def whitening(
+        cls, descriptors: np.ndarray, dim: int, fingerprint: str, shrinkage: float = 3.0
+    ) -> MapProjection:
+        """Centring and PCA-whitening to ``dim`` fitted on the map's model descriptors ``(N, D)`` (in RAM)."""
+        weight, _ = fit_pca_whitening(descriptors, dim, shrinkage)
+        return cls(descriptor_mean(descriptors), weight, fingerprint, float(shrinkage))
+
+    def apply(self, descriptors: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
+        """``(M, in_dim)`` -> ``(M, dim)`` float32, L2-normalised (a new array). ``centre (in_dim,)``: the
+        query domain's centre (None: the map's mean)."""
         x = np.asarray(descriptors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.in_dim:
             raise ConfigError(
-                f"the map's whitening takes {self.in_dim}-D descriptors, got shape {x.shape}; "
+                f"the map's projection takes {self.in_dim}-D descriptors, got shape {x.shape}; "
                 "use the model the map was built with"
             )
-        y = x @ self.weight.T + self.bias  # (M, dim)
+        y = x - (self.mean if centre is None else np.asarray(centre, dtype=np.float32))  # (M, in_dim)
+        if self.weight is not None:
+            y = y @ self.weight.T  # (M, dim)
         y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), NORM_EPS)
         return y
 
+    def apply_in_place(self, store: np.ndarray, chunk: int = 4096) -> None:
+        """Project a map's model descriptors ``store (N, in_dim)`` (a centring projection: ``dim == in_dim``;
+        float32 array or float16 memory map) in place, a chunk at a time."""
+        if self.dim != store.shape[1]:
+            raise ConfigError(f"cannot project {store.shape[1]}-D descriptors to {self.dim}-D in place")
+        for start in range(0, store.shape[0], chunk):
+            store[start : start + chunk] = self.apply(store[start : start + chunk])
+
     def save(self, path: Path) -> None:
         """Write as ``.npz`` to ``path`` (inside a map's temporary directory: the map is renamed atomically)."""
+        arrays = {"mean": self.mean, "fingerprint": np.array(self.fingerprint)}
+        if self.weight is not None:
+            arrays.update(weight=self.weight, shrinkage=np.array(self.shrinkage))
         with open(path, "wb") as fh:
-            np.savez(
-                fh,
-                weight=self.weight,
-                bias=self.bias,
-                fingerprint=np.array(self.fingerprint),
-                shrinkage=np.array(self.shrinkage),
-            )
+            np.savez(fh, **arrays)
 
     @classmethod
-    def load(cls, path: Path) -> MapWhitening:
+    def load(cls, path: Path) -> MapProjection:
         try:
             with np.load(path, allow_pickle=False) as data:
-                return cls(
-                    data["weight"].astype(np.float32),
-                    data["bias"].astype(np.float32),
-                    str(data["fingerprint"]),
-                    float(data["shrinkage"]),
-                )
+                weight = data["weight"].astype(np.float32) if "weight" in data else None
+                shrinkage = float(data["shrinkage"]) if "shrinkage" in data else None
+                return cls(data["mean"].astype(np.float32), weight, str(data["fingerprint"]), shrinkage)
         except (OSError, KeyError, ValueError) as exc:
             raise ArtifactError(
-                f"'{path}' is not a readable whitening file ({exc}); rebuild the map"
+                f"'{path}' is not a readable projection file ({exc}); rebuild the map"
             ) from exc
 
     def describe(self) -> dict:
+        """map.json's ``projection``: what the index's space is."""
         return {
-            "dim": self.dim,
+            "centre": "mean of the map's descriptors (a query stream uses its own running mean)",
             "input_dim": self.in_dim,
+            "dim": self.dim,
+            "whitening": None if self.weight is None else {"dim": self.dim, "shrinkage": self.shrinkage},
             "model_fingerprint": self.fingerprint,
-            "shrinkage": self.shrinkage,
         }

@@ -30,17 +30,18 @@ from runtime.map.index import (
 from runtime.map.places import Places, places_from_dataset
 from runtime.outputs import check_not_dataset, check_replaceable_map, clean_stale, output_lock
 from runtime.preprocess import Preprocessor
-from runtime.whitening import MapWhitening, map_whitening_dim
+from runtime.whitening import MapProjection, map_whitening_dim
 
 log = logging.getLogger(__name__)
 
-# 3: calibrated evidence quantiles and confidence, optional whitening (2: a distinctiveness ratio, 1: a similarity)
-MAP_FORMAT_VERSION = 3
+# 4: descriptors centred on the map's mean (projection.npz); 3: calibrated evidence quantiles and confidence,
+# optional whitening; 2: a distinctiveness ratio; 1: a similarity
+MAP_FORMAT_VERSION = 4
 INDEX_FILE, PLACES_FILE, META_FILE = "index.faiss", "places.csv", "map.json"
 # full descriptors (N, D) float16 of a compressed map, memory-mapped at search time for exact re-ranking
 DESCRIPTORS_FILE = "descriptors.f16.npy"
 EMBEDDED_IMAGES = "images"  # where a self-contained map keeps its place images (MapConfig.embed_images)
-WHITENING_FILE = "whitening.npz"  # the PCA-whitening fitted on the map (MapConfig.whitening)
+PROJECTION_FILE = "projection.npz"  # the map's descriptor space: its mean, and its whitening when fitted
 
 
 def extract_descriptors(
@@ -202,7 +203,6 @@ def _build(engine: Backend, dataset, out: Path, config: MapConfig, progress) -> 
     set_threads(config.faiss_threads)
     t0 = time.perf_counter()
     with atomic_directory(out, overwrite=config.overwrite) as tmp:
-        whitening = None
         if config.whitening:  # model descriptors in RAM, the map's whitened ones in its store
             model_descriptors = extract_descriptors(
                 engine,
@@ -212,10 +212,10 @@ def _build(engine: Backend, dataset, out: Path, config: MapConfig, progress) -> 
                 config.read_workers,
                 progress,
             )
-            whitening = fit_map_whitening(model_descriptors, engine.card, config)
-            descriptors = descriptor_store(tmp, len(items), whitening.dim, config)
+            projection = fit_map_whitening(model_descriptors, engine.card, config)
+            descriptors = descriptor_store(tmp, len(items), projection.dim, config)
             for start in range(0, len(items), 4096):
-                descriptors[start : start + 4096] = whitening.apply(model_descriptors[start : start + 4096])
+                descriptors[start : start + 4096] = projection.apply(model_descriptors[start : start + 4096])
             del model_descriptors
         else:
             descriptors = descriptor_store(tmp, len(items), engine.card.descriptor_dim, config)
@@ -228,11 +228,13 @@ def _build(engine: Backend, dataset, out: Path, config: MapConfig, progress) -> 
                 progress,
                 out=descriptors,
             )
+            projection = MapProjection.centring(descriptors, engine.card.weights_fingerprint)
+            projection.apply_in_place(descriptors)  # (N, D): the model's descriptors -> the map's space
         extract_s = time.perf_counter() - t0
         calibration = None
         if config.calibration == "queries":
             calibration = calibrate_on_held_out_queries(
-                engine, dataset, descriptors, places.utm, whitening, config, progress
+                engine, dataset, descriptors, places.utm, projection, config, progress
             )
         meta = write_map_files(
             tmp,
@@ -244,7 +246,7 @@ def _build(engine: Backend, dataset, out: Path, config: MapConfig, progress) -> 
             dataset=dataset_meta(dataset, config.split),
             geo=_geo_meta(dataset),
             progress=progress,
-            whitening=whitening,
+            projection=projection,
             calibration=calibration,
         )
         if config.embed_images:
@@ -321,25 +323,29 @@ def write_map_files(
     index_info: dict | None = None,
     revision: int = 0,
     progress: Callable | None = None,
-    whitening: MapWhitening | None = None,
+    projection: MapProjection | None = None,
     calibration: dict | None = None,
 ) -> dict:
     """Index, calibrate and write a map's files into ``directory`` (the temporary directory of an atomic
     write); returns map.json's content (written by the caller once it has added its timings).
 
     ``descriptors (N, D)``: row i is place i (float32 in RAM, or the float16 memory map of
-    ``descriptors.f16.npy`` already in ``directory``). ``index``/``index_info``: a filled index to write
-    instead of building one (``netvlad-map add`` reuses the trained quantisers). ``whitening``: the map's
-    whitening (``descriptors`` are then whitened: the index's space); ``calibration``: the verdict's, when
-    made on held-out queries (None: calibrated on the map's own descriptors here).
+    ``descriptors.f16.npy`` already in ``directory``). ``projection``: the map's (``descriptors`` are then
+    in the index's space: centred, or whitened); None: ``descriptors`` are the model's, and are centred on
+    their mean here, in place. ``index``/``index_info``: a filled index to write instead of building one
+    (``netvlad-map add`` reuses the trained quantisers). ``calibration``: the verdict's, when made on
+    held-out queries (None: calibrated on the map's own descriptors here).
     """
-    if (config.whitening and whitening is None) or (config.calibration == "queries" and calibration is None):
+    if (config.whitening and projection is None) or (config.calibration == "queries" and calibration is None):
         from runtime.errors import ConfigError
 
         raise ConfigError(
             "whitening and calibration on queries are fitted by build_map (netvlad-map build --dataset, in one "
             "process); this builder does not fit them: build without --whiten / --calibration queries"
         )
+    if projection is None:  # the map's own domain: every descriptor centred on the map's mean
+        projection = MapProjection.centring(descriptors, model["fingerprint"])
+        projection.apply_in_place(descriptors)
     if index is None:
         index, index_info = build_index(
             descriptors,
@@ -373,8 +379,7 @@ def write_map_files(
         config.unknown_percentile,
     )
     faiss_module().write_index(index, str(directory / INDEX_FILE))
-    if whitening is not None:
-        whitening.save(directory / WHITENING_FILE)
+    projection.save(directory / PROJECTION_FILE)
     (directory / PLACES_FILE).write_text(places.to_csv(), encoding="utf-8")
     if isinstance(descriptors, np.memmap):
         descriptors.flush()
@@ -385,20 +390,22 @@ def write_map_files(
         "revision": revision,
         "count": len(places),
         "metric": "inner_product",
-        "descriptor_dim": whitening.in_dim if whitening is not None else int(descriptors.shape[1]),
+        "descriptor_dim": projection.in_dim,
         "model": model,
         "dataset": dataset,
         "geo": geo,
         "index": index_info,
         "calibration": calibration,
-        "whitening": whitening.describe() if whitening is not None else None,
+        "projection": projection.describe(),
     }
 
 
-def fit_map_whitening(descriptors: np.ndarray, card, config: MapConfig) -> MapWhitening:
-    """PCA-whitening fitted without labels on the map's own model descriptors ``(N, D)``."""
+def fit_map_whitening(descriptors: np.ndarray, card, config: MapConfig) -> MapProjection:
+    """Centring and PCA-whitening fitted without labels on the map's own model descriptors ``(N, D)``."""
     dim = config.whitening_dim or map_whitening_dim(descriptors.shape[0], card.descriptor_dim)
-    whitening = MapWhitening.fit(descriptors, dim, card.weights_fingerprint, config.whitening_shrinkage)
+    whitening = MapProjection.whitening(
+        descriptors, dim, card.weights_fingerprint, config.whitening_shrinkage
+    )
     log.info(
         "whitening fitted on the map's %d descriptors: %d -> %d-D",
         descriptors.shape[0],
@@ -409,7 +416,7 @@ def fit_map_whitening(descriptors: np.ndarray, card, config: MapConfig) -> MapWh
 
 
 def calibrate_on_held_out_queries(
-    engine: Backend, dataset, descriptors, utm, whitening: MapWhitening | None, config: MapConfig, progress
+    engine: Backend, dataset, descriptors, utm, projection: MapProjection, config: MapConfig, progress
 ) -> dict:
     """The verdict's calibration on up to ``config.calibration_queries`` of the dataset's queries (evenly
     spaced), each playing an unmapped place in the query domain (:func:`calibrate_on_queries`)."""
@@ -431,8 +438,7 @@ def calibrate_on_held_out_queries(
         config.read_workers,
         progress,
     )
-    if whitening is not None:
-        queries = whitening.apply(queries)
+    queries = projection.apply(queries)
     calibration = calibrate_on_queries(
         queries, dataset.q_utm[chosen], descriptors, utm, config.radius_m, config.unknown_percentile
     )

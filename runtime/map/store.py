@@ -18,7 +18,7 @@ from runtime.map.build import (
     MAP_FORMAT_VERSION,
     META_FILE,
     PLACES_FILE,
-    WHITENING_FILE,
+    PROJECTION_FILE,
     index_file_fingerprint,
 )
 from runtime.map.index import (
@@ -31,7 +31,7 @@ from runtime.map.index import (
     use_gpu,
 )
 from runtime.map.places import Places
-from runtime.whitening import MapWhitening
+from runtime.whitening import MapProjection
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ _REQUIRED_FIELDS = (
     (("dataset", "root"), lambda v: isinstance(v, str), "a string"),
     (("index",), lambda v: isinstance(v, dict), "an object"),
     (("calibration",), lambda v: isinstance(v, dict), "an object"),
+    (("projection",), lambda v: isinstance(v, dict), "an object"),
+    (("projection", "dim"), lambda v: _is_int(v, 1), "an integer >= 1"),
 )
 
 
@@ -94,20 +96,18 @@ def check_meta_fields(meta: dict[str, Any], meta_path: Path) -> None:
 
 
 class PlaceMap:
-    """An opened map: FAISS index + places + metadata (+ the whitening fitted on it). Thread-safe for searching.
+    """An opened map: FAISS index + places + metadata + its projection. Thread-safe for searching.
 
-    :meth:`search` takes the model's descriptors: when the map was built with whitening it applies it first
-    (:meth:`prepare`), so callers never see the index's own space.
+    :meth:`search` takes the model's descriptors and applies the map's projection first (:meth:`prepare`:
+    centred, and whitened when the map was built with it), so callers never see the index's own space.
     """
 
-    def __init__(
-        self, path: Path, meta: dict, index, places: Places, whitening: MapWhitening | None = None
-    ) -> None:
+    def __init__(self, path: Path, meta: dict, index, places: Places, projection: MapProjection) -> None:
         self.path = path
         self.meta = meta
         self.index = index
         self.places = places
-        self.whitening = whitening
+        self.projection = projection
         self._vectors = None
 
     @property
@@ -132,13 +132,20 @@ class PlaceMap:
     def __len__(self) -> int:
         return len(self.places)
 
-    def prepare(self, descriptors: np.ndarray) -> np.ndarray:
-        """The model's descriptors ``(M, D)`` in the index's space: whitened ``(M, d)`` when the map has it."""
-        return descriptors if self.whitening is None else self.whitening.apply(descriptors)
+    def prepare(self, descriptors: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
+        """The model's descriptors ``(M, D)`` in the index's space ``(M, d)``: centred on ``centre (D,)`` (None:
+        the map's mean; a query stream's own: :mod:`runtime.adapt`), whitened when the map has it."""
+        return self.projection.apply(descriptors, centre)
 
-    def search(self, descriptors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, descriptors: np.ndarray, k: int, centre: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Model ``descriptors (M, D) float32`` -> ``(similarities (M, k) float32, place ids (M, k) int64)``."""
-        return search(self.index, self.prepare(descriptors), k)
+        return self.search_prepared(self.prepare(descriptors, centre), k)
+
+    def search_prepared(self, prepared: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` for descriptors already in the index's space (:meth:`prepare`)."""
+        return search(self.index, prepared, k)
 
     def descriptors(self, ids: np.ndarray) -> np.ndarray:
         """The stored descriptors of places ``ids (M,) int64`` -> ``(M, D) float32`` (exact for a flat index,
@@ -214,8 +221,8 @@ def open_map(
             f"'{path / INDEX_FILE}' cannot be read by faiss ({exc}); rebuild the map"
         ) from exc
     places = Places.read_csv(path / PLACES_FILE)
-    whitening = read_whitening(path, meta)
-    index_dim = whitening.dim if whitening is not None else int(meta["descriptor_dim"])
+    projection = read_projection(path, meta)
+    index_dim = projection.dim
     if index.ntotal != len(places) or index.ntotal != int(meta["count"]) or index.d != index_dim:
         raise ArtifactError(
             f"map '{path}' is inconsistent: index has {index.ntotal} x {index.d}-D, places.csv {len(places)} rows, "
@@ -239,27 +246,26 @@ def open_map(
         meta["index"]["factory"],
         f", top {rerank['candidates']} re-ranked exactly" if rerank else "",
     )
-    return PlaceMap(path, meta, index, places, whitening)
+    return PlaceMap(path, meta, index, places, projection)
 
 
-def read_whitening(path: Path, meta: dict) -> MapWhitening | None:
-    """The map's whitening (None when built without), checked against the model the map was built with."""
-    described = meta.get("whitening")
-    if not described:
-        return None
-    if not (path / WHITENING_FILE).is_file():
+def read_projection(path: Path, meta: dict) -> MapProjection:
+    """The map's projection (its mean, and its whitening when fitted), checked against the model the map
+    was built with."""
+    described = meta["projection"]
+    if not (path / PROJECTION_FILE).is_file():
         raise ArtifactError(
-            f"map '{path}' is incomplete: '{WHITENING_FILE}' is missing; rebuild it with netvlad-map build"
+            f"map '{path}' is incomplete: '{PROJECTION_FILE}' is missing; rebuild it with netvlad-map build"
         )
-    whitening = MapWhitening.load(path / WHITENING_FILE)
+    projection = MapProjection.load(path / PROJECTION_FILE)
     if (
-        whitening.fingerprint != meta["model"]["fingerprint"]
-        or whitening.in_dim != int(meta["descriptor_dim"])
-        or whitening.dim != int(described["dim"])
+        projection.fingerprint != meta["model"]["fingerprint"]
+        or projection.in_dim != int(meta["descriptor_dim"])
+        or projection.dim != int(described["dim"])
     ):
         raise ArtifactError(
-            f"map '{path}': '{WHITENING_FILE}' ({whitening.in_dim} -> {whitening.dim}-D, model "
-            f"{whitening.fingerprint}) does not belong to this map (model {meta['model']['fingerprint']}, "
+            f"map '{path}': '{PROJECTION_FILE}' ({projection.in_dim} -> {projection.dim}-D, model "
+            f"{projection.fingerprint}) does not belong to this map (model {meta['model']['fingerprint']}, "
             f"{meta['descriptor_dim']} -> {described['dim']}-D); rebuild it with netvlad-map build"
         )
-    return whitening
+    return projection

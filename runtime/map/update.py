@@ -41,7 +41,7 @@ from runtime.map.build import (
 from runtime.map.config import MapConfig
 from runtime.map.index import ADD_CHUNK_ROWS, add_in_chunks, faiss_module, set_threads
 from runtime.map.places import Places
-from runtime.map.store import open_descriptors, read_map_meta, read_whitening
+from runtime.map.store import open_descriptors, read_map_meta, read_projection
 from runtime.outputs import holds_output_lock
 
 log = logging.getLogger(__name__)
@@ -161,9 +161,8 @@ def add_to_map(
         added = extract_descriptors(
             engine, lambda i: dataset.read_image(*items[i]), len(items), batch_size, read_workers, progress
         )  # (M, D) float32
-        whitening = read_whitening(map_path, meta)
-        if whitening is not None:  # the map searches in its own whitened space
-            added = whitening.apply(added)  # (M, d)
+        projection = read_projection(map_path, meta)
+        added = projection.apply(added)  # (M, d): the map's space, centred on the map's own mean (kept)
         extract_s = time.perf_counter() - t0
     finally:
         if owned:
@@ -202,7 +201,7 @@ def add_to_map(
             index_info=meta["index"],
             revision=revision,
             progress=progress,
-            whitening=whitening,
+            projection=projection,
         )
         new_meta["history"] = _history(
             meta, {"op": "add", "dataset": str(root), "split": split, "places": len(items)}
@@ -307,7 +306,7 @@ def remove_from_map(
             index_info=meta["index"],
             revision=int(meta.get("revision", 0)) + 1,
             progress=progress,
-            whitening=read_whitening(map_path, meta),
+            projection=read_projection(map_path, meta),
         )
         new_meta["history"] = _history(meta, {"op": "remove", "what": what, "places": int(remove.sum())})
         new_meta["build_seconds"] = {"total": round(time.perf_counter() - t0, 3)}

@@ -80,10 +80,11 @@ def test_descriptors_from_elsewhere(world):
 
 
 def test_a_localizer_shared_between_threads(world):
-    """Four threads localise at once: frame by frame each gets what it would get alone; with sequence
-    matching on, every frame joins the one sequence and nothing is lost or corrupted."""
+    """Four threads localise at once: frame by frame (no stream state: adaptation off) each gets what it
+    would get alone; with sequence matching on, every frame joins the one stream and nothing is lost or
+    corrupted."""
     model, _, map_dir, frames = world
-    with Localizer.open(model, map_dir) as localizer:
+    with Localizer.open(model, map_dir, config=LocalizerConfig(adapt=False)) as localizer:
         alone = answers(localizer.localize(f) for f in frames)
         results: dict[int, list] = {}
         errors: list[BaseException] = []
@@ -119,4 +120,4 @@ def test_a_localizer_shared_between_threads(world):
         for t in threads:
             t.join()
         assert sorted(seen) == list(range(len(frames)))  # one sequence, every frame numbered once
-        assert localizer._sequence.frames == TemporalConfig().frames  # a full window, nothing lost
+        assert localizer._stream.sequence.frames == TemporalConfig().frames  # a full window, nothing lost
