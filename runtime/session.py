@@ -59,6 +59,7 @@ class RunConfig:
     save_video: Path | None = None
     show: bool = False
     temporal: bool = False
+    adapt: bool = True  # centre the stream on its own running mean (runtime.adapt)
     top_k: int = 5
     unknown_threshold: float | None = None
     override_map_check: bool = False
@@ -146,6 +147,7 @@ def run_session(
         top_k=config.top_k,
         unknown_threshold=config.unknown_threshold,
         temporal=TemporalConfig() if config.temporal else None,
+        adapt=config.adapt,
         keep_frames=bool(config.save_video or config.show or config.serve),
     )
     options = {} if config.threads is None else {"threads": config.threads}

@@ -35,6 +35,11 @@ def main(
     temporal: bool = typer.Option(
         False, help="Sequence matching over the last frames (a drive or walk along the map's route)."
     ),
+    adapt: bool = typer.Option(
+        True,
+        help="Centre the stream's descriptors on their own running mean: aligns the query domain (season, "
+        "light, camera) with the map's. --no-adapt: on the map's mean (frames judged independently).",
+    ),
     top_k: int = typer.Option(5, help="Places reported per frame."),
     min_confidence: float = typer.Option(
         None,
@@ -87,6 +92,7 @@ def main(
         save_video=save_video,
         show=show,
         temporal=temporal,
+        adapt=adapt,
         top_k=top_k,
         unknown_threshold=min_confidence,
         override_map_check=override_map_check,

@@ -22,8 +22,8 @@ from runtime.map import (
     read_map_meta,
     remove_from_map,
 )
-from runtime.map.index import faiss_module
 from runtime.map.build import PROJECTION_FILE
+from runtime.map.index import faiss_module
 from runtime.map.places import Places
 from runtime.whitening import MapProjection
 from tests.runtime.helpers import make_onnx_model, make_stand_in_world
