@@ -2,8 +2,8 @@
 frames, and its cost per frame at two map sizes.
 
 Recall: the dataset's queries are localised in their order, through the same code as ``netvlad-run``
-(:meth:`runtime.localizer.Localizer.locate` on each query's descriptor, one sequence over the whole
-stream), once frame by frame and once per sequence length. On Nordland the stream is every winter frame,
+(:meth:`runtime.localizer.Localizer.locate` on each query's descriptor, one stream over all of them), frame
+by frame without and with query-domain adaptation (:mod:`runtime.adapt`), and once per sequence length. On Nordland the stream is every winter frame,
 as the SeqSLAM anchor feeds it; the near-blank frames of ``near_uniform.txt`` stay in the stream but are
 not scored. A query is right when its first match lies within ``radius_m`` (Nordland: +-1 frame).
 
@@ -202,11 +202,12 @@ def run_sequence_bench(
             )
         cache = out / f"queries-{backend.card.weights_fingerprint}-{stream.name}.npy"
         descriptors = query_descriptors(backend, stream, cache, config.batch_size, progress)
-        runs = [("single frame", None)] + [
-            (f"sequence {f} frames", TemporalConfig(frames=f, reverse=config.reverse)) for f in config.frames
+        runs = [("single frame, map's mean (--no-adapt)", None, False), ("single frame", None, True)] + [
+            (f"sequence {f} frames", TemporalConfig(frames=f, reverse=config.reverse), True)
+            for f in config.frames
         ]
-        for name, temporal in runs:
-            localizer = Localizer(backend, place_map, LocalizerConfig(temporal=temporal))
+        for name, temporal, adapt in runs:
+            localizer = Localizer(backend, place_map, LocalizerConfig(temporal=temporal, adapt=adapt))
             row = sequence_recall(localizer, descriptors, stream.q_utm, scored, config.radius_m, progress)
             result["runs"][name] = row
             log.info("%s: R@1 %.4f (%.2f ms per frame)", name, row["R@1"], row["ms_per_frame"])
