@@ -56,7 +56,7 @@ from runtime.map.calibrate import SEARCH_CANDIDATES, Verdict
 from runtime.preprocess import Preprocessor
 from runtime.protocol import EVAL_RADIUS_M
 from runtime.sources import Frame, SourceStats
-from runtime.temporal import SequenceMatcher, TemporalConfig, route_order_gap, still_similarity
+from runtime.temporal import SequenceMatcher, TemporalConfig, place_spacing, route_order_gap, still_similarity
 
 log = logging.getLogger(__name__)
 _END = object()
@@ -129,8 +129,10 @@ class Localization:
 
     ``matches``: top-k places, best first (after the temporal filter when it is on). ``position``: UTM
     (easting, northing) in metres. ``evidence``: how far the reported place's similarity stands above
-    the places elsewhere in the map, in units of their spread (0: none; :mod:`runtime.map.calibrate`).
-    ``confidence``: the share of unmapped places that show less evidence (calibrated on the map).
+    the places elsewhere in the map, in units of their spread (0: none; :mod:`runtime.map.calibrate`);
+    with sequence matching, once its window is full, how far its line's score stands above the best line
+    elsewhere (contrast-enhanced units). ``confidence``: the share of unmapped places (or, with sequence
+    matching, of unmapped routes) that show less evidence (calibrated on the map).
     ``unknown``: confidence below the map's operating point (the position is still the best guess).
     ``frame``: the BGR frame when ``keep_frames`` was set, else None.
     ``uncertainty_m``: position uncertainty (metres, one sigma): the similarity-weighted RMS distance of the
@@ -201,20 +203,6 @@ class _Stream:
         for part in (self.centre, self.sequence):
             if part is not None:
                 part.reset()
-
-
-def place_spacing(utm: np.ndarray, samples: int = 1000) -> float:
-    """Median distance (metres) from a place to its nearest other place, over up to ``samples`` places."""
-    utm = np.asarray(utm, np.float64)
-    if len(utm) < 2:
-        return 0.0
-    rows = np.linspace(0, len(utm) - 1, min(samples, len(utm))).astype(np.int64)
-    nearest = np.empty(len(rows))
-    for j, row in enumerate(rows):  # O(samples * N): a few ms for 100k places
-        d = np.hypot(*(utm - utm[row]).T)  # (N,)
-        d[row] = np.inf
-        nearest[j] = d.min()
-    return float(np.median(nearest[np.isfinite(nearest)]))
 
 
 class Localizer:
@@ -404,9 +392,15 @@ class Localizer:
             PlaceMatch(int(i), float(s), places.images[i], float(places.utm[i, 0]), float(places.utm[i, 1]))
             for i, s in zip(top_ids.tolist(), top_sims.tolist(), strict=True)
         )
-        # the verdict on the reported place: its similarity against the candidates elsewhere
-        order = np.r_[np.flatnonzero(ids == top_ids[0]), np.flatnonzero(ids != top_ids[0])]
-        evidence, confidence, unknown = self.verdict.judge(sims[order], ids[order], self.map.places.utm)
+        # the verdict on the reported place: its line against the lines elsewhere (sequence matching, once
+        # the window is full), else its similarity against the candidates elsewhere
+        judged = (
+            self.verdict.judge_sequence(ranked, sequence.config, places.utm) if sequence is not None else None
+        )
+        if judged is None:
+            order = np.r_[np.flatnonzero(ids == top_ids[0]), np.flatnonzero(ids != top_ids[0])]
+            judged = self.verdict.judge(sims[order], ids[order], places.utm)
+        evidence, confidence, unknown = judged
         position, uncertainty = self._position(top_ids, top_sims)
         latlon = self._geo.to_latlon(*position) if self._geo is not None else (None, None)
         heading = float(places.heading[top_ids[0]])

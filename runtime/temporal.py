@@ -37,6 +37,12 @@ distance or time, or set the speeds accordingly).
 **Relocalisation.** After a jump (a kidnapped robot, a gap in the stream) the window holds frames of the old
 route for at most ``frames - 1`` frames; the new place wins as soon as its evidence outweighs theirs.
 
+**Verdict.** With sequence matching on, the "unknown place" verdict and the confidence judge the best
+line against the best line elsewhere (farther than the map's radius), calibrated on the map's own stretches
+played as unmapped routes (:mod:`runtime.map.calibrate`, map.json ``calibration.sequence``). Until a
+sequence has ``frames`` frames, the verdict is the per-frame one. A :class:`SequenceMatch`'s ``frames``
+says which applies.
+
 **Bounded cost.** A frame scores only a set of line ends: its own top ``candidates`` places from the map
 index, and the best ``hypotheses`` ends of the previous frame (after non-maximum suppression), moved by
 every whole step a speed allows. Similarities are computed lazily per (frame, place), from the frame's
@@ -142,6 +148,8 @@ class SequenceMatcher:
         num_places: int,
         config: TemporalConfig | None = None,
         place_spacing_m: float | None = None,
+        *,
+        stop_similarity: float | None = None,
     ) -> None:
         if num_places < 1:
             raise ConfigError(f"sequence matching needs a map with places, got {num_places}")
@@ -162,11 +170,14 @@ class SequenceMatcher:
         )
         self.window = self.config.window or contrast_window(place_spacing_m)
         self._half = self.window // 2
-        self._stop_similarity = (
-            still_similarity(place_descriptors, self.num_places, self.config.stop_fraction)
-            if self.config.stops
-            else np.inf
-        )
+        if not self.config.stops:
+            self._stop_similarity = np.inf
+        elif stop_similarity is None:
+            self._stop_similarity = still_similarity(
+                place_descriptors, self.num_places, self.config.stop_fraction
+            )
+        else:  # measured once by a caller that builds many matchers over one map (the verdict's calibration)
+            self._stop_similarity = float(stop_similarity)
         slots = (self.config.frames, self.num_places)  # one row per frame of the window
         self._similarity = np.zeros(slots, dtype=np.float32)  # cosine similarity of frame to place
         self._similarity_stamp = np.zeros(slots, dtype=np.int64)  # serial + 1 of the frame that filled it
@@ -216,13 +227,21 @@ class SequenceMatcher:
         here, after = self._place_descriptors(np.asarray([self._carried[0], self._carried[0] + 1]))
         return float(here @ after) > self._stop_similarity
 
-    def update(self, descriptor: np.ndarray, candidates: np.ndarray) -> SequenceMatch:
+    def update(
+        self, descriptor: np.ndarray, candidates: np.ndarray, similarities: np.ndarray | None = None
+    ) -> SequenceMatch:
         """Add one frame: its descriptor ``(D,)`` and its top places from the map index ``(K,)`` (best first,
-        -1 = padding). Returns the places ranked by sequence score (:class:`SequenceMatch`)."""
+        -1 = padding). Returns the places ranked by sequence score (:class:`SequenceMatch`).
+        ``similarities``: the frame's cosine similarity to every place ``(num_places,)`` when the caller has
+        them already (the verdict's calibration: one matrix product per stretch of frames); None: computed
+        here, for the few places the lines touch."""
         advanced = self._admit(np.ascontiguousarray(descriptor, dtype=np.float32).reshape(-1))
         n = len(self._window)
         window_stamps = np.asarray([serial + 1 for serial, _ in self._window])  # (n,) newest first
         window_slots = np.asarray([slot for _, slot in self._window])  # (n,)
+        if similarities is not None:
+            self._similarity[window_slots[0]] = np.asarray(similarities, dtype=np.float32).reshape(-1)
+            self._similarity_stamp[window_slots[0]] = window_stamps[0]
         candidates = np.asarray(candidates, dtype=np.int64).reshape(-1)
         candidates = candidates[candidates >= 0][: self.config.candidates]
         moved = (self._carried[:, None] + self._steps[None, :]).reshape(-1)  # (H * steps,)
@@ -317,6 +336,20 @@ def contrast_window(place_spacing_m: float | None, metres: float = CONTRAST_WIND
     if not place_spacing_m or place_spacing_m <= 0:
         return 10
     return int(min(100, max(10, round(metres / place_spacing_m))))
+
+
+def place_spacing(utm: np.ndarray, samples: int = 1000) -> float:
+    """Median distance (metres) from a place to its nearest other place, over up to ``samples`` places."""
+    utm = np.asarray(utm, np.float64)
+    if len(utm) < 2:
+        return 0.0
+    rows = np.linspace(0, len(utm) - 1, min(samples, len(utm))).astype(np.int64)
+    nearest = np.empty(len(rows))
+    for j, row in enumerate(rows):  # O(samples * N): a few ms for 100k places
+        d = np.hypot(*(utm - utm[row]).T)  # (N,)
+        d[row] = np.inf
+        nearest[j] = d.min()
+    return float(np.median(nearest[np.isfinite(nearest)]))
 
 
 def route_order_gap(utm: np.ndarray, samples: int = 2000) -> float:
