@@ -281,12 +281,20 @@ def calibrate_sequences(
             descriptors.shape[0],
         )
         return None
+    distribution = _impostor_distribution(impostors, percentile)
+    log.info(
+        "sequence verdict calibrated on %d stretches of the map: line evidence below %.3f (flags %g%% of "
+        "unmapped routes)",
+        used,
+        distribution["unknown_threshold"],
+        percentile,
+    )
     return {
         "source": "map",
         "evidence_kind": "sequence",
         "evidence": SEQUENCE_EVIDENCE,
         "radius_m": radius_m,
-        **_impostor_distribution(impostors, percentile),
+        **distribution,
         "stretches": used,
         "frames_per_stretch": config.frames + SEQUENCE_EXTRA,
         "temporal": dataclasses.asdict(config),
