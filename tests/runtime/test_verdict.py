@@ -140,16 +140,16 @@ def test_sequence_verdict_keeps_correct_frames_and_flags_unmapped_places(model, 
         split: np.array([r["unknown"] for r in records[TemporalConfig().frames - 1 :]])
         for split, records in sequenced["records"].items()
     }
-    # measured: per frame R@1 0.92, 44 % of correct answers flagged, 82 % of unmapped places, AUC-PR 0.88;
-    # with sequences R@1 1.0, AUC-PR 0.985, and once the window is full (from the 20th frame of each split)
-    # no correct answer flagged and 33 of 41 unmapped frames (80 %); over all frames (the first 19 of each
-    # split judged per frame) 8 % and 83 %
-    assert per_frame["recall"][1] == pytest.approx(0.92, abs=0.02)
-    assert per_frame["trust"]["correct_flagged_unknown_rate"] >= 0.4
+    # measured (queries centred on their running mean): per frame R@1 0.89, 37 % of correct answers flagged,
+    # 73 % of unmapped places, AUC-PR 0.88; with sequences R@1 1.0, AUC-PR 0.985, and once the window is
+    # full (from the 20th frame of each split) 0 of 131 correct answers flagged and 33 of 41 unmapped frames
+    # (80 %); over all frames (the first 19 of each split judged per frame) 7 % and 80 %
+    assert per_frame["recall"][1] == pytest.approx(0.89, abs=0.02)
+    assert per_frame["trust"]["correct_flagged_unknown_rate"] >= 0.3
     assert sequenced["recall"][1] == 1.0 and sequenced["trust"]["auc_pr"] >= 0.98
     assert late["queries"].mean() <= 0.02 and late["unmapped"].mean() >= 0.78
     assert sequenced["trust"]["correct_flagged_unknown_rate"] <= 0.1
-    assert sequenced["trust"]["unmapped_flagged_unknown_rate"] >= 0.8
+    assert sequenced["trust"]["unmapped_flagged_unknown_rate"] >= 0.78
 
 
 def _route(places: int, dim: int, seed: int) -> np.ndarray:
