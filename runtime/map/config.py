@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from runtime.errors import ConfigError
 from runtime.protocol import EVAL_RADIUS_M
+from runtime.whitening import MAP_SHRINKAGE
 
 SPLITS = ("database", "all")
 INDEX_TYPES = ("flat", "ivfpq")
@@ -53,7 +54,7 @@ class MapConfig:
     calibration_queries: int = 500
     whitening: bool = False
     whitening_dim: int | None = None
-    whitening_shrinkage: float = 3.0
+    whitening_shrinkage: float = MAP_SHRINKAGE
     read_workers: int = 2
     faiss_threads: int | None = None
     overwrite: bool = False

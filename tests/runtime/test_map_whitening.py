@@ -56,7 +56,7 @@ def test_whitened_map_is_stored_tied_to_the_model_and_searched_in_its_space(whit
         "centre": "mean of the map's descriptors (a query stream uses its own running mean)",
         "input_dim": 256,
         "dim": 25,
-        "whitening": {"dim": 25, "shrinkage": 3.0},
+        "whitening": {"dim": 25, "shrinkage": 10.0},
         "model_fingerprint": card.weights_fingerprint,
     }
     assert read_map_meta(whitened["plain"])["projection"]["whitening"] is None
