@@ -22,7 +22,8 @@ stream's own mean that carries the gain.
 ``a_t = max(rate, 1 / (prior_views + t))``: the map's mean counts as ``prior_views`` views at the start
 (a cold start is map-centred and moves to the stream's own mean within tens of frames), and then about the
 last ``1 / rate`` distinct views count. **Only distinct views count**: a frame that did not move since the
-last counted one (its similarity to it, in the map's space, above ``still_similarity``: see
+last counted one (its similarity to it, in the map's space centred on the stream's mean, as the sequence
+matcher compares frames, above ``still_similarity``: see
 :func:`runtime.temporal.still_similarity`) leaves the mean unchanged, so that a robot standing still does
 not pull the mean onto its current view (which would centre that view to noise).
 """
@@ -65,16 +66,22 @@ class QueryCentre:
         self._last: np.ndarray | None = None  # the last counted view, in the map's space
 
     @property
+    def centre(self) -> np.ndarray:
+        """The centre now ``(D,) float32`` (before the next frame counts)."""
+        return self._mean.astype(np.float32)
+
+    @property
     def views(self) -> int:
         """Distinct views counted since the last :meth:`reset`."""
         return self._views
 
-    def update(self, descriptor: np.ndarray, in_map_space: np.ndarray) -> np.ndarray:
+    def update(self, descriptor: np.ndarray, view: np.ndarray) -> np.ndarray:
         """Count one frame and return the centre to use for it ``(D,) float32``. ``descriptor (D,)``: the
-        model's; ``in_map_space (d,)``: the same frame in the map's space centred on the map's mean
-        (:meth:`runtime.map.PlaceMap.prepare`), to tell whether it moved."""
+        model's; ``view (d,)``: the same frame in the map's space centred on :attr:`centre`
+        (:meth:`runtime.map.PlaceMap.prepare`: the space the sequence matcher compares frames in), to tell
+        whether it moved."""
         x = np.asarray(descriptor, dtype=np.float64).reshape(-1)
-        view = np.asarray(in_map_space, dtype=np.float32).reshape(-1)
+        view = np.asarray(view, dtype=np.float32).reshape(-1)
         if self._last is None or float(view @ self._last) <= self.still_similarity:
             self._views += 1
             rate = max(self.rate, 1.0 / (self.prior_views + self._views))

@@ -377,7 +377,8 @@ class Localizer:
         k = max(self.config.top_k, SEARCH_CANDIDATES, sequence.config.candidates if sequence else 0)
         centre = None  # (D,): the stream's own domain, or None: the map's
         if stream.centre is not None:
-            centre = stream.centre.update(descriptor[0], self.map.prepare(descriptor)[0])
+            view = self.map.prepare(descriptor, stream.centre.centre)[0]  # (d,): did the robot move?
+            centre = stream.centre.update(descriptor[0], view)
         query = self.map.prepare(descriptor, centre)  # (1, d): the index's space
         sims, ids = self.map.search_prepared(query, k)
         valid = ids[0] >= 0
