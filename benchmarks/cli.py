@@ -65,6 +65,16 @@ def search(
     scratch: Path = typer.Option(
         None, help="Folder for memory-mapped descriptors of maps over --max-gib (each deleted after use)."
     ),
+    cold: bool = typer.Option(
+        False,
+        "--cold",
+        help="Memory-mapped maps: also time re-ranking and streamed exact search with the descriptors evicted "
+        "from the page cache (reads from disk, as for a map larger than RAM).",
+    ),
+    stream_queries: int = typer.Option(
+        None,
+        help="Batch-1 queries of exact search streaming a memory-mapped map, timed for real (default 3).",
+    ),
     threads: int = threads_option("faiss"),
     seed: int = typer.Option(None, help="Seed of the synthetic descriptors."),
     verbose: int = VERBOSE,
@@ -92,6 +102,8 @@ def search(
         rerank=_ints(rerank, "--rerank"),
         max_gib=max_gib,
         scratch=str(scratch) if scratch else None,
+        cold=cold or None,
+        stream_queries=stream_queries,
         threads=threads or os.cpu_count() or 1,  # faiss takes no 0
         seed=seed,
     )
