@@ -57,10 +57,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
-from runtime.map.index import similarities
+from runtime.map.index import ADD_CHUNK_ROWS, similarities
 from runtime.temporal import SequenceMatch, SequenceMatcher, TemporalConfig, place_spacing, still_similarity
 
 log = logging.getLogger(__name__)
@@ -107,16 +108,9 @@ def evidence(sims: np.ndarray, ids: np.ndarray, utm: np.ndarray, radius_m: float
 
 
 def _batch(places: int) -> int:
-    """Queries per block: ``(batch, N)`` float32 similarities stay under 256 MiB."""
+    """Queries per block of a sweep (the ``(batch, chunk)`` similarities and positions stay small); the
+    blocks keep the shapes of the per-block sweep this one replaced, so the similarities are bit-identical."""
     return int(np.clip(2**26 // max(1, places), 8, 256))
-
-
-def _similarity_blocks(queries: np.ndarray, descriptors: np.ndarray):
-    """Yield ``(start, sims (B, N))`` for blocks of ``queries (M, D)`` against the map ``descriptors (N, D)``."""
-    batch = _batch(descriptors.shape[0])
-    for start in range(0, queries.shape[0], batch):
-        q = np.asarray(queries[start : start + batch], dtype=np.float32)
-        yield start, similarities(descriptors, q)
 
 
 def _top_candidates(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,6 +120,47 @@ def _top_candidates(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
     ids = np.take_along_axis(part, order, axis=1)
     return np.take_along_axis(sims, ids, axis=1), ids
+
+
+def top_over_map(
+    queries: np.ndarray,
+    descriptors: np.ndarray,
+    k: int,
+    exclude: Callable[[slice, slice], np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` similarities of ``queries (M, D)`` over the map ``descriptors (N, D)`` in one sweep:
+    each chunk of the map (float32 or float16, may be a memory map larger than RAM) is read once, for every
+    block of queries. ``exclude(queries, places)``: a ``(B, c)`` bool mask of the (query, place) pairs of those
+    slices left out (similarity -inf). Returns ``(values (M, k) float32, ids (M, k) int64)``, best first.
+    """
+    q = np.asarray(queries, dtype=np.float32)
+    n = descriptors.shape[0]
+    k = min(int(k), n)
+    blocks = [slice(s, s + _batch(n)) for s in range(0, len(q), _batch(n))]
+    best_values = np.full((len(q), 0), -np.inf, np.float32)  # (M, <=k) so far
+    best_ids = np.zeros((len(q), 0), np.int64)
+    for start in range(0, n, ADD_CHUNK_ROWS):
+        rows = np.asarray(descriptors[start : start + ADD_CHUNK_ROWS], dtype=np.float32)  # (c, D), read once
+        places = slice(start, start + len(rows))
+        merged = [
+            _merge_top(best_values[b], best_ids[b], q[b] @ rows.T, places, k, exclude and exclude(b, places))
+            for b in blocks
+        ]
+        best_values = np.concatenate([values for values, _ in merged])
+        best_ids = np.concatenate([ids for _, ids in merged])
+    return best_values, best_ids
+
+
+def _merge_top(
+    values: np.ndarray, ids: np.ndarray, sims: np.ndarray, places: slice, k: int, left_out: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` of a block's best so far ``values, ids (B, <=k)`` and its similarities ``sims (B, c)`` to
+    the map rows ``places`` (``left_out (B, c)``: pairs set to -inf) -> ``(values (B, k), ids (B, k))``."""
+    if left_out is not None:
+        sims[left_out] = -np.inf
+    place_ids = np.broadcast_to(np.arange(places.start, places.stop, dtype=np.int64), sims.shape)
+    top_values, top = _top_candidates(np.concatenate([values, sims], axis=1), k)  # (B, k)
+    return top_values, np.take_along_axis(np.concatenate([ids, place_ids], axis=1), top, axis=1)
 
 
 def impostor_evidence(
@@ -140,19 +175,19 @@ def impostor_evidence(
     """Evidence of each query against the map with the query's own neighbourhood removed ``(M,)``.
 
     ``queries (M, D)`` at ``query_utm (M, 2)`` (map images themselves, or held-out queries), the map
-    ``descriptors (N, D)`` (float32 or float16, may be a memory map larger than RAM: read a chunk at a
+    ``descriptors (N, D)`` (float32 or float16, may be a memory map larger than RAM: read once, a chunk at a
     time) at ``utm (N, 2)``. Queries with nothing left beyond their neighbourhood are skipped (NaN).
     """
+
+    def near(rows: slice, places: slice) -> np.ndarray:  # (B, c): the unmapped place's neighbourhood
+        return np.linalg.norm(query_utm[rows, None, :] - utm[None, places, :], axis=2) <= radius_m
+
+    values, ids = top_over_map(queries, descriptors, candidates + 1, exclude=near)  # (M, C + 1)
     out = np.full(queries.shape[0], np.nan)
-    for start, sims in _similarity_blocks(queries, descriptors):  # sims (B, N)
-        stop = start + sims.shape[0]
-        near = np.linalg.norm(query_utm[start:stop, None, :] - utm[None, :, :], axis=2) <= radius_m
-        sims[near] = -np.inf  # the unmapped place: its neighbourhood is not in the map
-        values, ids = _top_candidates(sims, candidates + 1)
-        for b in range(sims.shape[0]):
-            ok = np.isfinite(values[b])
-            if ok.sum() >= 2:
-                out[start + b] = evidence(values[b][ok], ids[b][ok], utm, radius_m, kind)
+    for row in range(queries.shape[0]):
+        ok = np.isfinite(values[row])
+        if ok.sum() >= 2:
+            out[row] = evidence(values[row][ok], ids[row][ok], utm, radius_m, kind)
     return out
 
 
@@ -166,14 +201,10 @@ def genuine_evidence(
     kind: str = "gap",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Evidence of each query against the whole map and whether its best place is right: ``(M,), (M,) bool``."""
-    scores = np.zeros(queries.shape[0])
-    correct = np.zeros(queries.shape[0], dtype=bool)
-    for start, sims in _similarity_blocks(queries, descriptors):  # sims (B, N)
-        values, ids = _top_candidates(sims, candidates)  # (B, C)
-        for b in range(sims.shape[0]):
-            scores[start + b] = evidence(values[b], ids[b], utm, radius_m, kind)
-            correct[start + b] = np.linalg.norm(utm[ids[b, 0]] - query_utm[start + b]) <= radius_m
-    return scores, correct
+    values, ids = top_over_map(queries, descriptors, candidates)  # (M, C)
+    scores = np.array([evidence(v, i, utm, radius_m, kind) for v, i in zip(values, ids, strict=True)])
+    correct = np.linalg.norm(utm[ids[:, 0]] - query_utm, axis=1) <= radius_m
+    return scores.reshape(queries.shape[0]), correct
 
 
 def sequence_evidence(match: SequenceMatch, utm: np.ndarray, radius_m: float) -> float:

@@ -239,3 +239,78 @@ def test_sequence_evidence_and_fallbacks(caplog):
 
 
 _FRAME = {"impostor_quantiles": [], "tail_scale": 0.5, "radius_m": 25.0, "unknown_below_confidence": 0.9}
+
+
+def _calibration_before_one_pass(queries, query_utm, descriptors, utm, radius_m, candidates, kind):
+    """The sweep calibration used before the one-pass change (a copy, as the reference): blocks of queries,
+    each against the whole map read a chunk at a time; ``(impostor (M,), genuine (M,), correct (M,))``."""
+    from runtime.map.calibrate import _top_candidates
+
+    def blocks(batch):  # (start, sims (B, N))
+        for start in range(0, len(queries), batch):
+            q = np.asarray(queries[start : start + batch], dtype=np.float32)
+            sims = np.empty((len(q), len(descriptors)), np.float32)
+            for row in range(0, len(descriptors), 32_768):
+                sims[:, row : row + 32_768] = q @ np.asarray(descriptors[row : row + 32_768], np.float32).T
+            yield start, sims
+
+    batch = int(np.clip(2**26 // len(descriptors), 8, 256))
+    impostor = np.full(len(queries), np.nan)
+    for start, sims in blocks(batch):
+        stop = start + len(sims)
+        sims[np.linalg.norm(query_utm[start:stop, None, :] - utm[None, :, :], axis=2) <= radius_m] = -np.inf
+        values, ids = _top_candidates(sims, candidates + 1)
+        for b in range(len(sims)):
+            ok = np.isfinite(values[b])
+            if ok.sum() >= 2:
+                impostor[start + b] = evidence(values[b][ok], ids[b][ok], utm, radius_m, kind)
+    genuine, correct = np.zeros(len(queries)), np.zeros(len(queries), bool)
+    for start, sims in blocks(batch):
+        values, ids = _top_candidates(sims, candidates)
+        for b in range(len(sims)):
+            genuine[start + b] = evidence(values[b], ids[b], utm, radius_m, kind)
+            correct[start + b] = np.linalg.norm(utm[ids[b, 0]] - query_utm[start + b]) <= radius_m
+    return impostor, genuine, correct
+
+
+class _RowsRead:
+    """A map's descriptors that count the rows read from them (a memory map's reads from disk)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.rows_read = array, array.shape, 0
+
+    def __getitem__(self, rows):
+        out = self.array[rows]
+        self.rows_read += len(out)
+        return out
+
+
+@pytest.mark.parametrize("kind", ["gap", "distance"])
+def test_one_pass_calibration_sweep_equals_the_per_block_sweep(kind, tmp_path):
+    from runtime.map.calibrate import genuine_evidence, impostor_evidence
+
+    # a seeded route of 70,000 float16 places (memory-mapped, as a large map's descriptors.f16.npy) at 2 m
+    # spacing, read in 3 chunks (the last one partial), and 700 queries near random places: the old sweep
+    # took them in 3 blocks of up to 256 and read the whole map once per block
+    rng = np.random.default_rng(3)
+    n, dim, m = 70_000, 32, 700
+    stored = np.lib.format.open_memmap(tmp_path / "d.f16.npy", "w+", np.float16, (n, dim))
+    stored[:] = rng.standard_normal((n, dim)).astype(np.float16)
+    utm = np.stack([np.arange(n) * 2.0, np.zeros(n)], axis=1)  # (N, 2)
+    truth = rng.integers(0, n, m)
+    queries = stored[truth].astype(np.float32) + 0.3 * rng.standard_normal((m, dim), dtype=np.float32)
+    query_utm = utm[truth] + rng.uniform(-5, 5, (m, 2))
+    queries[:5], query_utm[:5] = queries[5], query_utm[5]  # repeated queries: equal rows, equal answers
+
+    descriptors = _RowsRead(stored)
+    impostor = impostor_evidence(queries, query_utm, descriptors, utm, 25.0, kind=kind)
+    assert descriptors.rows_read == n  # one sweep over the map for all 700 queries
+    genuine, correct = genuine_evidence(queries, query_utm, descriptors, utm, 25.0, kind=kind)
+    old_impostor, old_genuine, old_correct = _calibration_before_one_pass(
+        queries, query_utm, stored, utm, 25.0, 32, kind
+    )
+    np.testing.assert_array_equal(impostor, old_impostor)  # bit for bit
+    np.testing.assert_array_equal(genuine, old_genuine)
+    np.testing.assert_array_equal(correct, old_correct)
+    assert np.isfinite(impostor).all() and correct.mean() > 0.9  # a real comparison, not two empty ones
+    assert len(np.unique(impostor[:6])) == 1 and len(np.unique(impostor)) > 600
