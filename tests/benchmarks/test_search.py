@@ -1,6 +1,7 @@
 """netvlad-bench search: real FAISS indexes on seeded synthetic maps; recall numbers, report files."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +9,9 @@ import pytest
 from benchmarks.search import (
     SearchConfig,
     compressed_recall,
+    evict_from_page_cache,
     gpu_search_unavailable,
+    page_cache_share,
     run_search,
     synthetic_map,
 )
@@ -104,15 +107,55 @@ def test_search_skips_maps_over_the_memory_limit(tmp_path):
 def test_search_memory_maps_descriptors_over_the_limit_and_scales_exact_timing(tmp_path):
     # 4000 x 128 float16 is 1 MiB: over a 0.5 MiB limit, so memory-mapped under scratch and deleted after;
     # the exact index is timed on the 1024 float32 rows (0.5 MiB) that fit and scaled to 4000
+    # exact search streaming the whole memory map is timed for real on --stream-queries queries; --cold adds
+    # the same timings with the descriptors evicted from the page cache (same answers, resident share noted)
+    scratch = str(tmp_path / "scratch")
     cfg = SearchConfig.preset(
-        "tiny", **{**TEST_CFG, "max_gib": 0.5 / 1024, "scratch": str(tmp_path / "scratch"), "rerank": (50,)}
+        "tiny",
+        **{
+            **TEST_CFG,
+            "max_gib": 0.5 / 1024,
+            "scratch": scratch,
+            "rerank": (50,),
+            "stream_queries": 2,
+            "cold": True,
+        },
     )
-    (entry,) = run_search(cfg, None)["entries"]
+    result = run_search(cfg, tmp_path / "out")
+    (entry,) = result["entries"]
     assert entry["descriptors"].startswith("float16 memory map")
     assert entry["exact"]["extrapolated_from"] == 1024 and entry["exact"]["bytes"] == 4000 * 128 * 4
+    assert entry["exact"]["streamed"]["n"] == 2 and entry["exact"]["streamed_cold"]["n"] == 2
     assert list((tmp_path / "scratch").iterdir()) == []
-    assert entry["compressed"]["by_nprobe"]["16+R50"]["1-recall@1"] >= 0.99
+    warm, cold = entry["compressed"]["by_nprobe"]["16+R50"], entry["compressed"]["by_nprobe"]["16+R50 cold"]
+    assert warm["1-recall@1"] >= 0.99 and cold["1-recall@1"] == warm["1-recall@1"] and cold["cold"]
+    assert 0.0 <= cold["page_cache_share_batch1"] <= 1.0 and "page_cache_share_batch1" not in warm
     assert entry["gpu"]["skipped"]
+    md = (tmp_path / "out" / "search.md").read_text()
+    assert "exact, streaming the float16 memory map (measured, not cached)" in md
+    assert "IVF64,PQ16 + re-rank 50 (fp16) (descriptors not cached)" in md
+
+
+def _on_tmpfs(path) -> bool:
+    """Whether ``path`` is on a RAM file system (its pages are its storage: they cannot be evicted)."""
+    mounts = [line.split() for line in Path("/proc/mounts").read_text(encoding="utf-8").splitlines()]
+    best = max((m for m in mounts if str(path).startswith(m[1])), key=lambda m: len(m[1]))
+    return best[2] in ("tmpfs", "ramfs")
+
+
+def test_evicting_a_memory_mapped_file_from_the_page_cache(tmp_path):
+    path = tmp_path / "d.f16.npy"
+    mapped = np.lib.format.open_memmap(path, "w+", np.float16, (4096, 256))  # 2 MiB
+    mapped[:] = 1.0
+    mapped.flush()
+    assert float(mapped.sum(dtype=np.float64)) == 4096 * 256  # every page read: resident
+    assert page_cache_share(path) == 1.0
+    if _on_tmpfs(tmp_path):
+        pytest.skip("tmp_path is on tmpfs: its pages cannot leave memory")
+    evict_from_page_cache(path, mapped)  # the mapping's pages too, not only the unmapped ones
+    assert page_cache_share(path) == 0.0
+    assert float(mapped[100:200].sum(dtype=np.float64)) == 100 * 256  # still readable: from disk again
+    assert page_cache_share(path) > 0.0  # (with the kernel's read-ahead around the rows read)
 
 
 def test_search_config_rejects_bad_values():
