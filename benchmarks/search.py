@@ -569,7 +569,7 @@ def _streamed_row(entry: dict[str, Any], key: str, base_ms: float) -> list:
         entry["dim"],
         label,
         "—",
-        0.0,
+        "—",  # no index: a chunk of the map in RAM at a time
         timing["p50_ms"],
         timing["p99_ms"],
         "—",
