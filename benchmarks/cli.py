@@ -68,8 +68,8 @@ def search(
     cold: bool = typer.Option(
         False,
         "--cold",
-        help="Memory-mapped maps: also time re-ranking and streamed exact search with the descriptors evicted "
-        "from the page cache (reads from disk, as for a map larger than RAM).",
+        help="Memory-mapped maps: also time batch-1 re-ranking and streamed exact search with the "
+        "descriptors evicted from the page cache (reads from disk, as for a map larger than RAM).",
     ),
     stream_queries: int = typer.Option(
         None,

@@ -136,6 +136,8 @@ def top_over_map(
     q = np.asarray(queries, dtype=np.float32)
     n = descriptors.shape[0]
     k = min(int(k), n)
+    if len(q) == 0:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
     blocks = [slice(s, s + _batch(n)) for s in range(0, len(q), _batch(n))]
     best_values = np.full((len(q), 0), -np.inf, np.float32)  # (M, <=k) so far
     best_ids = np.zeros((len(q), 0), np.int64)
@@ -143,7 +145,9 @@ def top_over_map(
         rows = np.asarray(descriptors[start : start + ADD_CHUNK_ROWS], dtype=np.float32)  # (c, D), read once
         places = slice(start, start + len(rows))
         merged = [
-            _merge_top(best_values[b], best_ids[b], q[b] @ rows.T, places, k, exclude and exclude(b, places))
+            _merge_top(
+                best_values[b], best_ids[b], q[b] @ rows.T, places, k, exclude(b, places) if exclude else None
+            )
             for b in blocks
         ]
         best_values = np.concatenate([values for values, _ in merged])
