@@ -8,7 +8,7 @@
 3. ``export``    ONNX FP32 + FP16 + INT8 QDQ with the export step's parity gate (``export.pipeline.run_export``)
 4. ``map``       build the map from the database traversal (``runtime.map.build_map``)
 5. ``localize``  localise the query video through the runtime (``runtime.session.run_session``), without and
-                 with the temporal filter; recall from its JSONL (``runtime.evaluate.recall_from_jsonl``)
+                 with sequence matching; recall from its JSONL (``runtime.evaluate.recall_from_jsonl``)
 6. ``parity``    the same queries through every backend (``benchmarks.parity.run_parity``)
 7. ``latency``   per-stage latency per backend (``benchmarks.latency.run_latency``)
 8. ``report``    ``report.md`` + ``route.png`` (true and estimated positions along the route)
@@ -285,7 +285,7 @@ def step_localize(cfg: DemoConfig, paths: DemoPaths, progress) -> dict[str, Any]
             log.info(
                 "localising %s (%s)",
                 paths.synth / "queries.mp4",
-                "temporal filter" if temporal else "frame by frame",
+                "sequence matching" if temporal else "frame by frame",
             )
             summary = run_session(
                 RunConfig(

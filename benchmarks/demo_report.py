@@ -216,7 +216,7 @@ def plot_route(dataset, runs: dict[str, Path], out: Path) -> Path:
         )
         ax.scatter(*truth[0], s=60, color="black", marker="^", zorder=6, label="start")
         median = float(np.median(err)) if err.size else float("nan")
-        title = {"raw": "frame by frame", "temporal": "with the temporal filter"}.get(name, name)
+        title = {"raw": "frame by frame", "temporal": "with sequence matching"}.get(name, name)
         ax.set_title(f"{title}: {len(idx)} frames, median error {median:.1f} m")
         ax.set_xlabel("easting (m, from the map's corner)")
         ax.set_ylabel("northing (m)")
@@ -240,7 +240,7 @@ def plot_precision_recall(curves: dict[str, dict], out: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=110)
     for name, curve in curves.items():
-        label = {"raw": "frame by frame", "temporal": "temporal filter"}.get(name, name)
+        label = {"raw": "frame by frame", "temporal": "sequence matching"}.get(name, name)
         ax.plot([0.0, *curve["recall"]], [1.0, *curve["precision"]], label=label, drawstyle="default")
     ax.set_xlabel("recall (share of the correctly localised frames accepted)")
     ax.set_ylabel("precision (share of accepted frames that are right)")
@@ -269,7 +269,7 @@ def trust_section(loc: dict[str, Any], pr_png: Path) -> tuple[list[str], Path | 
 
         rows.append(
             [
-                "frame by frame" if name == "raw" else "temporal filter",
+                "frame by frame" if name == "raw" else "sequence matching",
                 t["auc_pr"],
                 pct(t["recall_at_99_precision"]),
                 pct(t["recall_at_100_precision"]),
@@ -364,7 +364,7 @@ def write_demo_report(cfg, paths, steps: dict[str, Any]) -> dict[str, Any]:
             lat = s["latency_ms"]
             rows.append(
                 [
-                    "frame by frame" if name == "raw" else "temporal filter",
+                    "frame by frame" if name == "raw" else "sequence matching",
                     s["frames"],
                     *(
                         100 * r["recall"]["recall"][str(n)]
@@ -421,7 +421,7 @@ def write_demo_report(cfg, paths, steps: dict[str, Any]) -> dict[str, Any]:
             lines += [f"(route plot unavailable: {exc})", ""]
         conditions = query_conditions(dataset)
         if conditions is not None and len(conditions) == dataset.num_queries:
-            names = {"raw": "R@1 % frame by frame", "temporal": "R@1 % temporal filter"}
+            names = {"raw": "R@1 % frame by frame", "temporal": "R@1 % sequence matching"}
             lines += [
                 "### Recall per query condition",
                 "",
@@ -514,7 +514,7 @@ def _unknown_lines(outcomes: dict[str, dict[str, np.ndarray]]) -> list[str]:
         if not n:
             continue
         right = int((o["unknown"] & o["hit"]).sum())
-        mode = "frame by frame" if name == "raw" else "with the temporal filter"
+        mode = "frame by frame" if name == "raw" else "with sequence matching"
         lines.append(
             f"- Unknown frames ({mode}): {n} of {len(o['unknown'])} frames were flagged as an unknown place: "
             "the verdict found their evidence too weak (the best match does not stand out enough from the best "

@@ -127,7 +127,7 @@ class StageTimes:
 class Localization:
     """Where one frame was taken, according to the map.
 
-    ``matches``: top-k places, best first (after the temporal filter when it is on). ``position``: UTM
+    ``matches``: top-k places, best first (after sequence matching when it is on). ``position``: UTM
     (easting, northing) in metres. ``evidence``: how far the reported place's similarity stands above
     the places elsewhere in the map, in units of their spread (0: none; :mod:`runtime.map.calibrate`);
     with sequence matching, once its window is full, how far its line's score stands above the best line

@@ -50,7 +50,7 @@ def test_demo_runs_every_step_writes_the_report_and_resumes(tmp_path):
         row = next(
             line
             for line in text.splitlines()
-            if line.startswith(f"| {'frame by frame' if mode == 'raw' else 'temporal filter'} |")
+            if line.startswith(f"| {'frame by frame' if mode == 'raw' else 'sequence matching'} |")
         )
         # the table's position column is the number the route plot's legend shows
         assert f"| {100 * (err <= 25).mean():.1f} |" in row
@@ -66,7 +66,7 @@ def test_demo_runs_every_step_writes_the_report_and_resumes(tmp_path):
         "NetVLAD layer, batch 1: loop-free",
         "![route](route.png)",
         "### Recall per query condition",
-        "| condition | queries | R@1 % frame by frame | R@1 % temporal filter |",
+        "| condition | queries | R@1 % frame by frame | R@1 % sequence matching |",
         "### Failures (frame by frame)",
         "![failures](failures.png)",
         "were flagged as an unknown place",
