@@ -260,8 +260,13 @@ def step_export(cfg: DemoConfig, paths: DemoPaths, progress) -> dict[str, Any]:
 
 def step_map(cfg: DemoConfig, paths: DemoPaths, progress) -> dict[str, Any]:
     _require_artifact(paths.onnx, "export")
-    if (paths.map / "map.json").is_file():
-        return {"skipped": "exists", "path": str(paths.map)}
+    from runtime.map.build import MAP_FORMAT_VERSION
+
+    meta_path = paths.map / "map.json"
+    if meta_path.is_file():
+        if json.loads(meta_path.read_text()).get("format_version") == MAP_FORMAT_VERSION:
+            return {"skipped": "exists", "path": str(paths.map)}
+        log.info("rebuilding '%s': it was built by an older netvlad-kit (map format)", paths.map)
     from runtime.backends import open_backend
     from runtime.map import MapConfig, build_map
 

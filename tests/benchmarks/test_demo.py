@@ -84,6 +84,12 @@ def test_demo_runs_every_step_writes_the_report_and_resumes(tmp_path):
     again = json.loads((out / "demo.json").read_text())["steps"]
     for name in ("synth", "train", "export", "map", "parity", "latency"):
         assert again[name]["status"] == "skipped (artifact exists)", name
+    # a map an older netvlad-kit built (another map format) is rebuilt, not reused and then refused
+    meta = json.loads((out / "map" / "map.json").read_text())
+    (out / "map" / "map.json").write_text(json.dumps({**meta, "format_version": 3}))
+    run_demo(out, DemoConfig.preset("tiny", threads=1))
+    assert json.loads((out / "demo.json").read_text())["steps"]["map"]["status"] == "done"
+    assert json.loads((out / "map" / "map.json").read_text())["format_version"] == meta["format_version"]
     # a plain `make demo` on the tiny folder: refused, not reused and labelled "small"
     with pytest.raises(ConfigError) as info:
         run_demo(out, DemoConfig.preset("default", threads=1))
