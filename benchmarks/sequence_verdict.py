@@ -56,18 +56,13 @@ def localize_stream(
         matcher = SequenceMatcher(lambda x: database[x], len(database), config, place_spacing_m=spacing)
     best, confidence, unknown, by_sequence = [], [], [], []
     for i in range(len(stream)):
-        if matcher is not None:
-            ranked = matcher.update(stream[i], ids[i])
-            top, judged = int(ranked.ids[0]), verdict.judge_sequence(ranked, config, utm)
-        else:
-            top, judged = int(ids[i][0]), None
-        by_sequence.append(judged is not None)
-        if judged is None:  # as Localizer._finish: the reported place first, then the other candidates
-            order = np.r_[np.flatnonzero(ids[i] == top), np.flatnonzero(ids[i] != top)]
-            judged = verdict.judge(sims[i][order], ids[i][order], utm)
+        ranked = matcher.update(stream[i], ids[i]) if matcher is not None else None
+        top = int(ranked.ids[0]) if ranked is not None else int(ids[i][0])
+        _, conf, flagged, judged_by_sequence = verdict.judge_place(top, sims[i], ids[i], utm, ranked, config)
         best.append(top)
-        confidence.append(judged[1])
-        unknown.append(judged[2])
+        confidence.append(conf)
+        unknown.append(flagged)
+        by_sequence.append(judged_by_sequence)
     return {
         "best": np.asarray(best),
         "confidence": np.asarray(confidence),

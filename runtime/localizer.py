@@ -427,13 +427,14 @@ class Localizer:
         )
         # the verdict on the reported place: its line against the lines elsewhere (sequence matching, once
         # the window is full), else its similarity against the candidates elsewhere
-        judged = (
-            self.verdict.judge_sequence(ranked, sequence.config, places.utm) if sequence is not None else None
+        evidence, confidence, unknown, _ = self.verdict.judge_place(
+            int(top_ids[0]),
+            sims,
+            ids,
+            places.utm,
+            ranked if sequence is not None else None,
+            sequence.config if sequence is not None else None,
         )
-        if judged is None:
-            order = np.r_[np.flatnonzero(ids == top_ids[0]), np.flatnonzero(ids != top_ids[0])]
-            judged = self.verdict.judge(sims[order], ids[order], places.utm)
-        evidence, confidence, unknown = judged
         position, uncertainty = self._position(top_ids, top_sims)
         latlon = self._geo.to_latlon(*position) if self._geo is not None else (None, None)
         heading = float(places.heading[top_ids[0]])

@@ -476,6 +476,26 @@ class Verdict:
         confidence = self.confidence(value)
         return value, confidence, confidence < self.unknown_below
 
+    def judge_place(
+        self,
+        place: int,
+        sims: np.ndarray,
+        ids: np.ndarray,
+        utm: np.ndarray,
+        match: SequenceMatch | None = None,
+        config: TemporalConfig | None = None,
+    ) -> tuple[float, float, bool, bool]:
+        """``(evidence, confidence, unknown, by_sequence)`` of the reported ``place``: its line against the
+        lines elsewhere when sequence matching (``match``, ``config``) can be judged (:meth:`judge_sequence`),
+        else its similarity among the frame's candidates (``sims``, ``ids``: best first) against those
+        elsewhere (:meth:`judge`, the reported place put first)."""
+        if match is not None and config is not None:
+            judged = self.judge_sequence(match, config, utm)
+            if judged is not None:
+                return (*judged, True)
+        order = np.r_[np.flatnonzero(ids == place), np.flatnonzero(ids != place)]
+        return (*self.judge(sims[order], ids[order], utm), False)
+
     def judge_sequence(
         self, match: SequenceMatch, config: TemporalConfig, utm: np.ndarray
     ) -> tuple[float, float, bool] | None:
