@@ -407,11 +407,14 @@ class Localizer:
         t0 = time.perf_counter()
         sequence = stream.sequence
         k = max(self.config.top_k, SEARCH_CANDIDATES, sequence.config.candidates if sequence else 0)
-        centre = None  # (D,): the stream's own domain, or None: the map's
-        if stream.centre is not None:
-            view = self.map.prepare(descriptor, stream.centre.centre)[0]  # (d,): did the robot move?
-            centre = stream.centre.update(descriptor[0], view)
-        query = self.map.prepare(descriptor, centre)  # (1, d): the index's space
+        if stream.centre is None:
+            query = self.map.prepare(descriptor)  # (1, d): the index's space, centred on the map's mean
+        else:
+            # centred on the stream's mean. Counting this frame moves the mean towards it, c' = (1 - a) c + a x,
+            # so x - c' = (1 - a)(x - c): the projection is linear and normalised, one query serves before
+            # and after, and the frame is projected once (QueryCentre.update needs it to tell if it moved)
+            query = self.map.prepare(descriptor, stream.centre.centre)  # (1, d)
+            stream.centre.update(descriptor[0], query[0])
         sims, ids = self.map.search_prepared(query, k)
         valid = ids[0] >= 0
         sims, ids = sims[0][valid], ids[0][valid]  # (k,), best first
