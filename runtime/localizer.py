@@ -516,6 +516,11 @@ class Localizer:
             frames, "stats", None
         )  # a FrameSource's counters: superseded frames are counted there
 
+        def count_superseded() -> None:
+            superseded[0] += 1
+            if isinstance(stats, SourceStats):
+                stats.superseded += 1
+
         def put_newest(item) -> bool:
             """Live: a frame still waiting for the model gives way to this newer one, so each frame goes
             straight to the model when it is free instead of queueing behind a stale one."""
@@ -526,9 +531,7 @@ class Localizer:
                 except queue.Full:
                     with contextlib.suppress(queue.Empty):
                         prepared.get_nowait()
-                        superseded[0] += 1
-                        if isinstance(stats, SourceStats):
-                            stats.superseded += 1
+                        count_superseded()
             return False
 
         def feeder() -> None:
@@ -566,9 +569,7 @@ class Localizer:
                 return [item]
             if _is_last(newer):
                 return [item, newer]
-            superseded[0] += 1
-            if isinstance(stats, SourceStats):
-                stats.superseded += 1
+            count_superseded()
             return [newer]
 
         def inference() -> None:
