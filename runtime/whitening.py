@@ -154,13 +154,13 @@ class MapProjection:
         y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), NORM_EPS)
         return y
 
-    def apply_in_place(self, store: np.ndarray, chunk: int = 4096) -> None:
-        """Project a map's model descriptors ``store (N, in_dim)`` (a centring projection: ``dim == in_dim``;
-        float32 array or float16 memory map) in place, a chunk at a time."""
-        if self.dim != store.shape[1]:
-            raise ConfigError(f"cannot project {store.shape[1]}-D descriptors to {self.dim}-D in place")
-        for start in range(0, store.shape[0], chunk):
-            store[start : start + chunk] = self.apply(store[start : start + chunk])
+    def apply_to(self, source: np.ndarray, store: np.ndarray, chunk: int = 4096) -> None:
+        """Project a map's model descriptors ``source (N, in_dim)`` into ``store (N, dim)`` (float32 array or
+        float16 memory map; may be ``source`` itself when ``dim == in_dim``), a chunk at a time."""
+        if store.shape != (source.shape[0], self.dim):
+            raise ConfigError(f"cannot project {source.shape} descriptors into {store.shape} ({self.dim}-D)")
+        for start in range(0, source.shape[0], chunk):
+            store[start : start + chunk] = self.apply(source[start : start + chunk])
 
     def save(self, path: Path) -> None:
         """Write as ``.npz`` to ``path`` (inside a map's temporary directory: the map is renamed atomically)."""

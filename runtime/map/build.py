@@ -214,8 +214,7 @@ def _build(engine: Backend, dataset, out: Path, config: MapConfig, progress) -> 
             )
             projection = fit_map_whitening(model_descriptors, engine.card, config)
             descriptors = descriptor_store(tmp, len(items), projection.dim, config)
-            for start in range(0, len(items), 4096):
-                descriptors[start : start + 4096] = projection.apply(model_descriptors[start : start + 4096])
+            projection.apply_to(model_descriptors, descriptors)
             del model_descriptors
         else:
             descriptors = descriptor_store(tmp, len(items), engine.card.descriptor_dim, config)
@@ -229,7 +228,9 @@ def _build(engine: Backend, dataset, out: Path, config: MapConfig, progress) -> 
                 out=descriptors,
             )
             projection = MapProjection.centring(descriptors, engine.card.weights_fingerprint)
-            projection.apply_in_place(descriptors)  # (N, D): the model's descriptors -> the map's space
+            projection.apply_to(
+                descriptors, descriptors
+            )  # (N, D): the model's descriptors -> the map's space
         extract_s = time.perf_counter() - t0
         calibration = None
         if config.calibration == "queries":
@@ -345,7 +346,7 @@ def write_map_files(
         )
     if projection is None:  # the map's own domain: every descriptor centred on the map's mean
         projection = MapProjection.centring(descriptors, model["fingerprint"])
-        projection.apply_in_place(descriptors)
+        projection.apply_to(descriptors, descriptors)
     if index is None:
         index, index_info = build_index(
             descriptors,
