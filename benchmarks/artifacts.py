@@ -1,8 +1,8 @@
 """The backends a benchmark compares: the PyTorch reference and every exported artifact it is given.
 
-Each one is opened as a runtime :class:`~runtime.backends.base.Backend` (``infer(uint8 (N, H, W, 3),
+Each one is opened as a runtime :class:`~runtime.model.backends.base.Backend` (``infer(uint8 (N, H, W, 3),
 batch_size) -> float32 (N, D)``, ``card``, ``close()``): exported models through
-``runtime.backends.open_backend``, so the benchmarks measure what robots run, and the PyTorch reference as
+``runtime.model.backends.open_backend``, so the benchmarks measure what robots run, and the PyTorch reference as
 :class:`training.model.TorchBackend`. What cannot run here
 (FP16 on a CPU provider without FP16 kernels, TensorRT without ``tensorrt``) is listed as skipped with
 the reason, never silently replaced.
@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.card import read_card
 from runtime.errors import ArtifactError
+from runtime.model.card import read_card
 from runtime.optional import available
 from runtime.protocol import ENGINE_SUFFIXES, MODEL_SUFFIXES, ONNX_SUFFIXES
 
@@ -109,12 +109,12 @@ def _ort_has_cuda() -> bool:
 
 
 def open_extractor(plan: BackendPlan, threads: int = 2):
-    """Open ``plan`` as a :class:`~runtime.backends.base.Backend` (the PyTorch reference included)."""
+    """Open ``plan`` as a :class:`~runtime.model.backends.base.Backend` (the PyTorch reference included)."""
     if plan.kind == "pytorch":
-        from training.model import TorchBackend
+        from training.backend import TorchBackend
 
         return TorchBackend(plan.path, device=plan.device, threads=threads)
-    from runtime.backends import open_backend
+    from runtime.model.backends import open_backend
 
     if plan.kind == "onnxruntime":
         options = {"threads": threads} if plan.provider == "cpu" else {}

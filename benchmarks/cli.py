@@ -11,8 +11,8 @@ from pathlib import Path
 
 import typer
 
+from runtime.cli.console import command_boundary
 from runtime.cli.options import QUIET, VERBOSE, threads_option
-from runtime.console import command_boundary
 from runtime.protocol import EVAL_RADIUS_M
 
 app = typer.Typer(
@@ -82,12 +82,12 @@ def search(
 ) -> None:
     """Map size sweep: exact (IndexFlatIP) vs compressed (IVF-PQ) search latency, recall and memory."""
     from benchmarks.search import SearchConfig, run_search
-    from runtime.console import configure_logging, progress
+    from runtime.cli.console import configure_logging, progress
 
     configure_logging(verbose, quiet)
     dim_list = _ints(dims, "--dims")
     if model is not None:
-        from runtime.card import read_card
+        from runtime.model.card import read_card
 
         own = read_card(model).descriptor_dim
         base = dim_list or SearchConfig.preset(preset).dims
@@ -137,7 +137,7 @@ def parity(
 ) -> None:
     """The same query set through PyTorch FP32 and every exported backend: recall@N, cosine, top-1 agreement."""
     from benchmarks.parity import ParityBenchConfig, run_parity
-    from runtime.console import configure_logging, progress
+    from runtime.cli.console import configure_logging, progress
 
     configure_logging(verbose, quiet)
     cfg = ParityBenchConfig(
@@ -173,7 +173,7 @@ def latency(
 ) -> None:
     """Per-stage latency (decode, preprocess, inference, search, end to end) per backend and batch size."""
     from benchmarks.latency import LatencyConfig, run_latency
-    from runtime.console import configure_logging, progress
+    from runtime.cli.console import configure_logging, progress
 
     configure_logging(verbose, quiet)
     cfg = LatencyConfig(
@@ -201,7 +201,7 @@ def drive(
 ) -> None:
     """A drive through ROS bags: map from a bag vs from the folder, uncertainty coverage, bag read rate."""
     from benchmarks.drive import drive_benchmark
-    from runtime.console import configure_logging, progress
+    from runtime.cli.console import configure_logging, progress
 
     configure_logging(verbose, quiet)
     result = drive_benchmark(
@@ -235,7 +235,7 @@ def soak(
 ) -> None:
     """Resident memory of the netvlad-run session over N frames (flat memory: slope near 0 KB/frame)."""
     from benchmarks.soak import SoakConfig, run_soak
-    from runtime.console import configure_logging
+    from runtime.cli.console import configure_logging
 
     configure_logging(verbose, quiet)
     cfg = SoakConfig(frames=frames, sample_every=sample_every, warmup=warmup, threads=threads, jsonl=jsonl)
@@ -259,7 +259,7 @@ def sequence(
 ) -> None:
     """Sequence matching (--temporal): recall@1 against single frames, and its cost per frame at two map sizes."""
     from benchmarks.sequence import SequenceBenchConfig, run_sequence_bench
-    from runtime.console import configure_logging, progress
+    from runtime.cli.console import configure_logging, progress
 
     configure_logging(verbose, quiet)
     cfg = SequenceBenchConfig(
@@ -287,7 +287,7 @@ def live(
 ) -> None:
     """Capture-to-result latency (p50/p99) with a paced source, against the model's batch-1 inference time."""
     from benchmarks.live import LiveBenchConfig, run_live_latency
-    from runtime.console import configure_logging
+    from runtime.cli.console import configure_logging
 
     configure_logging(verbose, quiet)
     cfg = LiveBenchConfig(frames=frames, threads=threads, temporal=temporal)

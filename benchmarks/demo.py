@@ -7,8 +7,8 @@
 2. ``train``     train NetVLAD briefly on it (``training.train.train``, the training preset with a time budget)
 3. ``export``    ONNX FP32 + FP16 + INT8 QDQ with the export step's parity gate (``export.pipeline.run_export``)
 4. ``map``       build the map from the database traversal (``runtime.map.build_map``)
-5. ``localize``  localise the query video through the runtime (``runtime.session.run_session``), without and
-                 with sequence matching; recall from its JSONL (``runtime.evaluate.recall_from_jsonl``)
+5. ``localize``  localise the query video through the runtime (``runtime.cli.session.run_session``), without and
+                 with sequence matching; recall from its JSONL (``runtime.evaluation.runs.recall_from_jsonl``)
 6. ``parity``    the same queries through every backend (``benchmarks.parity.run_parity``)
 7. ``latency``   per-stage latency per backend (``benchmarks.latency.run_latency``)
 8. ``report``    ``report.md`` + ``route.png`` (true and estimated positions along the route)
@@ -31,10 +31,10 @@ from typing import Any, ClassVar
 
 import typer
 
-from runtime.atomic import atomic_write_text
+from runtime.cli.console import command_boundary
 from runtime.cli.options import QUIET, VERBOSE, run_app, threads_option
-from runtime.console import command_boundary
 from runtime.errors import ConfigError
+from runtime.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +267,8 @@ def step_map(cfg: DemoConfig, paths: DemoPaths, progress) -> dict[str, Any]:
         if json.loads(meta_path.read_text()).get("format_version") == MAP_FORMAT_VERSION:
             return {"skipped": "exists", "path": str(paths.map)}
         log.info("rebuilding '%s': it was built by an older netvlad-kit (map format)", paths.map)
-    from runtime.backends import open_backend
     from runtime.map import MapConfig, build_map
+    from runtime.model.backends import open_backend
 
     with open_backend(paths.onnx, "onnxruntime-cpu", threads=max(1, cfg.threads)) as engine:
         build_map(engine, str(paths.synth), paths.map, MapConfig(overwrite=True), progress=progress)
@@ -277,8 +277,8 @@ def step_map(cfg: DemoConfig, paths: DemoPaths, progress) -> dict[str, Any]:
 
 def step_localize(cfg: DemoConfig, paths: DemoPaths, progress) -> dict[str, Any]:
     _require_artifact(paths.map / "map.json", "map")
-    from runtime.evaluate import recall_from_jsonl
-    from runtime.session import RunConfig, run_session
+    from runtime.cli.session import RunConfig, run_session
+    from runtime.evaluation.runs import recall_from_jsonl
 
     out: dict[str, Any] = {}
     paths.runs.mkdir(parents=True, exist_ok=True)
@@ -315,7 +315,7 @@ def step_localize(cfg: DemoConfig, paths: DemoPaths, progress) -> dict[str, Any]
 
 def _localize_unmapped(cfg: DemoConfig, paths: DemoPaths) -> Path | None:
     """Localise the world's unmapped-place images (``unmapped/``, when it has them) frame by frame."""
-    from runtime.session import RunConfig, run_session
+    from runtime.cli.session import RunConfig, run_session
 
     folder = paths.synth / "unmapped"
     if not folder.is_dir():
@@ -443,7 +443,7 @@ def cli(
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
-    from runtime.console import configure_logging, progress
+    from runtime.cli.console import configure_logging, progress
 
     configure_logging(verbose, quiet)
     report = run_demo(out, DemoConfig.preset(preset, threads=threads), progress=progress)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.report import markdown_table
-from runtime.atomic import atomic_path, atomic_write_text
+from runtime.files import atomic_path, atomic_write_text
 from runtime.protocol import EVAL_RADIUS_M
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 def localisation_errors(jsonl: Path, q_utm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per frame of a ``netvlad-run`` JSONL: query index, estimated position ``(M, 2)``, error in metres."""
-    from runtime.evaluate import read_jsonl
+    from runtime.evaluation.runs import read_jsonl
 
     idx, est = [], []
     for record in read_jsonl(jsonl):
@@ -42,7 +42,7 @@ def localisation_errors(jsonl: Path, q_utm: np.ndarray) -> tuple[np.ndarray, np.
 
 def held_out_recall(jsonl: Path, dataset, query_indices: np.ndarray, ns=(1, 5, 10)) -> dict[int, float]:
     """Recall@N of a JSONL restricted to ``query_indices`` (a top-N match within 25 m of the query)."""
-    from runtime.evaluate import read_jsonl
+    from runtime.evaluation.runs import read_jsonl
 
     wanted = set(int(i) for i in query_indices)
     found = {n: 0 for n in ns}
@@ -64,7 +64,7 @@ def held_out_recall(jsonl: Path, dataset, query_indices: np.ndarray, ns=(1, 5, 1
 def frame_outcomes(jsonl: Path, dataset) -> dict[str, np.ndarray]:
     """Per frame of a JSONL whose source names its query (``...#QI``): the query index, whether its top-1
     match lies within 25 m, the unknown verdict, the top-1 match's image and its distance from the query."""
-    from runtime.evaluate import read_jsonl
+    from runtime.evaluation.runs import read_jsonl
 
     qi, hit, unknown, image, dist = [], [], [], [], []
     for record in read_jsonl(jsonl):

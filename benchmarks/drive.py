@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import atomic_write_text
-from runtime.geo import UtmZone
+from runtime.datasets.geo import UtmZone
+from runtime.files import atomic_write_text
 from runtime.protocol import EVAL_RADIUS_M
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def simulate_gps(
 
 
 def _localise(model: Path, map_dir: Path, source, truth: np.ndarray) -> dict:
-    from runtime.localizer import Localizer
+    from runtime.localize.localizer import Localizer
 
     with Localizer.open(model, map_dir) as localizer, source:
         t0 = time.perf_counter()
@@ -137,8 +137,8 @@ def _served_fps(model: Path, map_dir: Path, source) -> dict:
     import http.client
     import threading
 
-    from runtime.localizer import Localizer, LocalizerConfig
-    from runtime.web import LiveView
+    from runtime.localize.localizer import Localizer, LocalizerConfig
+    from runtime.outputs.web import LiveView
 
     received = []
     with (
@@ -205,8 +205,7 @@ def drive_benchmark(
     from runtime.map import MapConfig, build_map
     from runtime.map.from_bag import build_map_from_bag
     from runtime.optional import require
-    from runtime.sources import ImageFolderSource
-    from runtime.sources_rosbag import RosbagSource
+    from runtime.sources import ImageFolderSource, RosbagSource
 
     require("rosbags", "the drive benchmark")
     model, out = Path(model), Path(out)

@@ -4,7 +4,7 @@ For each backend (PyTorch eager FP32, ONNX Runtime FP32 / INT8 QDQ / FP16 where 
 installed) and each batch size, query frames go through the runtime's own stages one batch at a time:
 
 - ``decode``: ``cv2.imdecode`` of the encoded image files (read into memory first: no disk time),
-- ``preprocess``: :class:`runtime.preprocess.Preprocessor` to the card's input (what the map builder does),
+- ``preprocess``: :class:`runtime.model.preprocess.Preprocessor` to the card's input (what the map builder does),
 - ``inference``: the backend, ``uint8 (B, H, W, 3) -> float32 (B, D)``,
 - ``search``: exact inner-product FAISS search (``IndexFlatIP``, the runtime's default) over a map of
   ``map_size`` places (seeded synthetic descriptors of the model's dimension: search time does not depend
@@ -88,7 +88,7 @@ def time_pipeline(
     """
     import cv2
 
-    from runtime.preprocess import Preprocessor
+    from runtime.model.preprocess import Preprocessor
 
     prep = Preprocessor(extractor.card)
     n_batches = max(3, len(frames) // batch)

@@ -1,5 +1,5 @@
 """``netvlad-bench live``: the latency a robot sees, from capture to result, with a source paced like a
-camera (a video played at its own frame rate, :class:`~runtime.sources.VideoFileSource` ``realtime=True``).
+camera (a video played at its own frame rate, :class:`~runtime.sources.frames.VideoFileSource` ``realtime=True``).
 
 Three measurements in one process, side by side:
 
@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.timing import summarize_ms, time_calls
-from runtime.atomic import atomic_write_text
 from runtime.errors import ConfigError
+from runtime.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,9 @@ def run_live_latency(
     """Measure, write ``live.json`` and ``live.md`` into ``out``, and return the result."""
     import cv2
 
-    from runtime.localizer import Localizer, LocalizerConfig
+    from runtime.localize.localizer import Localizer, LocalizerConfig
+    from runtime.map.sequence import TemporalConfig
     from runtime.sources import VideoFileSource
-    from runtime.temporal import TemporalConfig
 
     config = config or LiveBenchConfig()
     out = Path(out)

@@ -24,8 +24,8 @@ from benchmarks.environment import machine_info, machine_line
 from benchmarks.evalset import EvalSet, load_eval_set
 from benchmarks.report import markdown_table, write_report
 from runtime.errors import ArtifactError, ConfigError
+from runtime.evaluation.recall import rank_database, recall_at_n
 from runtime.protocol import EVAL_RADIUS_M
-from runtime.recall import rank_database, recall_at_n
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _check_same_model(reference_card, plan: BackendPlan, card) -> None:
 
 
 def recall_curve(db: np.ndarray, queries: np.ndarray, positives: Sequence[np.ndarray]) -> dict[int, float]:
-    """Recall@N for N = 1..20 (runtime.recall, the same metric everywhere)."""
+    """Recall@N for N = 1..20 (runtime.evaluation.recall, the same metric everywhere)."""
     return recall_at_n(rank_database(db, queries, max(CURVE_NS)), positives, CURVE_NS)
 
 
@@ -237,7 +237,7 @@ def parity_markdown(result: dict[str, Any]) -> str:
 
 def plot_recall_curves(result: dict[str, Any], path: str | Path) -> Path:
     """Recall@N (N = 1..20) of every backend on one chart (matplotlib, Agg), written atomically."""
-    from runtime.atomic import atomic_path
+    from runtime.files import atomic_path
     from runtime.optional import require
 
     matplotlib = require("matplotlib", "the recall@N plot")

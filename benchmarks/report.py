@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.atomic import atomic_write_text
+from runtime.files import atomic_write_text
 
 
 def _jsonable(value: Any) -> Any:

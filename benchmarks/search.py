@@ -525,7 +525,7 @@ def run_search(
 ) -> dict[str, Any]:
     """Run the sweep; with ``out_dir`` write ``search.json`` and ``search.md`` there. Returns the results.
 
-    ``progress``: optional ``runtime.console.progress``-like factory for a bar over the sweep.
+    ``progress``: optional ``runtime.cli.console.progress``-like factory for a bar over the sweep.
     """
     faiss = require("faiss", "map search")
     faiss.omp_set_num_threads(cfg.threads)

@@ -2,8 +2,8 @@
 frames, and its cost per frame at two map sizes.
 
 Recall: the dataset's queries are localised in their order, through the same code as ``netvlad-run``
-(:meth:`runtime.localizer.Localizer.locate` on each query's descriptor, one stream over all of them), frame
-by frame without and with query-domain adaptation (:mod:`runtime.adapt`), and once per sequence length. On Nordland the stream is every winter frame,
+(:meth:`runtime.localize.localizer.Localizer.locate` on each query's descriptor, one stream over all of them), frame
+by frame without and with query-domain adaptation (:mod:`runtime.localize.adapt`), and once per sequence length. On Nordland the stream is every winter frame,
 as the SeqSLAM anchor feeds it; the near-blank frames of ``near_uniform.txt`` stay in the stream but are
 not scored. A query is right when its first match lies within ``radius_m`` (Nordland: +-1 frame).
 
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.atomic import atomic_write_text
 from runtime.errors import ConfigError
+from runtime.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def route_descriptors(places: int, dim: int, seed: int, width: int = 5) -> np.nd
 def matcher_cost(sizes, dim: int, frames: int, temporal_config, seed: int = 0) -> list[dict[str, Any]]:
     """Per map size: the sequence matcher's update time per frame (p50, p99) and the flat search's."""
     from runtime.map.index import build_index, search
-    from runtime.temporal import SequenceMatcher
+    from runtime.map.sequence import SequenceMatcher
 
     rows = []
     for size in sizes:
@@ -183,10 +183,10 @@ def run_sequence_bench(
     progress=None,
 ) -> dict[str, Any]:
     """Measure, write ``sequence.json`` and ``sequence.md`` into ``out``, and return the result."""
-    from runtime.backends import open_backend
-    from runtime.localizer import Localizer, LocalizerConfig
+    from runtime.localize.localizer import Localizer, LocalizerConfig
     from runtime.map import open_map
-    from runtime.temporal import TemporalConfig
+    from runtime.map.sequence import TemporalConfig
+    from runtime.model.backends import open_backend
 
     config = config or SequenceBenchConfig()
     out = Path(out)

@@ -10,11 +10,11 @@ positions: place ``i`` lies ``20 * i`` metres along the line, and a frame is rig
 
 The map is calibrated as ``netvlad-map build`` does it (:func:`runtime.map.calibrate.calibrate`: per-frame
 and sequence impostors from the map alone), then each stream is matched frame by frame as
-:meth:`runtime.localizer.Localizer._finish` does: flat inner-product search of the top 32 places, the
-default :class:`~runtime.temporal.TemporalConfig` (20 frames), the sequence verdict once the window is
+:meth:`runtime.localize.localizer.Localizer._finish` does: flat inner-product search of the top 32 places, the
+default :class:`~runtime.map.sequence.TemporalConfig` (20 frames), the sequence verdict once the window is
 full and the per-frame verdict before. Streams: the queries followed by the unmapped frames as one sequence
 (``netvlad-run --images queries,unmapped``), and the unmapped frames alone from a fresh sequence.
-Reports :func:`runtime.metrics.trust_metrics` per stream (and frame by frame, without sequence matching, for
+Reports :func:`runtime.evaluation.metrics.trust_metrics` per stream (and frame by frame, without sequence matching, for
 comparison), the calibration's cost and, on Nordland, the share of winter stretches flagged when their own
 neighbourhood is removed from the map (unmapped routes in the query domain).
 """
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.evaluation.metrics import trust_metrics
 from runtime.map.calibrate import SEARCH_CANDIDATES, Verdict, calibrate, impostor_sequence_evidence
-from runtime.metrics import trust_metrics
-from runtime.temporal import SequenceMatcher, TemporalConfig, place_spacing
+from runtime.map.sequence import SequenceMatcher, TemporalConfig, place_spacing
 
 RADIUS_M = 25.0
 NORDLAND_SPACING_M = 20.0

@@ -1,6 +1,6 @@
 """Memory soak of the command-line run session (``netvlad-bench soak``): resident memory over N frames.
 
-The same :func:`runtime.session.run_session` that ``netvlad-run`` drives localises a folder of images
+The same :func:`runtime.cli.session.run_session` that ``netvlad-run`` drives localises a folder of images
 replayed until ``frames`` frames have gone through (a cheap source: decoding a few small files), with the
 JSONL written when asked. The session samples its resident memory (RSS) every ``sample_every`` frames; the
 report gives the samples, the growth from the first sample after warm-up to the end, and the least-squares
@@ -62,7 +62,7 @@ def growth(samples_mb: list[float], sample_every: int, warmup: int) -> dict[str,
 
 def run_soak(model: Path, map_path: Path, images: Path, out: Path, cfg: SoakConfig | None = None) -> dict:
     """Localise ``images`` (replayed) for ``cfg.frames`` frames through the run session; write soak.json/.md."""
-    from runtime.session import RunConfig, run_session
+    from runtime.cli.session import RunConfig, run_session
     from runtime.sources import ImageFolderSource
 
     cfg = cfg or SoakConfig()
@@ -98,7 +98,7 @@ def run_soak(model: Path, map_path: Path, images: Path, out: Path, cfg: SoakConf
         [
             "# Memory soak of the run session",
             "",
-            f"{summary.frames} frames of `{images}` (replayed) through `runtime.session.run_session` "
+            f"{summary.frames} frames of `{images}` (replayed) through `runtime.cli.session.run_session` "
             f"({summary.fps:.0f} FPS), {machine_line(result['machine'])}.",
             "",
             f"Growth after {cfg.warmup} warm-up frames: **{result['growth_mb']} MB**, slope "

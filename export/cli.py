@@ -12,8 +12,8 @@ from pathlib import Path
 import typer
 
 from export.config import INT8_TARGETS, BatchRange, ExportConfig
+from runtime.cli.console import command_boundary
 from runtime.cli.options import QUIET, VERBOSE, threads_option
-from runtime.console import command_boundary
 
 log = logging.getLogger("netvlad-export")
 
@@ -79,7 +79,7 @@ def main(
     quiet: bool = QUIET,
 ) -> None:
     """Export CHECKPOINT into --out: model.onnx [+ model.fp16.onnx] [+ model.int8*.onnx] [+ *.engine] + parity.json."""
-    from runtime.console import configure_logging, progress
+    from runtime.cli.console import configure_logging, progress
 
     configure_logging(verbose, quiet)
     cfg = ExportConfig(

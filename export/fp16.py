@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from export.quantize import split_graph
-from runtime.atomic import atomic_write_bytes
-from runtime.card import attach_to_onnx, read_onnx_card
 from runtime.errors import ArtifactError
+from runtime.files import atomic_write_bytes
+from runtime.model.card import attach_to_onnx, read_onnx_card
 from runtime.optional import require
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 A calibration set is named by the user: a folder of images (searched recursively) or any dataset spec that
 :func:`runtime.datasets.open_dataset` understands (then its database images: the map the model will serve).
-Images are brought to the card's input exactly as the runtime does (:class:`runtime.preprocess.Preprocessor`),
+Images are brought to the card's input exactly as the runtime does (:class:`runtime.model.preprocess.Preprocessor`),
 so calibration sees what inference will see.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.card import ModelCard
 from runtime.errors import DatasetError
+from runtime.model.card import ModelCard
 from runtime.protocol import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def open_image_set(spec: str | Path) -> ImageSet:
 def load_images(paths: Sequence[Path], card: ModelCard) -> np.ndarray:
     """Decode ``paths`` and bring them to the card's input: ``uint8 (N, H, W, 3)`` in card channel order."""
     from runtime.datasets import read_rgb
-    from runtime.preprocess import Preprocessor
+    from runtime.model.preprocess import Preprocessor
 
     prep = Preprocessor(card)
     out = np.empty((len(paths), *prep.input_shape), dtype=np.uint8)

@@ -19,8 +19,8 @@ from typing import Any
 
 import typer
 
+from runtime.cli.console import command_boundary
 from runtime.cli.options import json_option, overwrite_option, run_app, threads_option
-from runtime.console import command_boundary
 
 
 def time_interleaved(
@@ -62,10 +62,9 @@ def cli(
 
     from export.images import fixed_images
     from export.quantize import ort_kernels
-    from runtime.atomic import atomic_write_text
-    from runtime.backends.onnxruntime import create_session
-    from runtime.card import read_onnx_card
-    from runtime.outputs import check_not_replacing
+    from runtime.files import atomic_write_text, check_not_replacing
+    from runtime.model.backends.onnxruntime import create_session
+    from runtime.model.card import read_onnx_card
     from training.checkpoint import load_model
     from training.model import DeployModel
 

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from export.config import ExportConfig
-from runtime.atomic import atomic_write_bytes
-from runtime.card import ModelCard, attach_to_onnx
 from runtime.errors import ArtifactError, BackendError, ParityError
+from runtime.files import atomic_write_bytes
+from runtime.model.card import ModelCard, attach_to_onnx
 from runtime.optional import require
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def trace_deploy_model(deploy_model: Any, card: ModelCard, cfg: ExportConfig) ->
 def onnx_descriptors(proto: Any, images: np.ndarray, threads: int, source: str) -> np.ndarray:
     """Descriptors of ``images`` from an in-memory model (card attached) through the runtime's ONNX Runtime
     CPU backend, exactly as a robot would run the written file."""
-    from runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from runtime.model.backends.onnxruntime import OnnxRuntimeBackend
 
     with tempfile.TemporaryDirectory(prefix="netvlad-export-") as tmp:
         path = Path(tmp) / Path(source).name
@@ -189,7 +189,8 @@ def export_place_model(
     """Export an in-memory ``PlaceModel`` to ``out`` (see :func:`export_onnx`)."""
     from export.images import fixed_images
     from export.parity import compare_images
-    from training.model import DeployModel, TorchBackend
+    from training.backend import TorchBackend
+    from training.model import DeployModel
 
     out = Path(out)
     model.eval()

@@ -7,7 +7,7 @@ model, an INT8 or FP16 variant, a TensorRT engine) with those of the FP32 refere
 - top-1 agreement: the fraction of queries whose best database match is the same image (reported, not
   gated: in a densely sampled map the best match moves between neighbouring images of the same place, which
   changes nothing a user sees; recall is what the gate judges);
-- recall@1/5/10 (``runtime.recall``, positives within 25 m) of both, and the change in points.
+- recall@1/5/10 (``runtime.evaluation.recall``, positives within 25 m) of both, and the change in points.
 
 Each precision has its own :class:`ParityThresholds` (:data:`THRESHOLDS`, set from measurements on the
 synthetic ``small`` world, see export/README.md). A recall drop beyond the allowed points is a regression
@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from runtime.atomic import atomic_write_text
 from runtime.errors import ConfigError, ParityError
+from runtime.evaluation.recall import first_hit_rank, rank_database
+from runtime.files import atomic_write_text
 from runtime.protocol import GATED_NS
-from runtime.recall import first_hit_rank, rank_database
 
 log = logging.getLogger(__name__)
 

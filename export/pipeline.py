@@ -20,15 +20,15 @@ import numpy as np
 
 from export.config import ExportConfig
 from export.images import ImageSet, fixed_images, iter_batches, load_images, open_image_set
-from runtime.card import ModelCard, read_card
 from runtime.datasets import is_dataset_spec
 from runtime.errors import ArtifactError, DatasetError, ModelCardError, ParityError
-from runtime.outputs import clean_stale, output_lock
+from runtime.files import clean_stale, output_lock
+from runtime.model.card import ModelCard, read_card
 from runtime.protocol import EVAL_RADIUS_M, MODEL_SUFFIXES, is_engine
 
 log = logging.getLogger(__name__)
 
-ProgressFactory = Callable[..., Any]  # like runtime.console.progress(total=..., desc=..., unit=...)
+ProgressFactory = Callable[..., Any]  # like runtime.cli.console.progress(total=..., desc=..., unit=...)
 REFERENCE = "PyTorch FP32 (reference)"
 STAGING_PREFIX = ".export-"  # hidden folder inside the output where artifacts are made
 
@@ -94,7 +94,7 @@ def validation_subset(spec: str, limit: int, radius_m: float = EVAL_RADIUS_M) ->
 
 def open_artifact(path: Path, threads: int) -> Any:
     """The runtime backend a robot would run ``path`` with: ONNX Runtime's CPU provider, or TensorRT."""
-    from runtime.backends import open_backend
+    from runtime.model.backends import open_backend
 
     if is_engine(path):
         return open_backend(path, "tensorrt")
@@ -122,11 +122,11 @@ def measure_parity(
 ) -> list[Any]:
     """Parity reports of every artifact against the FP32 PyTorch ``model`` (see :mod:`export.parity`).
 
-    Both sides run through the runtime's :class:`~runtime.backends.base.Backend` interface: the reference as
+    Both sides run through the runtime's :class:`~runtime.model.backends.base.Backend` interface: the reference as
     :class:`training.model.TorchBackend`, each artifact through the backend a robot would run it with.
     """
     from export.parity import compare_images, compare_retrieval
-    from training.model import TorchBackend
+    from training.backend import TorchBackend
 
     card = model.card()
     overrides = dict(cfg.parity_thresholds or {})

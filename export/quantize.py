@@ -42,9 +42,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from export.images import ImageSet, iter_batches
-from runtime.atomic import atomic_path
-from runtime.card import ModelCard, attach_to_onnx, read_onnx_card
 from runtime.errors import ArtifactError, ConfigError, DatasetError
+from runtime.files import atomic_path
+from runtime.model.card import ModelCard, attach_to_onnx, read_onnx_card
 from runtime.optional import require
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,7 @@ def describe_quantization(model_proto: Any) -> dict[str, dict[str, int]]:
 
 def ort_kernels(onnx_path: str | os.PathLike, threads: int = 2) -> dict[str, int]:
     """The kernels ONNX Runtime's CPU provider actually runs: op types (with domain) of its optimised graph."""
-    from runtime.backends.onnxruntime import create_session
+    from runtime.model.backends.onnxruntime import create_session
 
     onnx = require("onnx", "inspecting ONNX Runtime kernels")
     import tempfile

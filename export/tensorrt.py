@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from export.config import BatchRange
-from runtime.atomic import atomic_write_bytes
-from runtime.card import ModelCard, read_onnx_card, write_sidecar
 from runtime.errors import ArtifactError, BackendError
+from runtime.files import atomic_write_bytes
+from runtime.model.card import ModelCard, read_onnx_card, write_sidecar
 from runtime.optional import require
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from __future__ import annotations
 class NetVLADKitError(Exception):
     """Base class of every error netvlad-kit raises on purpose.
 
-    ``exit_code`` is what a command exits with when this error ends it (see ``runtime.console``):
+    ``exit_code`` is what a command exits with when this error ends it (see ``runtime.cli.console``):
     2 for bad input or usage (the default: fix the command line, the file or the data and rerun),
     1 for a run that failed on its own (a backend, a parity gate, a stream that died).
     """

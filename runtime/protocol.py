@@ -5,7 +5,7 @@ Ground truth is purely geometric (NetVLAD, Arandjelović et al. 2016, section 5;
 - training **potential positives**: database images within :data:`POSITIVE_RADIUS_M` (10 m) of the query;
 - training **definite negatives**: database images farther than :data:`NEGATIVE_RADIUS_M` (25 m);
 - **evaluation positives**: database images within :data:`EVAL_RADIUS_M` (25 m); a query is found at N when
-  one of its first N matches is one of them (:mod:`runtime.recall`).
+  one of its first N matches is one of them (:mod:`runtime.evaluation.recall`).
 
 Every stage (training, export parity, the map's unknown-place calibration, benchmarks, the demo) takes its
 defaults from here, so "recall@1" means the same thing everywhere.

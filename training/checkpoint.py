@@ -1,5 +1,5 @@
 """Checkpoints: one ``.pt`` file with the model's config, weights and provenance, and (for ``--resume``) the
-training state. Written atomically (runtime.atomic): a crash never leaves a half-written checkpoint.
+training state. Written atomically (runtime.files): a crash never leaves a half-written checkpoint.
 
 Layout (a plain dict, loaded with ``torch.load(weights_only=True)`` so a foreign pickle cannot run code)::
 
@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from runtime.atomic import atomic_path
 from runtime.errors import ArtifactError, ConfigError
+from runtime.files import atomic_path
 from training.model import ModelConfig, PlaceModel
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ def start_command(
 ) -> None:
     """``outputs``: flag -> path of the files the command writes (checked before minutes of work).
     ``threads``: PyTorch CPU threads (0: leave PyTorch's default, one per core)."""
-    from runtime.console import configure_logging
-    from runtime.outputs import check_not_replacing
+    from runtime.cli.console import configure_logging
+    from runtime.files import check_not_replacing
 
     check_not_replacing(dict(outputs or {}), overwrite)
     configure_logging(verbose, quiet)

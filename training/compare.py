@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import typer
 
+from runtime.cli.console import command_boundary
 from runtime.cli.options import QUIET, VERBOSE, json_option, overwrite_option, run_app, threads_option
-from runtime.console import command_boundary
 from runtime.datasets import PlaceDataset
 
 log = logging.getLogger(__name__)
@@ -106,9 +106,9 @@ def cli(
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
-    from runtime.atomic import atomic_write_text
-    from runtime.console import progress
+    from runtime.cli.console import progress
     from runtime.datasets import open_dataset
+    from runtime.files import atomic_write_text
     from training.command import start_command
 
     start_command(verbose, quiet, threads, {"--json": json_out}, overwrite)

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.atomic import atomic_path
-from runtime.card import fingerprint_arrays
 from runtime.datasets import PlaceDataset
 from runtime.errors import ConfigError
-from runtime.preprocess import Preprocessor
+from runtime.files import atomic_path
+from runtime.model.card import fingerprint_arrays
+from runtime.model.preprocess import Preprocessor
 from training.model import PlaceModel, normalize_images
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def compute_frozen_features(
     """Frozen feature maps of every image of ``split`` ("database"/"queries"): ``(N, C, h, w)`` float16.
 
     Returns the features and the throughput in images/s. Images are read with ``dataset.read_image`` and
-    resized exactly as the runtime does (runtime.preprocess.Preprocessor, from the model card).
+    resized exactly as the runtime does (runtime.model.preprocess.Preprocessor, from the model card).
     """
     prep = Preprocessor(model.card())
     count = dataset.num_db if split == "database" else dataset.num_queries

@@ -2,7 +2,7 @@
 
     python -m training.evaluate CHECKPOINT --dataset DIR [--split all|train|val|test] [--json OUT.json]
 
-Recall@1/5/10/20 at 25 m through runtime.recall (the same functions every stage uses); queries without a
+Recall@1/5/10/20 at 25 m through runtime.evaluation.recall (the same functions every stage uses); queries without a
 database image within 25 m are dropped first (and counted). Every figure is reported together with the
 split, descriptor dimension, input resolution and model fingerprint, since published NetVLAD numbers are
 hard to reproduce mostly because these drift silently.
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import typer
 
+from runtime.cli.console import command_boundary
 from runtime.cli.options import (
     QUIET,
     VERBOSE,
@@ -30,10 +31,9 @@ from runtime.cli.options import (
     run_app,
     threads_option,
 )
-from runtime.console import command_boundary
 from runtime.datasets import PlaceDataset
+from runtime.evaluation.recall import DEFAULT_NS, rank_database, recall_at_n
 from runtime.protocol import EVAL_RADIUS_M
-from runtime.recall import DEFAULT_NS, rank_database, recall_at_n
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +191,8 @@ def cli(
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
-    from runtime.atomic import atomic_write_text
-    from runtime.console import progress
+    from runtime.cli.console import progress
+    from runtime.files import atomic_write_text
     from training.command import start_command
 
     start_command(verbose, quiet, threads, {"--json": json_out}, overwrite)

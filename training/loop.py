@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime.atomic import atomic_write_text
 from runtime.datasets import PlaceDataset
 from runtime.errors import ArtifactError, ConfigError
+from runtime.files import atomic_write_text
 from training.checkpoint import load_checkpoint, model_from_payload, save_checkpoint
 from training.config import TrainConfig
 from training.data import Split, load_or_compute_frozen, split_along_route

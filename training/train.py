@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from runtime.cli.console import command_boundary
 from runtime.cli.options import QUIET, VERBOSE, run_app, threads_option
-from runtime.console import command_boundary
 
 if TYPE_CHECKING:
     from training.config import TrainConfig
@@ -41,7 +41,7 @@ def train(
     live (default ``out_dir/cache``; share it between runs to skip regenerating them).
     """
     from runtime.errors import OutputError
-    from runtime.outputs import clean_stale, output_lock
+    from runtime.files import clean_stale, output_lock
     from training.loop import Trainer
 
     out_dir = Path(out_dir)
@@ -111,7 +111,7 @@ def cli(
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
-    from runtime.console import configure_logging, progress
+    from runtime.cli.console import configure_logging, progress
 
     configure_logging(verbose, quiet)
     args = SimpleNamespace(

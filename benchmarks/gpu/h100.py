@@ -33,8 +33,8 @@ import numpy as np
 
 from benchmarks.gpu import inference
 from benchmarks.gpu.common import collect_errors, error_entry, guarded
-from runtime.atomic import atomic_write_text
-from runtime.console import configure_logging
+from runtime.cli.console import configure_logging
+from runtime.files import atomic_write_text
 
 log = logging.getLogger("benchmarks.gpu")
 

@@ -127,7 +127,7 @@ def _describe(backend: Any, evalset: tuple[np.ndarray, np.ndarray]) -> tuple[np.
 
 def cpu_reference(models: dict[str, Path], evalset) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Descriptors of ``evalset`` from the runtime's CPU backend, per precision."""
-    from runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from runtime.model.backends.onnxruntime import OnnxRuntimeBackend
 
     refs = {}
     for precision, path in models.items():
@@ -147,7 +147,7 @@ def backend_paths(
 ) -> dict[str, Any]:
     """The runtime's :class:`OnnxRuntimeBackend` on ``provider`` for each precision: parity with the CPU
     FP32 reference, then latency per batch (IO binding on the GPU: one upload, one download)."""
-    from runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from runtime.model.backends.onnxruntime import OnnxRuntimeBackend
 
     out: dict[str, Any] = {}
     for precision, path in models.items():
@@ -209,8 +209,8 @@ def qdq_int8_flag(
     """
     if caps["ort_tensorrt"]:
         return {"missing": caps["ort_tensorrt"]}
-    from runtime.backends.onnxruntime import PROVIDER_NAMES, create_session, tensorrt_provider_options
-    from runtime.card import read_onnx_card
+    from runtime.model.backends.onnxruntime import PROVIDER_NAMES, create_session, tensorrt_provider_options
+    from runtime.model.card import read_onnx_card
 
     card = read_onnx_card(int8_onnx)
     out: dict[str, Any] = {}
@@ -258,7 +258,7 @@ def tensorrt_engine_paths(
         return {"missing": missing}
     from export.config import BatchRange
     from export.tensorrt import build_engine
-    from runtime.backends.tensorrt import TensorRTBackend
+    from runtime.model.backends.tensorrt import TensorRTBackend
 
     out: dict[str, Any] = {}
     for precision, path in models.items():

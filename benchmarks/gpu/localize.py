@@ -1,4 +1,4 @@
-"""The :class:`~runtime.localizer.Localizer` end to end on the GPU (ONNX Runtime CUDA + faiss-gpu map) against
+"""The :class:`~runtime.localize.localizer.Localizer` end to end on the GPU (ONNX Runtime CUDA + faiss-gpu map) against
 the same Localizer on the CPU: per-stage latency p50/p99 and top-1 agreement of the places it reports."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ STAGES = ("decode", "preprocess", "inference", "search", "total")
 
 
 def _localizer(model: Path, map_dir: Path, provider: str, gpu_map: str):
-    from runtime.backends import open_backend
-    from runtime.localizer import Localizer
+    from runtime.localize.localizer import Localizer
     from runtime.map import open_map
+    from runtime.model.backends import open_backend
 
     backend = open_backend(model, f"onnxruntime-{provider}")
     try:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
+from runtime.cli.console import command_boundary, configure_logging, progress
 from runtime.cli.options import QUIET, VERBOSE
-from runtime.console import command_boundary, configure_logging, progress
 from runtime.protocol import EVAL_RADIUS_M
 
 app = typer.Typer(
@@ -225,7 +225,7 @@ def recall(
 ) -> None:
     """Recall@N, precision-recall of the confidence (AUC-PR, recall at 99 % / 100 % precision) and the
     "unknown place" verdict's rates (correct frames flagged; unmapped-place frames flagged)."""
-    from runtime.evaluate import recall_from_jsonl
+    from runtime.evaluation.runs import recall_from_jsonl
 
     configure_logging(quiet=True)
     result = recall_from_jsonl(jsonl, dataset, radius_m=radius)
@@ -236,7 +236,7 @@ def recall(
 
 
 def format_recall(result: dict) -> str:
-    """The human-readable summary of :func:`runtime.evaluate.recall_from_jsonl`'s result."""
+    """The human-readable summary of :func:`runtime.evaluation.runs.recall_from_jsonl`'s result."""
 
     def rate(count: int, total: int) -> str:
         return f"{count} of {total} ({100.0 * count / total:.1f} %)" if total else "n/a (none)"

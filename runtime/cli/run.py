@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
+from runtime.cli.console import EXIT_INTERRUPTED, command_boundary, configure_logging
 from runtime.cli.options import QUIET, VERBOSE, json_option, overwrite_option, threads_option
-from runtime.console import EXIT_INTERRUPTED, command_boundary, configure_logging
 
 app = typer.Typer(add_completion=False)
 
@@ -63,9 +63,8 @@ def main(
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
-    from runtime.atomic import atomic_write_text
-    from runtime.outputs import check_not_replacing, check_writable_file
-    from runtime.session import RunConfig, run_session
+    from runtime.cli.session import RunConfig, run_session
+    from runtime.files import atomic_write_text, check_not_replacing, check_writable_file
 
     configure_logging(verbose, quiet)
     tty = sys.stderr.isatty()

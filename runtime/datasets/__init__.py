@@ -2,7 +2,9 @@
 
 Sources: the generic CSV folder (also written by the synthetic world, ``training.synth``), aligned
 sequences such as Nordland, and the official Pittsburgh 30k/250k and Tokyo 24/7 ``.mat`` files.
-Lean: numpy, cv2 and csv; scipy only when a ``.mat`` is read.
+Geography (UTM zones, bearings) is :mod:`runtime.datasets.geo`; a dataset of keyframes from a ROS bag
+is :mod:`runtime.datasets.rosbag`. Lean: numpy, cv2 and csv; scipy only when a ``.mat`` is read. May
+import sources (image decoding, bag reading) and the shared top-level modules; never models or maps.
 """
 
 from runtime.datasets.aligned import frame_spacing_m, load_aligned, load_nordland

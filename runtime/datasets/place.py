@@ -17,6 +17,7 @@ import numpy as np
 
 from runtime.errors import DatasetError
 from runtime.protocol import EVAL_RADIUS_M, NEGATIVE_RADIUS_M, POSITIVE_RADIUS_M, Split
+from runtime.sources import decode_bgr
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class PlaceDataset:
     "tokyo247", ...}``, plus e.g. ``utm_zone``).
     ``unmapped_images`` / ``unmapped_utm`` ``(N_u, 2)``: queries of places that are not in the database
     (none within 25 m), apart from ``q_images``: recall never counts them; the "unknown place" verdict is
-    measured on them (:mod:`runtime.metrics`). Empty for most datasets.
+    measured on them (:mod:`runtime.evaluation.metrics`). Empty for most datasets.
     """
 
     name: str
@@ -217,18 +218,6 @@ class PlaceDataset:
             f"PlaceDataset(name={self.name!r}, root='{self.root}', num_db={self.num_db}, "
             f"num_queries={self.num_queries}{unmapped}, source={self.info.get('source')!r})"
         )
-
-
-def decode_bgr(path: str | Path) -> np.ndarray | None:
-    """An image file as uint8 ``(H, W, 3)`` BGR, or None when it is empty, truncated or not an image.
-
-    The one image decoder of the kit (map building, frame sources): ``cv2.imdecode`` rejects a truncated
-    JPEG, where ``cv2.imread`` returns it half grey.
-    """
-    import cv2
-
-    data = np.fromfile(str(path), dtype=np.uint8)
-    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

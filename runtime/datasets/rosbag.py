@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.datasets.geo import UtmZone, grid_bearings
 from runtime.datasets.place import PlaceDataset
 from runtime.errors import ConfigError, DatasetError
-from runtime.geo import UtmZone, grid_bearings
-from runtime.rosbag import (
+from runtime.sources.rosbag import (
     IMAGE_TYPES,
     NAV_SAT_FIX,
     NO_FIX,
@@ -241,8 +241,8 @@ def write_bag_dataset(
     """Write a drive in the generic dataset format: ``folder/<split>.csv`` (image, lat, lon, heading,
     timestamp) and the keyframes in ``folder/<split>/``. Record two drives of one route (``--split database``
     then ``--split queries``) to get a dataset that training and ``netvlad-map build --dataset`` read."""
-    from runtime.atomic import atomic_write_text
     from runtime.datasets.generic import SPLIT_FILES
+    from runtime.files import atomic_write_text
 
     if split not in SPLIT_FILES:
         raise ConfigError(f"--split must be one of {', '.join(SPLIT_FILES)}, got {split!r}")

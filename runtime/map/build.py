@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import atomic_directory
-from runtime.backends import Backend, open_backend
+from runtime.files import atomic_directory, check_not_dataset, check_replaceable_map, clean_stale, output_lock
 from runtime.map.calibrate import calibrate, calibrate_on_queries
 from runtime.map.config import MapConfig
 from runtime.map.index import (
@@ -28,9 +27,9 @@ from runtime.map.index import (
     set_threads,
 )
 from runtime.map.places import Places, places_from_dataset
-from runtime.outputs import check_not_dataset, check_replaceable_map, clean_stale, output_lock
-from runtime.preprocess import Preprocessor
-from runtime.whitening import MapProjection, map_whitening_dim
+from runtime.map.whitening import MapProjection, map_whitening_dim
+from runtime.model.backends import Backend, open_backend
+from runtime.model.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ def measure_index_recall(index, descriptors: np.ndarray, samples: int = 1000) ->
 
 def _geo_meta(dataset) -> dict | None:
     """The UTM zone of a dataset given in lat/lon (so positions convert back), None for metric-only data."""
-    from runtime.geo import zone_of_dataset
+    from runtime.datasets.geo import zone_of_dataset
 
     zone = zone_of_dataset(dataset.info)
     return None if zone is None else zone.to_meta()

@@ -29,7 +29,7 @@ percentile an exponential tail fitted to the top 10 %, so confidence keeps risin
 unknown place when its confidence is below ``percentile / 100``: ``percentile`` % of unmapped places are
 flagged, whatever the map's density or the query domain.
 
-**With sequence matching** (:mod:`runtime.temporal`) the verdict judges the reported place's *line*, not
+**With sequence matching** (:mod:`runtime.map.sequence`) the verdict judges the reported place's *line*, not
 its frame: the evidence is how much lower (better) the best line's score is than that of the best line
 ending farther than ``radius_m`` from it (:func:`sequence_evidence`). Line scores sum contrast-enhanced
 differences, z-scores within each place's own neighbourhood, so this gap is scale-free too. Its calibration
@@ -37,7 +37,7 @@ plays stretches of the map as unmapped routes (:func:`impostor_sequence_evidence
 ``frames + 10`` consecutive places at random, each with every place within ``radius_m`` of it removed from
 the map, its own images matched as a sequence against the rest; each frame with a full window is one
 impostor sample. Stored beside the per-frame calibration as map.json ``calibration.sequence``, with the
-:class:`~runtime.temporal.TemporalConfig` it holds for (the default: ``netvlad-run --temporal``); cost 64 x
+:class:`~runtime.map.sequence.TemporalConfig` it holds for (the default: ``netvlad-run --temporal``); cost 64 x
 30 exact map searches (as many as the per-frame calibration's 2,000) and matcher updates: 6-8 s for 1k
 places of 7,168-D descriptors, 26 s for 100k places of 256-D (seeded route), on 2 shared cores.
 The first ``frames - 1`` frames of a sequence (window not full), maps built before it (warned once) and
@@ -62,7 +62,13 @@ from collections.abc import Callable
 import numpy as np
 
 from runtime.map.index import ADD_CHUNK_ROWS, similarities
-from runtime.temporal import SequenceMatch, SequenceMatcher, TemporalConfig, place_spacing, still_similarity
+from runtime.map.sequence import (
+    SequenceMatch,
+    SequenceMatcher,
+    TemporalConfig,
+    place_spacing,
+    still_similarity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +221,7 @@ def sequence_evidence(match: SequenceMatch, utm: np.ndarray, radius_m: float) ->
     """The evidence that a sequence's best line is right: how much lower (better) its score is than that of
     the best line ending farther than ``radius_m`` from it (:data:`SEQUENCE_EVIDENCE`).
 
-    ``match``: :meth:`~runtime.temporal.SequenceMatcher.update`'s ranking of a frame's line ends, ``utm
+    ``match``: :meth:`~runtime.map.sequence.SequenceMatcher.update`'s ranking of a frame's line ends, ``utm
     (N, 2)`` the map's positions. A line's score sums contrast-enhanced differences (z-scores within each
     place's neighbourhood), so the gap is in units of the map's own spread: a change of domain that shifts
     and scales the similarities leaves it unchanged. 0 when no valid line ends elsewhere.

@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from runtime.errors import ConfigError
+from runtime.map.whitening import MAP_SHRINKAGE
 from runtime.protocol import EVAL_RADIUS_M
-from runtime.whitening import MAP_SHRINKAGE
 
 SPLITS = ("database", "all")
 INDEX_TYPES = ("flat", "ivfpq")
@@ -33,8 +33,8 @@ class MapConfig:
     (:mod:`runtime.map.calibrate`). ``calibration``: ``map`` (the map's own images play unmapped places) or
     ``queries`` (up to ``calibration_queries`` of the dataset's queries, evenly spaced, do, in their own
     domain; needs a dataset with queries). ``whitening``: fit PCA-whitening on the map's descriptors and
-    search in it (:mod:`runtime.whitening`); ``whitening_dim``: its dimension (None: from the map's size,
-    :func:`runtime.whitening.map_whitening_dim`); ``whitening_shrinkage``: its regularisation.
+    search in it (:mod:`runtime.map.whitening`); ``whitening_dim``: its dimension (None: from the map's size,
+    :func:`runtime.map.whitening.map_whitening_dim`); ``whitening_shrinkage``: its regularisation.
     ``embed_images``: copy the place images into the map (``images/``), so it works without the dataset.
     """
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import atomic_directory
 from runtime.errors import ArtifactError, ConfigError
+from runtime.files import atomic_directory, holds_output_lock
 from runtime.map.build import (
     _geo_meta,
     dataset_meta,
@@ -44,7 +44,6 @@ from runtime.map.build import (
 from runtime.map.config import MapConfig
 from runtime.map.index import set_threads
 from runtime.optional import require
-from runtime.outputs import holds_output_lock
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def _ray():
 def _read_images(batch: dict, dataset, is_query: np.ndarray, index: np.ndarray, card) -> dict:
     """Ray Data stage 2 (tasks): place rows -> preprocessed images. The rows' (split, index) travel as two
     arrays (not a list of tuples: 10M rows stay ~90 MB in the object store)."""
-    from runtime.preprocess import Preprocessor
+    from runtime.model.preprocess import Preprocessor
 
     preprocess = Preprocessor(card)
     rows = np.asarray(batch["id"], dtype=np.int64)
@@ -80,7 +79,7 @@ class _Describe:
     """Ray Data stage 3: an actor owning one backend; images -> descriptors."""
 
     def __init__(self, model: str, backend: str, threads: int) -> None:
-        from runtime.backends import open_backend
+        from runtime.model.backends import open_backend
 
         # one actor per CPU slot: one ONNX Runtime thread each (the slots are the parallelism)
         onnx = backend in ("auto", "onnxruntime") and Path(model).suffix.lower() == ".onnx"
@@ -106,7 +105,7 @@ def extract_on_ray(
     """Descriptors of ``items`` (``(split, index)`` of ``dataset``) into ``out (N, D)`` through a Ray Data
     job on the connected Ray cluster; shards go to ``shards``. Returns timings and throughput."""
     ray = _ray()
-    from runtime.card import read_card
+    from runtime.model.card import read_card
 
     card = read_card(model)
     n = len(items)
@@ -188,7 +187,7 @@ def build_map_on_ray(
     if workers is not None and workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     ray = _ray()
-    from runtime.card import read_card
+    from runtime.model.card import read_card
 
     card = read_card(model)
     dataset = resolve_dataset(dataset)

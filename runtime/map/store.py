@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.card import ModelCard
+from runtime.datasets.geo import UtmZone
 from runtime.errors import ArtifactError, MapMismatchError
-from runtime.geo import UtmZone
 from runtime.map.build import (
     DESCRIPTORS_FILE,
     INDEX_FILE,
@@ -31,7 +30,8 @@ from runtime.map.index import (
     use_gpu,
 )
 from runtime.map.places import Places
-from runtime.whitening import MapProjection
+from runtime.map.whitening import MapProjection
+from runtime.model.card import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class PlaceMap:
 
     def prepare(self, descriptors: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
         """The model's descriptors ``(M, D)`` in the index's space ``(M, d)``: centred on ``centre (D,)`` (None:
-        the map's mean; a query stream's own: :mod:`runtime.adapt`), whitened when the map has it."""
+        the map's mean; a query stream's own: :mod:`runtime.localize.adapt`), whitened when the map has it."""
         return self.projection.apply(descriptors, centre)
 
     def search(

@@ -1,7 +1,7 @@
 """Maps that grow and shrink without a rebuild: :func:`add_to_map` and :func:`remove_from_map`.
 
 Both rewrite the map atomically (a new directory beside it, then a rename: a reader sees the old map or
-the new one, never a mix; a running :class:`runtime.localizer.Localizer` picks the new one up with
+the new one, never a mix; a running :class:`runtime.localize.localizer.Localizer` picks the new one up with
 ``reload()``). The trained parts of the index are reused: new places are encoded with the map's IVF
 quantiser and PQ codebooks (no training); removed places are dropped and the rest re-encoded with the same
 quantisers (a flat map simply drops their rows). The unknown-place calibration is recomputed over the new
@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import atomic_directory
-from runtime.backends import Backend, open_backend
 from runtime.errors import ConfigError, MapMismatchError
+from runtime.files import atomic_directory, holds_output_lock
 from runtime.map.build import (
     DESCRIPTORS_FILE,
     INDEX_FILE,
@@ -42,7 +41,7 @@ from runtime.map.config import MapConfig
 from runtime.map.index import ADD_CHUNK_ROWS, add_in_chunks, faiss_module, set_threads
 from runtime.map.places import Places
 from runtime.map.store import open_descriptors, read_map_meta, read_projection
-from runtime.outputs import holds_output_lock
+from runtime.model.backends import Backend, open_backend
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ runner = CliRunner()
 
 
 def _error(result) -> str:
-    assert result.exit_code == 2, result.output  # bad input (runtime.console.EXIT_USAGE)
+    assert result.exit_code == 2, result.output  # bad input (runtime.cli.console.EXIT_USAGE)
     return " ".join(result.output.split())  # un-wrap
 
 
@@ -96,8 +96,8 @@ def place_dir(tmp_path_factory):
     import cv2
 
     from export.images import fixed_images
-    from runtime.card import ModelCard
     from runtime.datasets import write_split_csv
+    from runtime.model.card import ModelCard
 
     root = tmp_path_factory.mktemp("places")
     card = ModelCard("x", 80, 120, 8, 112, 896, "0123456789abcdef")

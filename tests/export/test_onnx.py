@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.card import read_onnx_card
 from runtime.errors import ArtifactError, ParityError
+from runtime.model.card import read_onnx_card
 from tests.conftest import requires_torch
 
 pytestmark = requires_torch
@@ -44,8 +44,8 @@ def test_card_in_metadata(tiny_onnx, tiny_model):
 
 def test_descriptors_match_pytorch_at_any_batch(tiny_onnx, tiny_model):
     from export.images import fixed_images
-    from runtime.backends import open_backend
-    from training.model import TorchBackend
+    from runtime.model.backends import open_backend
+    from training.backend import TorchBackend
 
     card = read_onnx_card(tiny_onnx)
     images = fixed_images(card, 5, seed=3)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.card import read_onnx_card
 from runtime.errors import DatasetError
+from runtime.model.card import read_onnx_card
 from tests.conftest import requires_torch
 
 pytestmark = requires_torch
@@ -39,7 +39,7 @@ def quantized(tiny_onnx, calib_dir):
 
 
 def _descriptors(path, images):
-    from runtime.backends import open_backend
+    from runtime.model.backends import open_backend
 
     with open_backend(path, "onnxruntime-cpu", threads=1) as backend:
         return backend.infer(images)

@@ -43,7 +43,7 @@ def test_the_onnx_must_hold_the_precision_its_card_names(tiny_onnx, tmp_path):
 
     from export.fp16 import convert_fp16, fp16_path
     from export.tensorrt import check_precision, onnx_precision
-    from runtime.card import attach_to_onnx, read_onnx_card
+    from runtime.model.card import attach_to_onnx, read_onnx_card
 
     assert check_precision(tiny_onnx, read_onnx_card(tiny_onnx)) == "fp32"
     half = convert_fp16(tiny_onnx, tmp_path / fp16_path(tiny_onnx).name)
@@ -66,7 +66,7 @@ def test_build_fp32_and_fp16_engines(tiny_onnx, tmp_path):
     from export.config import BatchRange
     from export.fp16 import convert_fp16
     from export.tensorrt import build_engine
-    from runtime.card import read_sidecar
+    from runtime.model.card import read_sidecar
 
     onnx_path = Path(shutil.copy(tiny_onnx, tmp_path / "model.onnx"))
     for source in (onnx_path, convert_fp16(onnx_path, tmp_path / "model.fp16.onnx")):
@@ -79,8 +79,8 @@ def test_build_fp32_and_fp16_engines(tiny_onnx, tmp_path):
 
 @requires_torch
 def test_the_onnx_card_records_the_batch_range_gpu_runtimes_optimise_for(tiny_onnx):
-    from runtime.backends.onnxruntime import batch_range
-    from runtime.card import read_onnx_card
+    from runtime.model.backends.onnxruntime import batch_range
+    from runtime.model.card import read_onnx_card
 
     card = read_onnx_card(tiny_onnx)
     assert card.extra["batch"] == "1:8:32" and batch_range(card) == (1, 8, 32)

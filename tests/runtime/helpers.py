@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.card import ModelCard, attach_to_onnx, fingerprint_arrays
+from runtime.model.card import ModelCard, attach_to_onnx, fingerprint_arrays
 
 
 def make_onnx_model(
@@ -87,7 +87,7 @@ def _quantize_qdq(path: Path, height: int, width: int, seed: int) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from runtime.card import read_onnx_card
+    from runtime.model.card import read_onnx_card
 
     rng = np.random.default_rng(seed)
 

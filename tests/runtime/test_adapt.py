@@ -1,14 +1,14 @@
-"""Query-domain adaptation (runtime.adapt): a stream centred on its own running mean, against the map's."""
+"""Query-domain adaptation (runtime.localize.adapt): a stream centred on its own running mean, against the map's."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from runtime.adapt import PRIOR_VIEWS, QueryCentre
 from runtime.errors import ConfigError
+from runtime.localize.adapt import PRIOR_VIEWS, QueryCentre
 from runtime.map.index import faiss_module
-from runtime.whitening import MapProjection
+from runtime.map.whitening import MapProjection
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The error boundary every command shares (runtime.console.command_boundary): one line, one exit code."""
+"""The error boundary every command shares (runtime.cli.console.command_boundary): one line, one exit code."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from runtime.console import BUG_HINT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, command_boundary
+from runtime.cli.console import BUG_HINT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, command_boundary
 from runtime.errors import ConfigError, DatasetError, ParityError, RunFailedError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ def test_an_argparse_main_keeps_its_return_value_and_argparse_exit():
 def test_sigterm_during_a_command_exits_130_through_the_boundary(tmp_path):
     script = tmp_path / "sleepy.py"
     script.write_text(
-        "import sys, time\nfrom runtime.console import command_boundary\n"
+        "import sys, time\nfrom runtime.cli.console import command_boundary\n"
         "@command_boundary\ndef main():\n    print('ready', flush=True)\n    time.sleep(30)\n"
         "    return 0\nsys.exit(main())\n"
     )

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from runtime.card import (
+from runtime.errors import ModelCardError, NetVLADKitError
+from runtime.model.card import (
     CARD_FORMAT_VERSION,
     ONNX_METADATA_KEY,
     ModelCard,
@@ -13,7 +14,6 @@ from runtime.card import (
     sidecar_path,
     write_sidecar,
 )
-from runtime.errors import ModelCardError, NetVLADKitError
 
 
 def make_card(**changes):

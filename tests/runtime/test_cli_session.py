@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from runtime.cli.map import app as map_app
 from runtime.cli.run import app as run_app
+from runtime.cli.session import RunConfig, run_session
 from runtime.errors import ConfigError
-from runtime.evaluate import recall_from_jsonl
-from runtime.session import RunConfig, run_session
+from runtime.evaluation.runs import recall_from_jsonl
 from tests.runtime.helpers import make_onnx_model, make_stand_in_world
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +137,7 @@ def test_ctrl_c_flushes_outputs(built, tmp_path):
         f"""
         import os, signal, threading, time
         from pathlib import Path
-        from runtime.session import RunConfig, run_session
+        from runtime.cli.session import RunConfig, run_session
         out = Path({str(tmp_path / "i.jsonl")!r})
 
         def interrupt_once_running():  # Ctrl-C after a few frames have been written
@@ -175,7 +175,7 @@ BLOCK_TORCH = textwrap.dedent(
                 raise ImportError(f"{name} is blocked for this test")
     sys.meta_path.insert(0, Block())
     import runtime
-    from runtime.localizer import Localizer
+    from runtime.localize.localizer import Localizer
     from runtime.sources import open_source
     with Localizer.open(sys.argv[1], sys.argv[2]) as localizer, open_source(sys.argv[3]) as source:
         found = [loc.best.image.rsplit("/", 1)[1] == loc.source for loc in localizer.run(source, temporal=True)]
@@ -225,8 +225,8 @@ def test_help_works_without_torch():
 
 
 def test_overlay_frame_of_unknown_place_renders(built):
-    from runtime.localizer import Localizer
-    from runtime.overlay import Overlay
+    from runtime.localize.localizer import Localizer
+    from runtime.outputs.overlay import Overlay
 
     root, model, _ = built
     with Localizer.open(model, root / "map") as localizer:
@@ -260,7 +260,7 @@ def test_live_source_results_stay_recent(built, tmp_path):
     """A slow consumer of a live source gets results about recent frames; the source drops the rest."""
     import time
 
-    from runtime.localizer import Localizer
+    from runtime.localize.localizer import Localizer
     from runtime.sources import VideoFileSource
 
     root, model, dataset = built

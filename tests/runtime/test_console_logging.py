@@ -2,7 +2,7 @@
 
 import logging
 
-from runtime.console import configure_logging
+from runtime.cli.console import configure_logging
 
 
 def _emit() -> None:
@@ -35,7 +35,7 @@ def test_only_the_kits_info_lines_reach_the_console(capsys):
 
 def test_progress_without_a_terminal_logs_every_ten_percent(capsys, monkeypatch):
     """A long step run into a log file (stderr not a terminal) still says how far it got."""
-    import runtime.console as console
+    import runtime.cli.console as console
 
     root = logging.getLogger()
     saved = (root.level, list(root.handlers))

@@ -16,8 +16,8 @@ from runtime.datasets import (
     load_nordland,
     open_dataset,
 )
-from runtime.datasets.baseline import raw_pixel_recall, thumbnail_descriptors
 from runtime.errors import DatasetError
+from runtime.evaluation.baseline import raw_pixel_recall, thumbnail_descriptors
 
 
 def write_image(path, rgb=(200, 30, 10), size=(24, 32), seed=None):

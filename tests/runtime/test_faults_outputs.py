@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from runtime.cli.map import app as map_app
 from runtime.cli.run import app as run_app
 from runtime.errors import OutputError
+from runtime.files import check_writable_file, clean_stale, output_lock
 from runtime.map import build_map
-from runtime.outputs import check_writable_file, clean_stale, output_lock
 from tests.runtime.helpers import make_onnx_model, make_stand_in_world
 
 runner = CliRunner()
@@ -67,7 +67,7 @@ def test_map_out_that_is_a_file_or_a_foreign_folder_is_refused(world, tmp_path):
     planted.mkdir()
     (planted / "map.json").write_text("{}")
     (planted / "database.csv").write_text("image,easting,northing\n")
-    from runtime.outputs import check_not_dataset
+    from runtime.files import check_not_dataset
 
     with pytest.raises(OutputError, match=r"is the dataset folder '.*planted'; writing it would replace"):
         check_not_dataset(planted, planted)
@@ -94,7 +94,7 @@ def test_stale_temporaries_of_a_killed_build_are_removed_and_said(world, tmp_pat
     (tmp_path / ".map.k3j2.tmp" / "index.faiss").write_bytes(b"half")
     (tmp_path / ".map.old-4242").mkdir()
     (tmp_path / ".other.x.tmp").mkdir()  # another output's: not ours to touch
-    with caplog.at_level("WARNING", logger="runtime.outputs"):  # the library, since the CLI sets up logging
+    with caplog.at_level("WARNING", logger="runtime.files"):  # the library, since the CLI sets up logging
         build_map(model, dataset.root, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.x.tmp", "map"]
     assert [r.getMessage() for r in caplog.records] == [

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.atomic import atomic_directory, atomic_path, atomic_write_text
 from runtime.errors import MissingDependencyError, NetVLADKitError
+from runtime.files import atomic_directory, atomic_path, atomic_write_text
 from runtime.optional import install_hint, require
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from runtime.card import ONNX_METADATA_KEY, ModelCard
 from runtime.datasets import load_generic
 from runtime.errors import ArtifactError, DatasetError, ModelCardError
 from runtime.map.build import MAP_FORMAT_VERSION
 from runtime.map.places import COLUMNS, Places
 from runtime.map.store import read_map_meta
+from runtime.model.card import ONNX_METADATA_KEY, ModelCard
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

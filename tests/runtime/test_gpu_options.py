@@ -10,15 +10,15 @@ import re
 import numpy as np
 import pytest
 
-from runtime.backends.onnxruntime import (
+from runtime.errors import ArtifactError, ConfigError
+from runtime.map import build_map, read_map_meta
+from runtime.map.index import build_index, gpu_unsupported, set_threads, to_gpu
+from runtime.model.backends.onnxruntime import (
     DEFAULT_BATCH_RANGE,
     OnnxRuntimeBackend,
     batch_range,
     tensorrt_provider_options,
 )
-from runtime.errors import ArtifactError, ConfigError
-from runtime.map import build_map, read_map_meta
-from runtime.map.index import build_index, gpu_unsupported, set_threads, to_gpu
 from tests.runtime.helpers import make_onnx_model, make_stand_in_world
 
 

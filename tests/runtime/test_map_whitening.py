@@ -1,4 +1,4 @@
-"""The map's projection (runtime.whitening.MapProjection): centring on the map's mean, and PCA-whitening fitted on
+"""The map's projection (runtime.map.whitening.MapProjection): centring on the map's mean, and PCA-whitening fitted on
 the map; stored in the map, tied to the model, applied at search."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from runtime.errors import ArtifactError, ConfigError
-from runtime.localizer import Localizer
+from runtime.localize.localizer import Localizer
 from runtime.map import MapConfig, build_map, open_map, read_map_meta
 from runtime.map.build import PROJECTION_FILE
-from runtime.whitening import MapProjection, map_whitening_dim
+from runtime.map.whitening import MapProjection, map_whitening_dim
 from tests.runtime.helpers import make_onnx_model
 
 

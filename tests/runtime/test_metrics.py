@@ -1,4 +1,4 @@
-"""Precision-recall of the confidence and the verdict's rates (runtime.metrics), by hand and from a run."""
+"""Precision-recall of the confidence and the verdict's rates (runtime.evaluation.metrics), by hand and from a run."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from runtime.cli.map import app as map_app
-from runtime.evaluate import recall_from_jsonl
-from runtime.metrics import auc_pr, precision_recall_curve, recall_at_precision, trust_metrics
+from runtime.evaluation.metrics import auc_pr, precision_recall_curve, recall_at_precision, trust_metrics
+from runtime.evaluation.runs import recall_from_jsonl
 
 # six frames, most confident first: right, right, wrong, right, and two frames of unmapped places
 CORRECT = np.array([True, True, False, True, False, False])

@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.backends import open_backend
-from runtime.backends.onnxruntime import OnnxRuntimeBackend, choose_provider
-from runtime.card import write_sidecar
 from runtime.errors import ArtifactError, BackendError, ConfigError, ModelCardError
-from runtime.preprocess import Preprocessor
+from runtime.model.backends import open_backend
+from runtime.model.backends.onnxruntime import OnnxRuntimeBackend, choose_provider
+from runtime.model.card import write_sidecar
+from runtime.model.preprocess import Preprocessor
 from tests.conftest import requires_tensorrt
 from tests.runtime.helpers import make_onnx_model
 
@@ -73,7 +73,7 @@ def test_onnxruntime_backend_runs_and_validates(model):
             backend.infer(images, batch_size=0)
         expected = (
             "onnxruntime backend expects uint8 images (N, 48, 64, 3) NHWC RGB, got float32 (5, 48, 64, 3); "
-            "convert frames with runtime.preprocess.Preprocessor(card)"
+            "convert frames with runtime.model.preprocess.Preprocessor(card)"
         )
         with pytest.raises(ConfigError, match=re.escape(expected)):
             backend.infer(images.astype(np.float32))

@@ -5,10 +5,10 @@ import re
 import numpy as np
 import pytest
 
-from runtime.backends.onnxruntime import create_session
-from runtime.card import read_card, write_sidecar
 from runtime.datasets import is_dataset_spec
 from runtime.errors import ArtifactError, ConfigError, ModelCardError
+from runtime.model.backends.onnxruntime import create_session
+from runtime.model.card import read_card, write_sidecar
 from runtime.protocol import EVAL_RADIUS_M, NEGATIVE_RADIUS_M, POSITIVE_RADIUS_M, is_engine
 from tests.runtime.helpers import make_onnx_model
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from runtime.recall import rank_database, recall_at_n
+from runtime.evaluation.recall import rank_database, recall_at_n
 
 
 def test_rank_database_is_exact_and_breaks_ties_by_index():

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import SourceError
-from runtime.sources import open_source
-from runtime.sources_rosbag import RosbagSource
+from runtime.sources import RosbagSource, open_source
 from tests.runtime.bags import bag_path, write_bag
 from tests.runtime.helpers import place_image
 

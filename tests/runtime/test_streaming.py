@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from runtime.errors import ConfigError
-from runtime.localizer import Localizer, LocalizerConfig
-from runtime.temporal import TemporalConfig
+from runtime.localize.localizer import Localizer, LocalizerConfig
+from runtime.map.sequence import TemporalConfig
 from tests.runtime.helpers import make_ambiguous_route
 
 
@@ -126,7 +126,7 @@ def test_a_localizer_shared_between_threads(world):
 def test_a_live_model_waits_for_a_fresher_frame_only_when_it_comes_sooner():
     """Live, a model slower than the camera: the waiting frame is taken unless it is older than half the
     frame period, when the next frame (due in period - age) gives a fresher result sooner."""
-    from runtime.localizer import _FramePeriod, wait_for_newer_s
+    from runtime.localize.localizer import _FramePeriod, wait_for_newer_s
 
     assert wait_for_newer_s(0.010, None) == 0.0  # the period is not known yet
     assert wait_for_newer_s(0.010, 1 / 30) == 0.0  # 10 ms old, the next one is 23 ms away

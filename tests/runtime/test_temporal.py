@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from runtime.errors import ConfigError
-from runtime.localizer import Localizer
+from runtime.localize.localizer import Localizer
+from runtime.map.sequence import SequenceMatcher, TemporalConfig, route_order_gap
 from runtime.sources import Frame
-from runtime.temporal import SequenceMatcher, TemporalConfig, route_order_gap
 from tests.runtime.helpers import make_ambiguous_route
 
 

@@ -1,7 +1,7 @@
 """The unknown-place verdict and the confidence (runtime.map.calibrate) on seeded worlds with unmapped places.
 
 Each world is localised through the real pipeline (ONNX Runtime, FAISS, Localizer) and scored from its
-JSONL (runtime.evaluate): correct frames flagged unknown, unmapped-place frames flagged, AUC-PR.
+JSONL (runtime.evaluation.runs): correct frames flagged unknown, unmapped-place frames flagged, AUC-PR.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import json
 import numpy as np
 import pytest
 
-from runtime.evaluate import recall_from_jsonl
-from runtime.localizer import Localizer
+from runtime.evaluation.runs import recall_from_jsonl
+from runtime.localize.localizer import Localizer
 from runtime.map import MapConfig, build_map, read_map_meta
 from runtime.map.calibrate import Verdict, calibrate, evidence, sequence_evidence
+from runtime.map.sequence import SequenceMatch, SequenceMatcher, TemporalConfig
 from runtime.sources import ImageFolderSource
-from runtime.temporal import SequenceMatch, SequenceMatcher, TemporalConfig
 from tests.runtime.helpers import make_onnx_model, make_stand_in_world
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from runtime.datasets import open_dataset
-from runtime.datasets.baseline import raw_pixel_recall
 from runtime.errors import ConfigError
+from runtime.evaluation.baseline import raw_pixel_recall
 from training.synth import CONDITIONS, SynthConfig, SynthWorld, generate
 from training.synth.difficulty import baseline_recall, dataset_baseline_recall
 from training.synth.difficulty import main as difficulty_main

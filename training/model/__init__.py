@@ -8,7 +8,6 @@ Contract used by export, runtime and benchmarks::
 """
 
 from training.model.backbones import BACKBONES, Backbone, build_backbone
-from training.model.backend import TorchBackend
 from training.model.clusters import (
     ClusterInit,
     fit_clusters,
@@ -29,7 +28,6 @@ __all__ = [
     "NetVLAD",
     "PCAWhitening",
     "PlaceModel",
-    "TorchBackend",
     "build_backbone",
     "build_model",
     "fit_clusters",

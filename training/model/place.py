@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.card import IMAGENET_MEAN, IMAGENET_STD, ModelCard, fingerprint_arrays
 from runtime.errors import ConfigError
+from runtime.model.card import IMAGENET_MEAN, IMAGENET_STD, ModelCard, fingerprint_arrays
 from training.model.backbones import BACKBONES, backbone_channels, build_backbone, check_backbone_name
 from training.model.netvlad import NORM_EPS, NetVLAD
 from training.model.whitening import PCAWhitening
@@ -175,7 +175,7 @@ class PlaceModel(nn.Module):
         return self.config.descriptor_dim
 
     def fingerprint(self) -> str:
-        """sha256 prefix over every weight and buffer (runtime.card.fingerprint_arrays)."""
+        """sha256 prefix over every weight and buffer (runtime.model.card.fingerprint_arrays)."""
         return fingerprint_arrays((k, v.detach().cpu().numpy()) for k, v in self.state_dict().items())
 
     def card(self, precision: str = "fp32", calibration: str | None = None, **extra: Any) -> ModelCard:

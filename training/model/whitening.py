@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from runtime.errors import ConfigError
-from runtime.whitening import WHITENING_EPS, fit_pca_whitening  # numpy only: the map build fits it too
+from runtime.map.whitening import WHITENING_EPS, fit_pca_whitening  # numpy only: the map build fits it too
 from training.model.netvlad import NORM_EPS, l2_normalize
 
 __all__ = ["WHITENING_EPS", "PCAWhitening", "fit_pca_whitening"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
+from runtime.cli.console import command_boundary
 from runtime.cli.options import QUIET, VERBOSE
-from runtime.console import command_boundary
 from training.synth.config import CONDITIONS, PRESETS
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -32,7 +32,7 @@ def main(
     quiet: bool = QUIET,
 ) -> None:
     """Write DIR/database.csv, DIR/queries.csv, DIR/database/*, DIR/queries/* and DIR/queries.mp4."""
-    from runtime.console import configure_logging, progress
+    from runtime.cli.console import configure_logging, progress
     from runtime.errors import OutputError
     from training.synth.config import SynthConfig
     from training.synth.generate import generate

@@ -1,4 +1,4 @@
-"""How hard the synthetic world is: the raw-pixel baseline (:mod:`runtime.datasets.baseline`) per query
+"""How hard the synthetic world is: the raw-pixel baseline (:mod:`runtime.evaluation.baseline`) per query
 condition, computed on images rendered in memory (nothing written)."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from runtime.cli.console import command_boundary
 from runtime.cli.options import json_option, overwrite_option, run_app
-from runtime.console import command_boundary
-from runtime.datasets.baseline import THUMBNAIL_SIZE, thumbnail_descriptors
 from runtime.datasets.place import neighbours_within
+from runtime.evaluation.baseline import THUMBNAIL_SIZE, thumbnail_descriptors
+from runtime.evaluation.recall import DEFAULT_NS, rank_database, recall_at_n
 from runtime.protocol import EVAL_RADIUS_M
-from runtime.recall import DEFAULT_NS, rank_database, recall_at_n
 from training.synth.config import SynthConfig
 from training.synth.world import SynthWorld
 
@@ -58,7 +58,7 @@ def baseline_recall(
 def dataset_baseline_recall(spec: str, ns: Sequence[int] = (1, 5, 10, 20)) -> dict[str, dict[int, float]]:
     """Raw-pixel recall@N of any dataset spec (``open_dataset``), per query ``condition`` where present."""
     from runtime.datasets import open_dataset
-    from runtime.datasets.baseline import raw_pixel_recall
+    from runtime.evaluation.baseline import raw_pixel_recall
 
     dataset = open_dataset(spec)
     groups = dataset.info.get("extra_columns", {}).get("queries", {}).get("condition")
@@ -81,10 +81,10 @@ def cli(
     json_out: Path = json_option("the recall per condition"),
     overwrite: bool = overwrite_option("the --json file"),
 ) -> None:
-    from runtime.outputs import check_not_replacing
+    from runtime.files import check_not_replacing
 
     check_not_replacing({"--json": json_out}, overwrite)  # before the work, not after it
-    from runtime.atomic import atomic_write_text
+    from runtime.files import atomic_write_text
 
     results = dataset_baseline_recall(spec)
     for group, recall in results.items():

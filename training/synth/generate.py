@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import atomic_directory
 from runtime.datasets.generic import write_split_csv
+from runtime.files import atomic_directory
 from training.synth.config import SynthConfig
 from training.synth.world import SynthWorld
 
@@ -55,7 +55,7 @@ def generate(
     ``condition``), ``database/NNNNNN.jpg``, ``queries/NNNNNN.jpg``, ``queries.mp4`` (query traversal,
     mp4v), ``synth.json`` (the config) and, when ``cfg.unmapped_queries``, ``unmapped.csv`` +
     ``unmapped/uNNNNNN.jpg`` (places off the route: no database image within 25 m). ``progress``: optional wrapper such as
-    :func:`runtime.console.progress` (called as ``progress(iterable, total=..., desc=...)``).
+    :func:`runtime.cli.console.progress` (called as ``progress(iterable, total=..., desc=...)``).
     """
     import cv2
 

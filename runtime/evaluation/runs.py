@@ -6,7 +6,7 @@ A query is found at N when one of its first N matches lies within ``radius_m`` o
 which is exactly the protocol's definition (positives = database images within 25 m) when the map was
 built from the dataset's database split. Queries without any database image within ``radius_m`` are left
 out of recall, as in the training evaluation; with the dataset's unmapped-place frames they are where the
-"unknown place" verdict is measured (:mod:`runtime.metrics`).
+"unknown place" verdict is measured (:mod:`runtime.evaluation.metrics`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import DatasetError
-from runtime.metrics import precision_recall_curve, trust_metrics
+from runtime.evaluation.metrics import precision_recall_curve, trust_metrics
+from runtime.evaluation.recall import recall_at_n
 from runtime.protocol import EVAL_RADIUS_M
-from runtime.recall import recall_at_n
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def recall_from_jsonl(
     """Recall@N and the trust numbers of one or more runs' JSONL (e.g. the queries' and the unmapped places').
 
     Returns ``{"recall": {N: fraction}, "queries": counted, "records": read, "unmatched": frames that are
-    neither a query nor an unmapped place, "radius_m", "trust": runtime.metrics.trust_metrics(...)}``.
+    neither a query nor an unmapped place, "radius_m", "trust": runtime.evaluation.metrics.trust_metrics(...)}``.
     Trust counts every query with a positive (correct: best match within ``radius_m``) and every unmapped
     frame: a frame of the dataset's ``unmapped_images``, or a query without any database image within
     ``radius_m`` (recall leaves those out). ``curve``: also return the precision-recall curve of the

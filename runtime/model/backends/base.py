@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.card import ModelCard
 from runtime.errors import BackendError, ConfigError, RunFailedError
+from runtime.model.card import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Backend(abc.ABC):
         """
         h, w, c = self.input_shape
         expected = f"uint8 images (N, {h}, {w}, {c}) NHWC {self.card.channel_order}"
-        hint = "; convert frames with runtime.preprocess.Preprocessor(card)"
+        hint = "; convert frames with runtime.model.preprocess.Preprocessor(card)"
         if not isinstance(images, np.ndarray):
             raise ConfigError(f"{self.name} backend expects {expected}, got {type(images).__name__}{hint}")
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, c):

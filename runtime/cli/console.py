@@ -96,7 +96,7 @@ class _LoggedProgress:
         pct = 100 * self.n / self.total
         now = self._clock()
         if pct >= self._next_pct and now - self._last >= LOG_PROGRESS_SECONDS:
-            logging.getLogger("runtime.console").info(
+            logging.getLogger("runtime.cli.console").info(
                 "%s: %d of %d %s (%.0f%%, %.0f s)",
                 self.desc,
                 self.n,

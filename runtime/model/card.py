@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.atomic import atomic_write_text
 from runtime.errors import ModelCardError
+from runtime.files import atomic_write_text
+from runtime.optional import require
 
 CARD_FORMAT_VERSION = 1
 ONNX_METADATA_KEY = "netvlad_kit.model_card"
@@ -196,6 +197,18 @@ def attach_to_onnx(model_proto: Any, card: ModelCard) -> Any:
     return model_proto
 
 
+def _onnxruntime_metadata(path: Path) -> dict[str, str]:
+    """The metadata of an ONNX file through onnxruntime (a runtime-only install has no onnx package): a session
+    that only parses the graph (no optimisation, one thread), not a backend's."""
+    ort = require("onnxruntime", "reading the model card of an ONNX file")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
 def read_onnx_card(path: str | os.PathLike) -> ModelCard:
     """Read the card of an ONNX file, with onnx if installed, else with onnxruntime (runtime-only install)."""
     path = Path(path)
@@ -210,9 +223,7 @@ def read_onnx_card(path: str | os.PathLike) -> ModelCard:
             proto = onnx.load(str(path), load_external_data=False)
             metadata = {p.key: p.value for p in proto.metadata_props}
         else:
-            from runtime.backends.onnxruntime import create_session
-
-            metadata = dict(create_session(path).get_modelmeta().custom_metadata_map)
+            metadata = _onnxruntime_metadata(path)
     except ModelCardError:
         raise
     except Exception as exc:  # protobuf DecodeError, onnxruntime's Fail, ...

@@ -8,7 +8,7 @@ import functools
 import cv2
 import numpy as np
 
-from runtime.localizer import Localization
+from runtime.localize.localizer import Localization
 from runtime.map import PlaceMap
 
 PANEL_H, PANEL_W, MAP_W = 240, 320, 240

@@ -3,7 +3,7 @@
 A map is built in one domain (a summer drive, daylight) and queried in another (winter, night, another
 camera). Every descriptor of a domain shares a component (the season's light, the camera's colour) that
 is not about the place; the map's projection removes its own by centring on the map's mean
-(:class:`runtime.whitening.MapProjection`), and :class:`QueryCentre` removes the query stream's by
+(:class:`runtime.map.whitening.MapProjection`), and :class:`QueryCentre` removes the query stream's by
 centring each frame on the running mean of the views seen so far. No labels, no training: the two domains
 are aligned by their first moments, causally, frame by frame.
 
@@ -24,7 +24,7 @@ stream's own mean that carries the gain.
 last ``1 / rate`` distinct views count. **Only distinct views count**: a frame that did not move since the
 last counted one (its similarity to it, in the map's space centred on the stream's mean, as the sequence
 matcher compares frames, above ``still_similarity``: see
-:func:`runtime.temporal.still_similarity`) leaves the mean unchanged, so that a robot standing still does
+:func:`runtime.map.sequence.still_similarity`) leaves the mean unchanged, so that a robot standing still does
 not pull the mean onto its current view (which would centre that view to noise).
 """
 

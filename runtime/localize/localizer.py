@@ -1,6 +1,6 @@
 """The embedding API: frames in, :class:`Localization` s out, against a map of geotagged images.
 
-    from runtime.localizer import Localizer
+    from runtime.localize.localizer import Localizer
     from runtime.sources import open_source
 
     with Localizer.open("model.onnx", "maps/city") as localizer, open_source("walk.mp4") as source:
@@ -8,10 +8,10 @@
             print(loc.position, loc.confidence, loc.unknown)
 
 Units: positions are UTM easting/northing in metres (the map's zone), plus WGS84 lat/lon when the map is
-geographic (:mod:`runtime.geo`); headings are degrees clockwise from north; similarities are cosine
+geographic (:mod:`runtime.datasets.geo`); headings are degrees clockwise from north; similarities are cosine
 similarities of L2-normalised descriptors in [-1, 1]; times are seconds. Frames are ``uint8`` arrays
 ``(H, W, 3)`` (BGR from OpenCV by default; ``color="RGB"`` otherwise), any size: they are resized to the
-model card's input (:mod:`runtime.preprocess`).
+model card's input (:mod:`runtime.model.preprocess`).
 
 :meth:`Localizer.run` overlaps the stages: the source decodes in its own thread, a feeder thread
 preprocesses, an inference thread runs the model, and the caller's thread searches the map, so the
@@ -19,7 +19,7 @@ end-to-end rate approaches the inference-only rate.
 
 A robot that owns its camera loop feeds frames one at a time instead, and gets the same answers as a
 :meth:`~Localizer.run` over the same frames, sequence matching included (``LocalizerConfig.temporal``,
-:mod:`runtime.temporal`)::
+:mod:`runtime.map.sequence`)::
 
     localizer = Localizer.open("model.onnx", "maps/line", config=LocalizerConfig(temporal=TemporalConfig()))
     for image, stamp in camera:             # uint8 (H, W, 3) BGR, seconds
@@ -48,15 +48,21 @@ from typing import Any
 
 import numpy as np
 
-from runtime.adapt import QueryCentre
-from runtime.backends import Backend, open_backend
 from runtime.errors import ConfigError
+from runtime.localize.adapt import QueryCentre
 from runtime.map import PlaceMap, open_map
 from runtime.map.calibrate import SEARCH_CANDIDATES, Verdict
-from runtime.preprocess import Preprocessor
+from runtime.map.sequence import (
+    SequenceMatcher,
+    TemporalConfig,
+    place_spacing,
+    route_order_gap,
+    still_similarity,
+)
+from runtime.model.backends import Backend, open_backend
+from runtime.model.preprocess import Preprocessor
 from runtime.protocol import EVAL_RADIUS_M
 from runtime.sources import Frame, SourceStats
-from runtime.temporal import SequenceMatcher, TemporalConfig, place_spacing, route_order_gap, still_similarity
 
 log = logging.getLogger(__name__)
 _END = object()
@@ -76,7 +82,7 @@ class LocalizerConfig:
     Localization (for overlays; costs memory while held). ``max_batch``: when frames queue up before the
     model (files read faster than inference), up to this many run as one batch (more throughput on CPU);
     a live source's single newest frame always runs alone. Per-frame inference time is the batch time / B.
-    ``adapt``: centre each stream's descriptors on the stream's own running mean (:mod:`runtime.adapt`),
+    ``adapt``: centre each stream's descriptors on the stream's own running mean (:mod:`runtime.localize.adapt`),
     which aligns the query domain (season, light, camera) with the map's; off: on the map's mean."""
 
     top_k: int = 5
@@ -325,7 +331,7 @@ class Localizer:
         index: int | None = None,
     ) -> Localization:
         """Localise one frame, synchronously: ``uint8 (H, W, 3)`` (``color`` order), or a
-        :class:`~runtime.sources.Frame` (BGR; its timestamp, source and index are used).
+        :class:`~runtime.sources.frames.Frame` (BGR; its timestamp, source and index are used).
 
         ``timestamp``: the frame's capture time in seconds (None: now, ``time.time()``). ``index``: the
         frame's number (None: frames localised since the last :meth:`reset`). With sequence matching on
@@ -479,7 +485,7 @@ class Localizer:
         temporal: bool | TemporalConfig | None = None,
         live: bool | None = None,
     ) -> Iterator[Localization]:
-        """Localise a stream of :class:`~runtime.sources.Frame` (e.g. a FrameSource) or of BGR ``uint8 (H, W,
+        """Localise a stream of :class:`~runtime.sources.frames.Frame` (e.g. a FrameSource) or of BGR ``uint8 (H, W,
         3)`` arrays (numbered from 0, stamped on arrival), pipelined, in order.
 
         ``temporal``: True (default TemporalConfig), a TemporalConfig, False (off) or None (the config's).

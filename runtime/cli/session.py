@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import ConfigError
-from runtime.localizer import Localization, Localizer, LocalizerConfig
-from runtime.outputs import check_not_replacing, check_writable_file, output_lock
+from runtime.files import check_not_replacing, check_writable_file, output_lock
+from runtime.localize.localizer import Localization, Localizer, LocalizerConfig
+from runtime.localize.stats import LatencyStats
+from runtime.map.sequence import TemporalConfig
 from runtime.sources import (
     MAX_CAMERA_INDEX,
     CameraSource,
@@ -33,8 +35,6 @@ from runtime.sources import (
     RtspSource,
     VideoFileSource,
 )
-from runtime.stats import LatencyStats
-from runtime.temporal import TemporalConfig
 
 log = logging.getLogger(__name__)
 STAGES = ("decode", "preprocess", "inference", "search", "total")
@@ -55,17 +55,17 @@ class RunConfig:
     backend: str = "auto"
     threads: int | None = None
     jsonl: Path | None = None
-    out_bag: Path | None = None  # a ROS 2 bag (MCAP) of the results (runtime.outbag)
+    out_bag: Path | None = None  # a ROS 2 bag (MCAP) of the results (runtime.outputs.bag)
     save_video: Path | None = None
     show: bool = False
     temporal: bool = False
-    adapt: bool = True  # centre the stream on its own running mean (runtime.adapt)
+    adapt: bool = True  # centre the stream on its own running mean (runtime.localize.adapt)
     top_k: int = 5
     unknown_threshold: float | None = None
     override_map_check: bool = False
     max_frames: int | None = None
     loop: int = 1  # replay a file source this many times (soak tests)
-    serve: str | None = None  # "[HOST:]PORT" of the live web view (runtime.web)
+    serve: str | None = None  # "[HOST:]PORT" of the live web view (runtime.outputs.web)
     realtime: bool = False  # replay a file source at the pace of its timestamps (to watch it)
     overwrite: bool = False  # replace --jsonl / --save-video / --out-bag files that exist
 
@@ -90,7 +90,7 @@ class RunConfig:
         if self.loop > 1 and (self.camera is not None or self.rtsp is not None):
             raise ConfigError("--loop replays files; it cannot be used with a camera or a stream")
         if self.serve is not None:
-            from runtime.web.server import parse_address
+            from runtime.outputs.web.server import parse_address
 
             parse_address(self.serve)
 
@@ -103,7 +103,7 @@ class RunConfig:
         if self.video is not None:
             return VideoFileSource(self.video)
         if self.rosbag is not None:
-            from runtime.sources_rosbag import RosbagSource
+            from runtime.sources import RosbagSource
 
             return RosbagSource(self.rosbag, self.topic)
         return ImageFolderSource(self.images)
@@ -172,19 +172,19 @@ def run_session(
             jsonl = stack.enter_context(open(config.jsonl, "w", encoding="utf-8", buffering=1))
         view = None
         if config.serve is not None:
-            from runtime.web.server import LiveView, parse_address
+            from runtime.outputs.web.server import LiveView, parse_address
 
             view = stack.enter_context(LiveView(localizer.map, *parse_address(config.serve)))
             if on_status is not None:
                 on_status(f"live view: {view.url}")
         out_bag = None
         if config.out_bag:
-            from runtime.outbag import ResultBag
+            from runtime.outputs.bag import ResultBag
 
             out_bag = stack.enter_context(ResultBag(config.out_bag, localizer.map.geo))
         overlay = writer = None
         if config.save_video or config.show:
-            from runtime.overlay import Overlay
+            from runtime.outputs.overlay import Overlay
 
             overlay = Overlay(localizer.map)
         if config.save_video:

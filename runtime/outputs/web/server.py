@@ -2,7 +2,7 @@
 confidence and verdict, and the map's places with the estimated track, in any browser, from the standard
 library alone (``http.server`` + Server-Sent Events).
 
-- Every asset ships in the package (``runtime/web/static``): no CDN, a robot often has no internet.
+- Every asset ships in the package (``runtime/outputs/web/static``): no CDN, a robot often has no internet.
 - Only the map's own images are served, by place id (``/map-image/<id>``); no request path reaches the
   filesystem, so path traversal has nothing to traverse (refused with 404).
 - Slow clients never hold the localiser back: :meth:`LiveView.publish` only swaps in the newest state; each
@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from runtime.errors import ConfigError
-from runtime.localizer import Localization
+from runtime.localize.localizer import Localization
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ JPEG_QUALITY = 70
 MAX_PLACES_SENT = 20000  # the map's places drawn in the browser (evenly thinned beyond this)
 TRACK_KEPT = 5000  # estimated positions a newly connected page gets
 KEEPALIVE_S = 15.0
-ASSETS = {  # request path -> (file in runtime/web/static, content type)
+ASSETS = {  # request path -> (file in runtime/outputs/web/static, content type)
     "/": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
@@ -224,7 +224,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path in ASSETS:
             name, content_type = ASSETS[path]
-            self._send(resources.files("runtime.web").joinpath("static", name).read_bytes(), content_type)
+            self._send(
+                resources.files("runtime.outputs.web").joinpath("static", name).read_bytes(), content_type
+            )
         elif path == "/places.json":
             self._send(self.view.places_json(), "application/json")
         elif path == "/track.json":

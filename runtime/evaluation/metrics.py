@@ -1,6 +1,6 @@
 """Can a user act on the answer? Precision-recall of the confidence and the verdict's error rates.
 
-Recall@N (:mod:`runtime.recall`) says whether the right place is among the answers; these numbers say
+Recall@N (:mod:`runtime.evaluation.recall`) says whether the right place is among the answers; these numbers say
 whether the confidence separates right answers from wrong ones, as VPR-Bench (Zaffar et al., IJCV 2021)
 and the literature report it:
 

@@ -4,7 +4,7 @@ The one place where frames become model input, shared by the map builder and the
 map images and queries can never be preprocessed differently. The model does the rest (cast, /255,
 mean/std, NHWC->NCHW) inside its graph.
 
-Resize policy ``"stretch"`` (the only one a card may name today, see :data:`runtime.card.RESIZE_POLICIES`):
+Resize policy ``"stretch"`` (the only one a card may name today, see :data:`runtime.model.card.RESIZE_POLICIES`):
 ``cv2.resize`` straight to the card's ``(input_height, input_width)``, aspect ratio *not* preserved, as at
 training time; ``INTER_AREA`` when shrinking in both directions (anti-aliased), ``INTER_LINEAR`` otherwise.
 A frame that already has the input size is only colour-converted (no copy when nothing changes).
@@ -19,14 +19,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from runtime.card import ModelCard
 from runtime.errors import ConfigError
+from runtime.model.card import ModelCard
 
 COLOR_ORDERS = ("BGR", "RGB")
 
 
 class Preprocessor:
-    """Turns frames into model input for one :class:`~runtime.card.ModelCard`. Stateless and thread-safe."""
+    """Turns frames into model input for one :class:`~runtime.model.card.ModelCard`. Stateless and thread-safe."""
 
     def __init__(self, card: ModelCard) -> None:
         self.card = card

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import ConfigError
-from runtime.localizer import Localization
+from runtime.localize.localizer import Localization
 from runtime.optional import require
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ STATUS_NO_FIX, STATUS_FIX, COVARIANCE_DIAGONAL_KNOWN = -1, 0, 2
 class ResultBag:
     """Writes one set of messages per :class:`Localization`; use it in a ``with`` block.
 
-    ``geo``: the map's :class:`~runtime.geo.UtmZone` (None: a metric-only map, no NavSatFix topic).
+    ``geo``: the map's :class:`~runtime.datasets.geo.UtmZone` (None: a metric-only map, no NavSatFix topic).
     """
 
     def __init__(self, path: str | Path, geo=None) -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends.base import Backend, check_model_file
-from runtime.card import read_sidecar
 from runtime.errors import ArtifactError, BackendError
+from runtime.model.backends.base import Backend, check_model_file
+from runtime.model.card import read_sidecar
 from runtime.optional import require
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.datasets.place import decode_bgr
 from runtime.errors import ConfigError, SourceError
 from runtime.protocol import IMAGE_SUFFIXES
 
@@ -32,6 +31,18 @@ log = logging.getLogger(__name__)
 
 _END = object()
 MAX_CAMERA_INDEX = 9999
+
+
+def decode_bgr(path: str | Path) -> np.ndarray | None:
+    """An image file as uint8 ``(H, W, 3)`` BGR, or None when it is empty, truncated or not an image.
+
+    The one image decoder of the kit (map building, frame sources): ``cv2.imdecode`` rejects a truncated
+    JPEG, where ``cv2.imread`` returns it half grey.
+    """
+    import cv2
+
+    data = np.fromfile(str(path), dtype=np.uint8)
+    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
 
 
 @dataclass(frozen=True)
@@ -457,23 +468,3 @@ class ImageFolderSource(FrameSource):
         if image is None:
             return "corrupt", None, 0.0, str(path)
         return "ok", image, index / self.fps, path.name
-
-
-def open_source(spec: str | int | Path, **kwargs) -> FrameSource:
-    """A source from a spec: an integer (camera index), ``rtsp://``/``http(s)://`` URL, ROS bag (pass
-    ``topic=``), folder or video file."""
-    text = str(spec)
-    if isinstance(spec, int) or text.isdigit():
-        return CameraSource(int(text), **kwargs)
-    if "://" in text:
-        return RtspSource(text, **kwargs)
-    path = Path(text)
-    from runtime.rosbag import is_bag
-
-    if is_bag(path):  # a ROS 1 .bag, ROS 2 .mcap/.db3 or bag folder: needs topic="/camera/..."
-        from runtime.sources_rosbag import RosbagSource
-
-        return RosbagSource(path, **kwargs)
-    if path.is_dir():
-        return ImageFolderSource(path, **kwargs)
-    return VideoFileSource(path, **kwargs)

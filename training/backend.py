@@ -1,4 +1,4 @@
-"""The FP32 PyTorch model behind the runtime's :class:`~runtime.backends.base.Backend` interface.
+"""The FP32 PyTorch model behind the runtime's :class:`~runtime.model.backends.base.Backend` interface.
 
 The reference every exported artifact is compared with (export's parity gate, the benchmarks) runs through
 the same ``infer`` as the artifacts themselves: same input validation, same batching, same output checks.
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.backends.base import Backend
+from runtime.model.backends.base import Backend
 from training.model.place import DeployModel, PlaceModel
 
 

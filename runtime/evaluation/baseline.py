@@ -11,8 +11,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from runtime.datasets.place import PlaceDataset
+from runtime.evaluation.recall import DEFAULT_NS, rank_database, recall_at_n
 from runtime.protocol import EVAL_RADIUS_M
-from runtime.recall import DEFAULT_NS, rank_database, recall_at_n
 
 THUMBNAIL_SIZE = (16, 12)  # (width, height)
 

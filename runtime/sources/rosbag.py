@@ -3,7 +3,9 @@ the pure-Python ``rosbags`` package (``pip install 'netvlad-kit[ros]'``).
 
 One place for what every bag reader of the kit needs: opening a bag with the kit's errors, checking a topic
 and its type (the error lists the bag's matching topics), header stamps in seconds, and decoding
-``sensor_msgs/Image`` and ``sensor_msgs/CompressedImage`` to OpenCV BGR images.
+``sensor_msgs/Image`` and ``sensor_msgs/CompressedImage`` to OpenCV BGR images; and a bag's image topic as a
+frame source, :class:`RosbagSource` (``open_source("drive.bag", topic="/camera/image_raw")``): every frame, in
+order, nothing dropped, timestamped by the messages' header stamps (seconds, the robot's clock).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from runtime.errors import SourceError
 from runtime.optional import require
+from runtime.sources.frames import FrameSource
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +154,51 @@ def decode_image(msg, msgtype: str) -> np.ndarray | None:
     if conversion is None:
         return np.ascontiguousarray(image)
     return cv2.cvtColor(image, getattr(cv2, conversion))
+
+
+class RosbagSource(FrameSource):
+    """The images of ``topic`` in the bag at ``path``, in recording order.
+
+    The topic is checked when the source is made: a missing or wrong ``topic`` raises SourceError listing
+    the bag's image topics with their types.
+    """
+
+    def __init__(self, path: str | Path, topic: str | None = None, **kwargs) -> None:
+        path = Path(path)
+        super().__init__(f"{path.name}:{topic}", **kwargs)
+        self.path, self.topic = path, topic
+        with open_bag(path) as reader:  # checks the bag and the topic in the caller's thread
+            connections = topic_connections(reader, path, topic, IMAGE_TYPES, "image", "--topic")
+            self._count = sum(c.msgcount for c in connections)
+        self._context = self._reader = self._messages = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _open(self) -> None:  # in the decoding thread: sqlite connections belong to the thread that made them
+        self._context = open_bag(self.path)
+        self._reader = self._context.__enter__()
+        connections = [c for c in self._reader.connections if c.topic == self.topic]
+        self._messages = self._reader.messages(connections=connections)
+        self._position = 0
+
+    def _read(self):
+        item = next(self._messages, None)
+        if item is None:
+            return "end", None, 0.0, self.name
+        connection, bag_ns, raw = item
+        name = f"{self.path.name}#{self._position}"
+        self._position += 1
+        try:
+            msg = self._reader.deserialize(raw, connection.msgtype)
+        except Exception:  # a damaged message: skipped and counted
+            return "corrupt", None, 0.0, name
+        image = decode_image(msg, connection.msgtype)
+        if image is None:
+            return "corrupt", None, 0.0, name
+        return "ok", image, stamp_seconds(msg.header, bag_ns), name
+
+    def _release(self) -> None:
+        if self._context is not None:
+            self._context.__exit__(None, None, None)
+            self._context = self._reader = self._messages = None

@@ -1,4 +1,4 @@
-"""Inference backends behind one interface (:class:`~runtime.backends.base.Backend`).
+"""Inference backends behind one interface (:class:`~runtime.model.backends.base.Backend`).
 
 ``open_backend(path, backend="auto")`` picks the backend from the model file's suffix (``.onnx`` ->
 ONNX Runtime, ``.engine``/``.plan`` -> TensorRT) or from ``backend``:
@@ -14,7 +14,7 @@ ONNX Runtime, ``.engine``/``.plan`` -> TensorRT) or from ``backend``:
 
 ``onnxruntime-cuda`` with ``cuda_graph=True`` replays the model as a CUDA graph over fixed device buffers
 (models exported with a fixed batch size only); ``onnxruntime-tensorrt`` takes its precision, engine-cache
-key and batch profile from the model card (:func:`runtime.backends.onnxruntime.tensorrt_provider_options`).
+key and batch profile from the model card (:func:`runtime.model.backends.onnxruntime.tensorrt_provider_options`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from runtime.backends.base import Backend
 from runtime.errors import ArtifactError, ConfigError
+from runtime.model.backends.base import Backend
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +32,26 @@ log = logging.getLogger(__name__)
 _ONNX = (".onnx",)
 _ENGINE = (".engine", ".plan")
 BACKENDS: dict[str, tuple[str, str, dict[str, Any], tuple[str, ...]]] = {
-    "onnxruntime": ("runtime.backends.onnxruntime", "OnnxRuntimeBackend", {"provider": "auto"}, _ONNX),
-    "onnxruntime-cpu": ("runtime.backends.onnxruntime", "OnnxRuntimeBackend", {"provider": "cpu"}, _ONNX),
-    "onnxruntime-cuda": ("runtime.backends.onnxruntime", "OnnxRuntimeBackend", {"provider": "cuda"}, _ONNX),
+    "onnxruntime": ("runtime.model.backends.onnxruntime", "OnnxRuntimeBackend", {"provider": "auto"}, _ONNX),
+    "onnxruntime-cpu": (
+        "runtime.model.backends.onnxruntime",
+        "OnnxRuntimeBackend",
+        {"provider": "cpu"},
+        _ONNX,
+    ),
+    "onnxruntime-cuda": (
+        "runtime.model.backends.onnxruntime",
+        "OnnxRuntimeBackend",
+        {"provider": "cuda"},
+        _ONNX,
+    ),
     "onnxruntime-tensorrt": (
-        "runtime.backends.onnxruntime",
+        "runtime.model.backends.onnxruntime",
         "OnnxRuntimeBackend",
         {"provider": "tensorrt"},
         _ONNX,
     ),
-    "tensorrt": ("runtime.backends.tensorrt", "TensorRTBackend", {}, _ENGINE),
+    "tensorrt": ("runtime.model.backends.tensorrt", "TensorRTBackend", {}, _ENGINE),
 }
 BY_SUFFIX = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
 BACKEND_CHOICES = ("auto", *BACKENDS)

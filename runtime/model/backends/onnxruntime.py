@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, check_model_file
-from runtime.card import ModelCard, read_onnx_card
 from runtime.errors import ArtifactError, BackendError, ConfigError, ModelCardError
+from runtime.model.backends.base import Backend, check_model_file
+from runtime.model.card import ModelCard, read_onnx_card
 from runtime.optional import require
 
 log = logging.getLogger(__name__)

@@ -108,7 +108,7 @@ class MapProjection:
     ``mean (in_dim,)``: the mean of the map's own model descriptors, the default centre ``c``. Centring
     removes what every image of the map's domain shares (a season's light, a camera's colour), so the cosine
     compares what sets places apart; a query stream from another domain is centred on its own running mean
-    instead (:mod:`runtime.adapt`), which aligns the two domains without labels. ``weight (dim, in_dim)``:
+    instead (:mod:`runtime.localize.adapt`), which aligns the two domains without labels. ``weight (dim, in_dim)``:
     PCA-whitening fitted on the map (``--whiten``), or None (centring only, ``dim == in_dim``).
     ``fingerprint``: the weights fingerprint of the model the map was built with.
     """

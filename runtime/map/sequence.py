@@ -136,7 +136,7 @@ class SequenceMatcher:
 
     ``place_descriptors(ids (M,) int64) -> (M, D) float32``: the map's stored, L2-normalised descriptors
     (e.g. :meth:`runtime.map.PlaceMap.descriptors`); ``num_places``: the map's size. Not thread-safe: the
-    :class:`~runtime.localizer.Localizer` guards its matcher with a lock.
+    :class:`~runtime.localize.localizer.Localizer` guards its matcher with a lock.
 
     Memory: two ``(frames, num_places)`` tables of float32 values and two of int64 stamps, allocated zeroed
     (``calloc``: the operating system maps only the pages the window touches, near its candidates).
