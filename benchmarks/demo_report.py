@@ -325,10 +325,186 @@ def _status_table(steps: dict[str, Any]) -> str:
     return markdown_table(["step", "status", "seconds", "note"], rows, digits=1)
 
 
+def _localisation_rows(
+    loc: dict[str, Any], runs: dict[str, Path], dataset, split: np.ndarray | None
+) -> tuple[list[list[Any]], dict[str, dict[str, np.ndarray]]]:
+    """A row per localisation run (frame by frame, sequence matching) and each run's per-frame outcomes."""
+    rows = []
+    outcomes: dict[str, dict[str, np.ndarray]] = {}
+    for name, jsonl in runs.items():
+        r = loc[name]
+        s = r["summary"]
+        _, _, err = localisation_errors(jsonl, dataset.q_utm)
+        outcomes[name] = frame_outcomes(jsonl, dataset)
+        held = held_out_recall(jsonl, dataset, split) if split is not None and len(split) else None
+        lat = s["latency_ms"]
+        rows.append(
+            [
+                "frame by frame" if name == "raw" else "sequence matching",
+                s["frames"],
+                *(
+                    100 * r["recall"]["recall"][str(n)]
+                    if str(n) in r["recall"]["recall"]
+                    else 100 * r["recall"]["recall"][n]
+                    for n in (1, 5, 10)
+                ),
+                "—" if held is None else f"{100 * held[1]:.1f}",
+                100.0 * float(np.mean(err <= EVAL_RADIUS_M)) if err.size else None,
+                float(np.median(err)) if err.size else None,
+                int(outcomes[name]["unknown"].sum()),
+                s["fps"],
+                lat["inference"]["p50"],
+                lat["search"]["p50"],
+                lat["total"]["p50"],
+                lat["total"]["p99"],
+            ]
+        )
+    return rows, outcomes
+
+
+def _localisation_section(loc: dict[str, Any], dataset, paths, written: dict[str, Any]) -> list[str]:
+    """Recall, position error, the verdict and speed of the query video's runs, with the route plot, recall per
+    query condition, the failure gallery and the trust section; figures written go into ``written``."""
+    runs = {n: Path(loc[n]["jsonl"]) for n in ("raw", "temporal") if n in loc}
+    if not runs or dataset is None:
+        return []
+    lines = ["## Localising the query video (runtime, ONNX Runtime FP32 on the CPU)", ""]
+    split = None
+    try:
+        from training.data import split_along_route
+
+        split = split_along_route(dataset, _train_fractions(paths))["test"].q_indices
+    except Exception as exc:  # training not installed: no held-out column
+        log.info("no held-out split (%s)", exc)
+    rows, outcomes = _localisation_rows(loc, runs, dataset, split)
+    lines += [
+        markdown_table(
+            [
+                "mode",
+                "frames",
+                "R@1 %",
+                "R@5 %",
+                "R@10 %",
+                "R@1 % held-out stretch",
+                f"position within {EVAL_RADIUS_M:g} m %",
+                "median error m",
+                "unknown frames",
+                "FPS",
+                "inference p50 ms",
+                "search p50 ms",
+                "total p50 ms",
+                "total p99 ms",
+            ],
+            rows,
+            digits=1,
+        ),
+        "",
+        "Recall: a frame counts as found at N when one of its top-N places lies within 25 m of where it was "
+        "taken. The model trained on the first 60% of this route (the training's route split); the "
+        "held-out column counts only the queries of the last 25% (its test stretch), which it never saw.",
+        "",
+        "R@1 scores the best match; the position is the similarity-weighted mean of the matches near it "
+        "(the route plot below shows that position, so its legend gives the position column, not R@1).",
+        "",
+        *_unknown_lines(outcomes),
+    ]
+    try:
+        written["route_png"] = str(plot_route(dataset, runs, paths.route_png))
+        lines += [f"![route]({paths.route_png.name})", ""]
+    except Exception as exc:
+        lines += [f"(route plot unavailable: {exc})", ""]
+    conditions = query_conditions(dataset)
+    if conditions is not None and len(conditions) == dataset.num_queries:
+        names = {"raw": "R@1 % frame by frame", "temporal": "R@1 % sequence matching"}
+        lines += [
+            "### Recall per query condition",
+            "",
+            markdown_table(
+                ["condition", "queries", *(names.get(n, n) for n in outcomes)],
+                recall_by_condition(outcomes, conditions),
+                digits=1,
+            ),
+            "",
+        ]
+    if "raw" in outcomes:
+        try:
+            shown = failure_gallery(dataset, outcomes["raw"], paths.root / "failures.png")
+        except Exception as exc:  # an image that cannot be read: say so, keep the report
+            shown = []
+            lines += [f"(failure gallery unavailable: {exc})", ""]
+        if shown:
+            written["failures_png"] = str(paths.root / "failures.png")
+            lines += [
+                "### Failures (frame by frame)",
+                "",
+                f"{len(shown)} of the {int((~outcomes['raw']['hit']).sum())} frames whose best match lies "
+                f"farther than {EVAL_RADIUS_M:g} m, evenly spread along the route: the query, the place it "
+                "matched, and the right place (the map image nearest where the query was taken).",
+                "",
+                "![failures](failures.png)",
+                "",
+            ]
+    trust_lines, pr_png = trust_section(loc, paths.pr_png)
+    lines += trust_lines
+    if pr_png is not None:
+        written["precision_recall_png"] = str(pr_png)
+    return lines
+
+
+def _parity_section(paths) -> list[str]:
+    """Recall per backend and parity against PyTorch, from ``bench/parity.json`` (nothing when absent)."""
+    from benchmarks.parity import parity_rows
+
+    parity = _load(paths.bench / "parity.json")
+    if not parity:
+        return []
+    headers, rows = parity_rows(parity)
+    return [
+        f"## Recall per backend and parity against PyTorch ({parity['dataset']})",
+        "",
+        markdown_table(headers, rows),
+        "",
+        *[f"- skipped {s['label']}: {s['reason']}" for s in parity["skipped"]],
+        "",
+        "![recall@N](bench/parity_recall.png)",
+        "",
+    ]
+
+
+def _latency_section(paths) -> list[str]:
+    """Latency per stage and backend, from ``bench/latency.json`` (nothing when absent)."""
+    from benchmarks.environment import machine_line
+    from benchmarks.latency import latency_rows
+
+    latency = _load(paths.bench / "latency.json")
+    if not latency:
+        return []
+    headers, rows = latency_rows(latency)
+    lines = [
+        "## Latency per stage (ms per batch; one run, backends one after another)",
+        "",
+        markdown_table(headers, rows),
+        "",
+    ]
+    lines += _search_note(latency)
+    forms = latency.get("netvlad_forms")
+    if forms:
+        for batch, e in forms["by_batch"].items():
+            lines.append(
+                f"- NetVLAD layer, batch {batch}: loop-free {e['layer_loop_free']['p50_ms']:.2f} ms vs per-cluster "
+                f"loop {e['layer_loop']['p50_ms']:.2f} ms ({e['layer_speedup']:.1f}x); whole model "
+                f"{e['model_speedup']:.2f}x; outputs equal to {e['max_abs_diff']:.1e}"
+            )
+        lines.append("")
+    lines += [
+        machine_line(latency["machine"]) + " The machine was shared: read ratios, not absolute times.",
+        "",
+    ]
+    return lines
+
+
 def write_demo_report(cfg, paths, steps: dict[str, Any]) -> dict[str, Any]:
     """Write ``report.md`` and ``route.png`` from the artifacts the other steps left; returns what was written."""
-    from benchmarks.latency import latency_rows
-    from benchmarks.parity import parity_rows
     from runtime.datasets import open_dataset
 
     lines = [
@@ -341,160 +517,9 @@ def write_demo_report(cfg, paths, steps: dict[str, Any]) -> dict[str, Any]:
     written: dict[str, Any] = {}
     dataset = open_dataset(str(paths.synth)) if (paths.synth / "database.csv").is_file() else None
 
-    # -- localisation ------------------------------------------------------------------------------------
-    loc = steps.get("localize", {})
-    runs = {n: Path(loc[n]["jsonl"]) for n in ("raw", "temporal") if n in loc}
-    if runs and dataset is not None:
-        lines += ["## Localising the query video (runtime, ONNX Runtime FP32 on the CPU)", ""]
-        split = None
-        try:
-            from training.data import split_along_route
-
-            split = split_along_route(dataset, _train_fractions(paths))["test"].q_indices
-        except Exception as exc:  # training not installed: no held-out column
-            log.info("no held-out split (%s)", exc)
-        rows = []
-        outcomes: dict[str, dict[str, np.ndarray]] = {}
-        for name, jsonl in runs.items():
-            r = loc[name]
-            s = r["summary"]
-            _, _, err = localisation_errors(jsonl, dataset.q_utm)
-            outcomes[name] = frame_outcomes(jsonl, dataset)
-            held = held_out_recall(jsonl, dataset, split) if split is not None and len(split) else None
-            lat = s["latency_ms"]
-            rows.append(
-                [
-                    "frame by frame" if name == "raw" else "sequence matching",
-                    s["frames"],
-                    *(
-                        100 * r["recall"]["recall"][str(n)]
-                        if str(n) in r["recall"]["recall"]
-                        else 100 * r["recall"]["recall"][n]
-                        for n in (1, 5, 10)
-                    ),
-                    "—" if held is None else f"{100 * held[1]:.1f}",
-                    100.0 * float(np.mean(err <= EVAL_RADIUS_M)) if err.size else None,
-                    float(np.median(err)) if err.size else None,
-                    int(outcomes[name]["unknown"].sum()),
-                    s["fps"],
-                    lat["inference"]["p50"],
-                    lat["search"]["p50"],
-                    lat["total"]["p50"],
-                    lat["total"]["p99"],
-                ]
-            )
-        lines += [
-            markdown_table(
-                [
-                    "mode",
-                    "frames",
-                    "R@1 %",
-                    "R@5 %",
-                    "R@10 %",
-                    "R@1 % held-out stretch",
-                    f"position within {EVAL_RADIUS_M:g} m %",
-                    "median error m",
-                    "unknown frames",
-                    "FPS",
-                    "inference p50 ms",
-                    "search p50 ms",
-                    "total p50 ms",
-                    "total p99 ms",
-                ],
-                rows,
-                digits=1,
-            ),
-            "",
-            "Recall: a frame counts as found at N when one of its top-N places lies within 25 m of where it was "
-            "taken. The model trained on the first 60% of this route (the training's route split); the "
-            "held-out column counts only the queries of the last 25% (its test stretch), which it never saw.",
-            "",
-            "R@1 scores the best match; the position is the similarity-weighted mean of the matches near it "
-            "(the route plot below shows that position, so its legend gives the position column, not R@1).",
-            "",
-            *_unknown_lines(outcomes),
-        ]
-        try:
-            written["route_png"] = str(plot_route(dataset, runs, paths.route_png))
-            lines += [f"![route]({paths.route_png.name})", ""]
-        except Exception as exc:
-            lines += [f"(route plot unavailable: {exc})", ""]
-        conditions = query_conditions(dataset)
-        if conditions is not None and len(conditions) == dataset.num_queries:
-            names = {"raw": "R@1 % frame by frame", "temporal": "R@1 % sequence matching"}
-            lines += [
-                "### Recall per query condition",
-                "",
-                markdown_table(
-                    ["condition", "queries", *(names.get(n, n) for n in outcomes)],
-                    recall_by_condition(outcomes, conditions),
-                    digits=1,
-                ),
-                "",
-            ]
-        if "raw" in outcomes:
-            try:
-                shown = failure_gallery(dataset, outcomes["raw"], paths.root / "failures.png")
-            except Exception as exc:  # an image that cannot be read: say so, keep the report
-                shown = []
-                lines += [f"(failure gallery unavailable: {exc})", ""]
-            if shown:
-                written["failures_png"] = str(paths.root / "failures.png")
-                lines += [
-                    "### Failures (frame by frame)",
-                    "",
-                    f"{len(shown)} of the {int((~outcomes['raw']['hit']).sum())} frames whose best match lies "
-                    f"farther than {EVAL_RADIUS_M:g} m, evenly spread along the route: the query, the place it "
-                    "matched, and the right place (the map image nearest where the query was taken).",
-                    "",
-                    "![failures](failures.png)",
-                    "",
-                ]
-        trust_lines, pr_png = trust_section(loc, paths.pr_png)
-        lines += trust_lines
-        if pr_png is not None:
-            written["precision_recall_png"] = str(pr_png)
-
-    # -- parity ------------------------------------------------------------------------------------------
-    parity = _load(paths.bench / "parity.json")
-    if parity:
-        headers, rows = parity_rows(parity)
-        lines += [
-            f"## Recall per backend and parity against PyTorch ({parity['dataset']})",
-            "",
-            markdown_table(headers, rows),
-            "",
-            *[f"- skipped {s['label']}: {s['reason']}" for s in parity["skipped"]],
-            "",
-            "![recall@N](bench/parity_recall.png)",
-            "",
-        ]
-    # -- latency -----------------------------------------------------------------------------------------
-    latency = _load(paths.bench / "latency.json")
-    if latency:
-        headers, rows = latency_rows(latency)
-        lines += [
-            "## Latency per stage (ms per batch; one run, backends one after another)",
-            "",
-            markdown_table(headers, rows),
-            "",
-        ]
-        lines += _search_note(latency)
-        forms = latency.get("netvlad_forms")
-        if forms:
-            for batch, e in forms["by_batch"].items():
-                lines.append(
-                    f"- NetVLAD layer, batch {batch}: loop-free {e['layer_loop_free']['p50_ms']:.2f} ms vs per-cluster "
-                    f"loop {e['layer_loop']['p50_ms']:.2f} ms ({e['layer_speedup']:.1f}x); whole model "
-                    f"{e['model_speedup']:.2f}x; outputs equal to {e['max_abs_diff']:.1e}"
-                )
-            lines.append("")
-        from benchmarks.environment import machine_line
-
-        lines += [
-            machine_line(latency["machine"]) + " The machine was shared: read ratios, not absolute times.",
-            "",
-        ]
+    lines += _localisation_section(steps.get("localize", {}), dataset, paths, written)
+    lines += _parity_section(paths)
+    lines += _latency_section(paths)
     lines += ["## Steps", "", _status_table(steps), ""]
     written["report"] = str(atomic_write_text(paths.report, "\n".join(lines)))
     return written

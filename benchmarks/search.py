@@ -392,11 +392,23 @@ def benchmark_one(
 def _measure(
     cfg: SearchConfig, entry: dict, db: np.ndarray, queries, true_place, step, memmap_file: Path | None
 ) -> None:
-    size, dim = db.shape
-    recall_q, recall_truth = queries[: cfg.num_queries], true_place[: cfg.num_queries]
+    """Exact search (the ground truth), then IVF-PQ and GPU search against it, into ``entry``."""
     if memmap_file is not None:
         db.flush()  # the generated rows are written back: evictable from the page cache from here on
         entry["page_cache_share_before_truth"] = page_cache_share(memmap_file)
+    exact_ids = _measure_exact(cfg, entry, db, queries, true_place, step, memmap_file)
+    _measure_compressed(cfg, entry, db, queries, true_place, exact_ids, step, memmap_file)
+    if cfg.gpu:
+        _measure_gpu(cfg, entry, db, queries, exact_ids, step)
+
+
+def _measure_exact(
+    cfg: SearchConfig, entry: dict, db: np.ndarray, queries, true_place, step, memmap_file: Path | None
+) -> np.ndarray:
+    """IndexFlatIP: build, batch-1 and batched latency (timed on what fits --max-gib, scaled), streamed over
+    the memory map; returns the exact top-k ids of the recall queries (num_queries, k)."""
+    size, dim = db.shape
+    recall_q, recall_truth = queries[: cfg.num_queries], true_place[: cfg.num_queries]
     step(f"{size:,} x {dim}: exact search (ground truth)")
     t0 = time.perf_counter()
     _, exact_ids = exact_search(db, recall_q, cfg.k)
@@ -428,7 +440,23 @@ def _measure(
         exact["streamed"] = _time_streamed_exact(db, queries, cfg, None)
         if cfg.cold:
             exact["streamed_cold"] = _time_streamed_exact(db, queries, cfg, memmap_file)
+    return exact_ids
 
+
+def _measure_compressed(
+    cfg: SearchConfig,
+    entry: dict,
+    db: np.ndarray,
+    queries,
+    true_place,
+    exact_ids: np.ndarray,
+    step,
+    memmap_file: Path | None,
+) -> None:
+    """IVF-PQ: train + add, then per nprobe and re-rank depth its latency and recall against exact search
+    (and, with --cold, re-ranking from descriptors not in the page cache)."""
+    size, dim = db.shape
+    recall_q, recall_truth = queries[: cfg.num_queries], true_place[: cfg.num_queries]
     step(f"{size:,} x {dim}: IVF-PQ train + add")
     t0 = time.perf_counter()
     ivfpq, params = build_ivfpq(db, cfg.pq_bytes, cfg.seed)
@@ -458,21 +486,23 @@ def _measure(
                 cold = {**answers, **_time_cold(searched, queries, cfg, memmap_file), "cold": True}
                 compressed["by_nprobe"][f"{nprobe}+R{rerank} cold"] = cold
     entry["compressed"] = compressed
-    del ivfpq
 
-    if cfg.gpu:
-        reason = gpu_search_unavailable()
-        if reason:
-            entry["gpu"] = {"skipped": reason}
-        elif size * dim * 4 > cfg.max_gib * 2**30:
-            entry["gpu"] = {"skipped": f"{size:,} x {dim} float32 is over --max-gib {cfg.max_gib} in RAM"}
-        else:
-            step(f"{size:,} x {dim}: GPU flat FP16")
-            gpu = gpu_flat_search(
-                np.asarray(db, np.float32), queries, cfg.k, cfg.batch_size, cfg.latency_queries
-            )
-            ids = gpu.pop("ids")[: cfg.num_queries]
-            entry["gpu"] = {"index": "GpuIndexFlatIP fp16", **gpu, **compressed_recall(exact_ids, ids)}
+
+def _measure_gpu(
+    cfg: SearchConfig, entry: dict, db: np.ndarray, queries, exact_ids: np.ndarray, step
+) -> None:
+    """faiss-gpu flat FP16 search and its recall against exact search, or why it was skipped."""
+    size, dim = db.shape
+    reason = gpu_search_unavailable()
+    if reason:
+        entry["gpu"] = {"skipped": reason}
+    elif size * dim * 4 > cfg.max_gib * 2**30:
+        entry["gpu"] = {"skipped": f"{size:,} x {dim} float32 is over --max-gib {cfg.max_gib} in RAM"}
+    else:
+        step(f"{size:,} x {dim}: GPU flat FP16")
+        gpu = gpu_flat_search(np.asarray(db, np.float32), queries, cfg.k, cfg.batch_size, cfg.latency_queries)
+        ids = gpu.pop("ids")[: cfg.num_queries]
+        entry["gpu"] = {"index": "GpuIndexFlatIP fp16", **gpu, **compressed_recall(exact_ids, ids)}
 
 
 def _time_batches(searched, queries: np.ndarray, cfg: SearchConfig) -> dict[str, Any]:
@@ -616,6 +646,96 @@ def _streamed_notes(entry: dict[str, Any], num_queries: int) -> list[str]:
     return notes
 
 
+def _entry_rows(e: dict[str, Any], batch: int) -> list[list[Any]]:
+    """The table rows of one map size: exact search, streamed exact search, each IVF-PQ setting, GPU search."""
+    rows = []
+    ex = e["exact"]
+    base = ex["batch1"]["p50_ms"]
+    rows.append(
+        [
+            f"{e['size']:,}",
+            e["dim"],
+            ex["index"]
+            + (f" (timed on {ex['extrapolated_from']:,}, scaled)" if "extrapolated_from" in ex else ""),
+            "—",
+            ex["bytes"] / 2**20,
+            ex["batch1"]["p50_ms"],
+            ex["batch1"]["p99_ms"],
+            ex[f"batch{batch}"]["per_item_p50_ms"],
+            "1.00x",
+            1.0,
+            1.0,
+            1.0,
+            ex["place-recall@1"],
+        ]
+    )
+    rows += [_streamed_row(e, key, base) for key in ("streamed", "streamed_cold") if key in ex]
+    for r in e["compressed"]["by_nprobe"].values():
+        rows.append(
+            [
+                f"{e['size']:,}",
+                e["dim"],
+                e["compressed"]["index"]
+                + (f" + re-rank {r['rerank']} (fp16)" if r["rerank"] else "")
+                + (" (descriptors not cached)" if r.get("cold") else ""),
+                r["nprobe"],
+                e["compressed"]["bytes"] / 2**20,
+                r["batch1"]["p50_ms"],
+                r["batch1"]["p99_ms"],
+                r[f"batch{batch}"]["per_item_p50_ms"] if f"batch{batch}" in r else "—",
+                f"{base / max(r['batch1']['p50_ms'], 1e-9):.1f}x",
+                r["1-recall@1"],
+                r["1-recall@10"],
+                r["10-recall@10"],
+                r["place-recall@1"],
+            ]
+        )
+    gpu = e.get("gpu", {})
+    if "batch1" in gpu:
+        rows.append(
+            [
+                f"{e['size']:,}",
+                e["dim"],
+                gpu["index"],
+                "—",
+                gpu["bytes"] / 2**20,
+                gpu["batch1"]["p50_ms"],
+                gpu["batch1"]["p99_ms"],
+                gpu[f"batch{batch}"]["per_item_p50_ms"],
+                f"{base / max(gpu['batch1']['p50_ms'], 1e-9):.1f}x",
+                gpu["1-recall@1"],
+                gpu["1-recall@10"],
+                gpu["10-recall@10"],
+                "—",
+            ]
+        )
+    return rows
+
+
+def _search_notes(result: dict[str, Any]) -> list[str]:
+    """The notes under the table: what was skipped, memory per place, extrapolations, streamed search."""
+    cfg = result["config"]
+    gpu_skips = {e.get("gpu", {}).get("skipped") for e in result["entries"]} - {None}
+    notes = [f"- GPU search skipped: {r}" for r in sorted(gpu_skips)]
+    notes += [f"- skipped {s['size']:,} x {s['dim']}: {s['reason']}" for s in result["skipped"]]
+    for e in result["entries"]:
+        c = e["compressed"]
+        notes.append(
+            f"- {e['size']:,} x {e['dim']}: RAM per place {c['ram_bytes_per_place']:.1f} B (codes, ids, "
+            f"quantisers); full descriptors for re-ranking {c['disk_bytes_per_place']:,} B per place on disk "
+            f"({e['descriptors']}); exact flat float32 {e['dim'] * 4:,} B per place in RAM"
+        )
+        if "extrapolated_from" in e["exact"]:
+            notes.append(
+                f"- {e['size']:,} x {e['dim']}: exact search timed on its first {e['exact']['extrapolated_from']:,} "
+                "places in RAM and scaled linearly to the full map (a flat scan's time is linear in its rows)"
+            )
+        notes += _streamed_notes(e, cfg["num_queries"])
+    peak = max((e["peak_rss_gib"] for e in result["entries"]), default=0.0)
+    notes.append(f"- peak resident memory of the benchmark process: {peak:.1f} GiB")
+    return notes
+
+
 def search_markdown(result: dict[str, Any]) -> str:
     """The search benchmark as Markdown: one row per index and map, ratios against exact search."""
     cfg = result["config"]
@@ -631,68 +751,7 @@ def search_markdown(result: dict[str, Any]) -> str:
         "compare rows of one run.",
         "",
     ]
-    rows = []
-    for e in result["entries"]:
-        ex = e["exact"]
-        base = ex["batch1"]["p50_ms"]
-        rows.append(
-            [
-                f"{e['size']:,}",
-                e["dim"],
-                ex["index"]
-                + (f" (timed on {ex['extrapolated_from']:,}, scaled)" if "extrapolated_from" in ex else ""),
-                "—",
-                ex["bytes"] / 2**20,
-                ex["batch1"]["p50_ms"],
-                ex["batch1"]["p99_ms"],
-                ex[f"batch{batch}"]["per_item_p50_ms"],
-                "1.00x",
-                1.0,
-                1.0,
-                1.0,
-                ex["place-recall@1"],
-            ]
-        )
-        rows += [_streamed_row(e, key, base) for key in ("streamed", "streamed_cold") if key in ex]
-        for r in e["compressed"]["by_nprobe"].values():
-            rows.append(
-                [
-                    f"{e['size']:,}",
-                    e["dim"],
-                    e["compressed"]["index"]
-                    + (f" + re-rank {r['rerank']} (fp16)" if r["rerank"] else "")
-                    + (" (descriptors not cached)" if r.get("cold") else ""),
-                    r["nprobe"],
-                    e["compressed"]["bytes"] / 2**20,
-                    r["batch1"]["p50_ms"],
-                    r["batch1"]["p99_ms"],
-                    r[f"batch{batch}"]["per_item_p50_ms"] if f"batch{batch}" in r else "—",
-                    f"{base / max(r['batch1']['p50_ms'], 1e-9):.1f}x",
-                    r["1-recall@1"],
-                    r["1-recall@10"],
-                    r["10-recall@10"],
-                    r["place-recall@1"],
-                ]
-            )
-        gpu = e.get("gpu", {})
-        if "batch1" in gpu:
-            rows.append(
-                [
-                    f"{e['size']:,}",
-                    e["dim"],
-                    gpu["index"],
-                    "—",
-                    gpu["bytes"] / 2**20,
-                    gpu["batch1"]["p50_ms"],
-                    gpu["batch1"]["p99_ms"],
-                    gpu[f"batch{batch}"]["per_item_p50_ms"],
-                    f"{base / max(gpu['batch1']['p50_ms'], 1e-9):.1f}x",
-                    gpu["1-recall@1"],
-                    gpu["1-recall@10"],
-                    gpu["10-recall@10"],
-                    "—",
-                ]
-            )
+    rows = [row for e in result["entries"] for row in _entry_rows(e, batch)]
     lines.append(
         markdown_table(
             [
@@ -714,23 +773,6 @@ def search_markdown(result: dict[str, Any]) -> str:
             digits=3,
         )
     )
-    gpu_skips = {e.get("gpu", {}).get("skipped") for e in result["entries"]} - {None}
-    notes = [f"- GPU search skipped: {r}" for r in sorted(gpu_skips)]
-    notes += [f"- skipped {s['size']:,} x {s['dim']}: {s['reason']}" for s in result["skipped"]]
-    for e in result["entries"]:
-        c = e["compressed"]
-        notes.append(
-            f"- {e['size']:,} x {e['dim']}: RAM per place {c['ram_bytes_per_place']:.1f} B (codes, ids, "
-            f"quantisers); full descriptors for re-ranking {c['disk_bytes_per_place']:,} B per place on disk "
-            f"({e['descriptors']}); exact flat float32 {e['dim'] * 4:,} B per place in RAM"
-        )
-        if "extrapolated_from" in e["exact"]:
-            notes.append(
-                f"- {e['size']:,} x {e['dim']}: exact search timed on its first {e['exact']['extrapolated_from']:,} "
-                "places in RAM and scaled linearly to the full map (a flat scan's time is linear in its rows)"
-            )
-        notes += _streamed_notes(e, cfg["num_queries"])
-    peak = max((e["peak_rss_gib"] for e in result["entries"]), default=0.0)
-    notes.append(f"- peak resident memory of the benchmark process: {peak:.1f} GiB")
+    notes = _search_notes(result)
     lines += ["", *notes]
     return "\n".join(lines)

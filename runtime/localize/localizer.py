@@ -36,9 +36,7 @@ from the one :meth:`~Localizer.localize` builds.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -50,6 +48,7 @@ import numpy as np
 
 from runtime.errors import ConfigError
 from runtime.localize.adapt import QueryCentre
+from runtime.localize.pipeline import FramePipeline
 from runtime.map import PlaceMap, open_map
 from runtime.map.calibrate import SEARCH_CANDIDATES, Verdict
 from runtime.map.sequence import (
@@ -62,14 +61,9 @@ from runtime.map.sequence import (
 from runtime.model.backends import Backend, open_backend
 from runtime.model.preprocess import Preprocessor
 from runtime.protocol import EVAL_RADIUS_M
-from runtime.sources import Frame, SourceStats
+from runtime.sources import Frame
 
 log = logging.getLogger(__name__)
-_END = object()
-
-
-def _is_last(item) -> bool:
-    return item is _END or isinstance(item, BaseException)
 
 
 @dataclass(frozen=True)
@@ -196,38 +190,6 @@ class Localization:
         }
 
 
-def wait_for_newer_s(age_s: float, period_s: float | None) -> float:
-    """Live: how long a model that just became free should wait for the next frame instead of taking the
-    waiting one, captured ``age_s`` ago, when frames arrive every ``period_s`` (None: not known yet).
-
-    The next frame is due in ``period_s - age_s``; waiting for it gives a fresher result when that is sooner
-    than the waiting frame is old (``age_s > period_s / 2``). A model slower than the camera then starts on a
-    frame at most half a period old (a quarter on average) instead of up to a whole period (half on average),
-    at the cost of idling up to half a period. 0: take the waiting frame."""
-    if not period_s or age_s <= period_s / 2:
-        return 0.0
-    return max(0.0, period_s - age_s)
-
-
-class _FramePeriod:
-    """The running period between frames reaching the model's queue (an exponential mean of the intervals)."""
-
-    def __init__(self, weight: float = 0.1) -> None:
-        self.weight = weight
-        self.period_s: float | None = None
-        self._last: float | None = None
-
-    def see(self, arrived: float) -> None:
-        if self._last is not None and arrived > self._last:
-            interval = arrived - self._last
-            self.period_s = (
-                interval
-                if self.period_s is None
-                else (1 - self.weight) * self.period_s + self.weight * interval
-            )
-        self._last = arrived
-
-
 @dataclass
 class _Stream:
     """What a stream of frames carries from frame to frame on one map: the query domain's running centre
@@ -343,8 +305,7 @@ class Localizer:
             frame = frame.image
         image = self.preprocess(frame, color)
         t1 = time.perf_counter()
-        with self._infer_lock:
-            descriptor = self.backend.infer(image[None])  # (1, D)
+        descriptor = self._infer(image[None])  # (1, D)
         t2 = time.perf_counter()
         times = {"decode": 0.0, "preprocess": t1 - t0, "inference": t2 - t1}
         keep = frame if self.config.keep_frames else None
@@ -496,138 +457,27 @@ class Localizer:
         the loop) stops the pipeline threads; the source is not closed.
         """
         live = bool(getattr(frames, "live", False)) if live is None else live
-        depth = 1 if live else self.config.queue_size
         temporal_config = (
             self.config.temporal
             if temporal is None
             else (TemporalConfig() if temporal is True else (temporal or None))
         )
-        stream = self._new_stream(temporal_config)
-        stop = threading.Event()
-        prepared: queue.Queue = queue.Queue(maxsize=depth)
-        inferred: queue.Queue = queue.Queue(maxsize=depth)
-
-        def put(q: queue.Queue, item) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        superseded = [0]
-        pace = _FramePeriod()  # live: how often frames reach the model's queue
-        stats = getattr(
-            frames, "stats", None
-        )  # a FrameSource's counters: superseded frames are counted there
-
-        def count_superseded() -> None:
-            superseded[0] += 1
-            if isinstance(stats, SourceStats):
-                stats.superseded += 1
-
-        def put_newest(item) -> bool:
-            """Live: a frame still waiting for the model gives way to this newer one, so each frame goes
-            straight to the model when it is free instead of queueing behind a stale one."""
-            while not stop.is_set():
-                try:
-                    prepared.put_nowait(item)
-                    return True
-                except queue.Full:
-                    with contextlib.suppress(queue.Empty):
-                        prepared.get_nowait()
-                        count_superseded()
-            return False
-
-        def feeder() -> None:
-            try:
-                for number, frame in enumerate(frames):
-                    t0 = time.perf_counter()
-                    if not isinstance(frame, Frame):
-                        frame = Frame(np.asarray(frame), time.time(), f"frame#{number}", number, 0.0, t0)
-                    image = self.preprocess(frame.image, "BGR")
-                    item = (frame, image, time.perf_counter() - t0)
-                    pace.see(frame.decoded_at)
-                    if not (put_newest(item) if live else put(prepared, item)):
-                        return
-                put(prepared, _END)
-            except BaseException as exc:
-                put(prepared, exc)
-
-        max_batch = min(self.config.max_batch, self.backend.max_batch or self.config.max_batch)
         if self.backend.min_batch > 1:  # a fixed-batch model: one frame at a time is not possible
             raise ConfigError(
                 f"'{self.backend.path}' only accepts batches of {self.backend.min_batch}; export it with a "
                 "dynamic batch to localise frame by frame"
             )
-
-        def fresher(item):
-            """Live: the waiting frame, or the next one when it is due sooner than the waiting one is old
-            (:func:`wait_for_newer_s`); ``[frame]``, or ``[frame, end]`` when the source ended meanwhile."""
-            frame = item[0]
-            delay = wait_for_newer_s(time.perf_counter() - frame.decoded_at, pace.period_s)
-            if delay <= 0:
-                return [item]
-            try:
-                newer = prepared.get(timeout=delay + min(0.005, delay))
-            except queue.Empty:
-                return [item]
-            if _is_last(newer):
-                return [item, newer]
-            count_superseded()
-            return [newer]
-
-        def inference() -> None:
-            """Runs the model on what is waiting: one frame, or up to max_batch when frames queue up (live:
-            the freshest frame, see :func:`wait_for_newer_s`)."""
-            while True:
-                try:
-                    batch = [prepared.get(timeout=0.1)]
-                except queue.Empty:
-                    if stop.is_set():
-                        return
-                    continue
-                if live and not _is_last(batch[0]):
-                    batch = fresher(batch[0])
-                while len(batch) < max_batch and not _is_last(batch[-1]):
-                    try:
-                        batch.append(prepared.get_nowait())
-                    except queue.Empty:
-                        break
-                last = batch.pop() if _is_last(batch[-1]) else None
-                if batch:
-                    try:
-                        t0 = time.perf_counter()
-                        with self._infer_lock:
-                            descriptors = self.backend.infer(
-                                np.stack([image for _, image, _ in batch])
-                            )  # (B, D)
-                        infer_s = (time.perf_counter() - t0) / len(batch)  # per frame
-                    except BaseException as exc:
-                        put(inferred, exc)
-                        return
-                    for (frame, _, pre_s), descriptor in zip(batch, descriptors, strict=True):
-                        if not put(inferred, (frame, descriptor[None], pre_s, infer_s)):
-                            return
-                if last is not None:
-                    put(inferred, last)
-                    return
-
-        threads = [
-            threading.Thread(target=feeder, name="localizer feeder", daemon=True),
-            threading.Thread(target=inference, name="localizer inference", daemon=True),
-        ]
-        for t in threads:
-            t.start()
-        try:
-            while True:
-                item = inferred.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                frame, descriptor, pre_s, infer_s = item
+        stream = self._new_stream(temporal_config)
+        pipeline = FramePipeline(
+            frames,
+            self.preprocess,
+            self._infer,
+            live=live,
+            depth=self.config.queue_size,
+            max_batch=min(self.config.max_batch, self.backend.max_batch or self.config.max_batch),
+        )
+        with pipeline:
+            for frame, descriptor, pre_s, infer_s in pipeline:
                 times = {"decode": frame.decode_s, "preprocess": pre_s, "inference": infer_s}
                 with self._map_lock:
                     if stream.map is not self.map:  # reloaded: new place ids, a new mean
@@ -636,18 +486,11 @@ class Localizer:
                         frame, descriptor, times, stream, frame.image if self.config.keep_frames else None
                     )
                 yield result
-        finally:
-            # Producers poll `stop` (their puts and gets time out), so nothing needs draining here. Draining
-            # from this thread could deadlock: a Ctrl-C that lands inside inferred.get() can leave that
-            # queue's mutex held.
-            stop.set()
-            if superseded[0]:
-                log.info("live: %d frames gave way to newer ones before the model", superseded[0])
-            feeder_thread, inference_thread = threads
-            feeder_thread.join(timeout=2.0)  # may wait on a stalled live source; it runs no model code
-            # Always wait for the inference thread (it polls `stop` and finishes its batch): leaving a model
-            # call running in a daemon thread can deadlock ONNX Runtime's thread pool at interpreter exit.
-            inference_thread.join()
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """The model on ``batch`` (B, H, W, 3) -> (B, D), one call at a time across threads."""
+        with self._infer_lock:
+            return self.backend.infer(batch)
 
     # -- lifetime ----------------------------------------------------------------------------------
     def close(self) -> None:

@@ -162,6 +162,7 @@ def test_recall_from_the_localizer_equals_exact_ranking(world):
 
 
 def test_batched_pipeline_gives_the_same_answers(world):
+    import threading
     import time
 
     from runtime.sources import Frame
@@ -171,16 +172,33 @@ def test_batched_pipeline_gives_the_same_answers(world):
         Frame(dataset.read_image("queries", i)[:, :, ::-1], float(i), str(i), i, 0.0, time.perf_counter())
         for i in range(dataset.num_queries)
     ]
+    depth = 8
+
+    def queued_up(full: threading.Event):
+        """The frames, telling when the feeder asks for the one after a full queue (frame 1 + depth: the
+        first frame is with the model, frames 1..depth wait for it)."""
+        for frame in frames:
+            if frame.index == 1 + depth:
+                full.set()
+            yield frame
+
     results, sizes = {}, {}
     for batch in (1, 4):
-        config = LocalizerConfig(max_batch=batch, queue_size=8)
+        config = LocalizerConfig(max_batch=batch, queue_size=depth)
         with Localizer.open(world["model"], world["map"], config=config) as localizer:
-            infer, sizes[batch] = localizer.backend.infer, []
-            localizer.backend.infer = lambda x, _s=sizes[batch], _f=infer: _s.append(len(x)) or _f(x)
-            results[batch] = list(localizer.run(frames))
+            infer, sizes[batch], full = localizer.backend.infer, [], threading.Event()
+
+            def counting_infer(x, _sizes=sizes[batch], _infer=infer, _full=full):
+                if not _sizes:  # the first call waits for the queue to fill: the queue, not the clock
+                    assert _full.wait(timeout=120), "the feeder never filled the queue"
+                _sizes.append(len(x))
+                return _infer(x)
+
+            localizer.backend.infer = counting_infer
+            results[batch] = list(localizer.run(queued_up(full)))
     assert [r.index for r in results[4]] == list(range(40))
-    # the frames of a list queue up faster than the model runs: batches larger than one did run
-    assert sizes[1] == [1] * 40 and sum(sizes[4]) == 40 and max(sizes[4]) > 1
+    # the second model call finds at least 5 frames waiting (0..8 were queued, the first call took at most 4)
+    assert sizes[1] == [1] * 40 and sum(sizes[4]) == 40 and sizes[4][1] == 4 and max(sizes[4]) == 4
     for a, b in zip(results[1], results[4], strict=True):
         assert [m.place_id for m in a.matches] == [m.place_id for m in b.matches]
         assert a.best.similarity == pytest.approx(b.best.similarity, abs=1e-5)

@@ -126,13 +126,13 @@ def test_a_localizer_shared_between_threads(world):
 def test_a_live_model_waits_for_a_fresher_frame_only_when_it_comes_sooner():
     """Live, a model slower than the camera: the waiting frame is taken unless it is older than half the
     frame period, when the next frame (due in period - age) gives a fresher result sooner."""
-    from runtime.localize.localizer import _FramePeriod, wait_for_newer_s
+    from runtime.localize.pipeline import FramePeriod, wait_for_newer_s
 
     assert wait_for_newer_s(0.010, None) == 0.0  # the period is not known yet
     assert wait_for_newer_s(0.010, 1 / 30) == 0.0  # 10 ms old, the next one is 23 ms away
     assert wait_for_newer_s(0.025, 1 / 30) == pytest.approx(1 / 30 - 0.025)  # 25 ms old, next in 8 ms
     assert wait_for_newer_s(0.050, 1 / 30) == 0.0  # older than a period: the next one is late, take it
-    pace = _FramePeriod(weight=0.5)
+    pace = FramePeriod(weight=0.5)
     for t in (0.0, 0.1, 0.2, 0.4):
         pace.see(t)
     assert pace.period_s == pytest.approx(0.15)  # 0.1, then (0.1 + 0.1) / 2, then (0.1 + 0.2) / 2
