@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime import read_card
 from runtime.errors import ArtifactError
-from runtime.model.card import read_card
 from runtime.optional import available
 from runtime.protocol import ENGINE_SUFFIXES, MODEL_SUFFIXES, ONNX_SUFFIXES
 
@@ -114,7 +114,7 @@ def open_extractor(plan: BackendPlan, threads: int = 2):
         from training.backend import TorchBackend
 
         return TorchBackend(plan.path, device=plan.device, threads=threads)
-    from runtime.model.backends import open_backend
+    from runtime import open_backend
 
     if plan.kind == "onnxruntime":
         options = {"threads": threads} if plan.provider == "cpu" else {}

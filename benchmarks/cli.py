@@ -12,11 +12,10 @@ from pathlib import Path
 import typer
 
 from runtime.cli.console import command_boundary
-from runtime.cli.options import QUIET, VERBOSE, threads_option
+from runtime.cli.options import QUIET, VERBOSE, kit_app, threads_option
 from runtime.protocol import EVAL_RADIUS_M
 
-app = typer.Typer(
-    add_completion=False,
+app = kit_app(
     no_args_is_help=True,
     help="Benchmarks: recall parity and latency across backends, and map search at scale.",
 )
@@ -87,7 +86,7 @@ def search(
     configure_logging(verbose, quiet)
     dim_list = _ints(dims, "--dims")
     if model is not None:
-        from runtime.model.card import read_card
+        from runtime import read_card
 
         own = read_card(model).descriptor_dim
         base = dim_list or SearchConfig.preset(preset).dims

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import typer
 
 from runtime.cli.console import command_boundary
-from runtime.cli.options import QUIET, VERBOSE, run_app, threads_option
+from runtime.cli.options import QUIET, VERBOSE, kit_app, run_app, threads_option
 from runtime.errors import ConfigError
 from runtime.files import atomic_write_text
 
@@ -267,8 +267,7 @@ def step_map(cfg: DemoConfig, paths: DemoPaths, progress) -> dict[str, Any]:
         if json.loads(meta_path.read_text()).get("format_version") == MAP_FORMAT_VERSION:
             return {"skipped": "exists", "path": str(paths.map)}
         log.info("rebuilding '%s': it was built by an older netvlad-kit (map format)", paths.map)
-    from runtime.map import MapConfig, build_map
-    from runtime.model.backends import open_backend
+    from runtime import MapConfig, build_map, open_backend
 
     with open_backend(paths.onnx, "onnxruntime-cpu", threads=max(1, cfg.threads)) as engine:
         build_map(engine, str(paths.synth), paths.map, MapConfig(overwrite=True), progress=progress)
@@ -277,7 +276,7 @@ def step_map(cfg: DemoConfig, paths: DemoPaths, progress) -> dict[str, Any]:
 
 def step_localize(cfg: DemoConfig, paths: DemoPaths, progress) -> dict[str, Any]:
     _require_artifact(paths.map / "map.json", "map")
-    from runtime.cli.session import RunConfig, run_session
+    from runtime import RunConfig, run_session
     from runtime.evaluation.runs import recall_from_jsonl
 
     out: dict[str, Any] = {}
@@ -315,7 +314,7 @@ def step_localize(cfg: DemoConfig, paths: DemoPaths, progress) -> dict[str, Any]
 
 def _localize_unmapped(cfg: DemoConfig, paths: DemoPaths) -> Path | None:
     """Localise the world's unmapped-place images (``unmapped/``, when it has them) frame by frame."""
-    from runtime.cli.session import RunConfig, run_session
+    from runtime import RunConfig, run_session
 
     folder = paths.synth / "unmapped"
     if not folder.is_dir():
@@ -431,7 +430,7 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None, progress: Calla
     return paths.report
 
 
-app = typer.Typer(add_completion=False, help=(__doc__ or "").split("\n\n")[0])
+app = kit_app(help=(__doc__ or "").split("\n\n")[0])
 
 
 @app.command()

@@ -505,7 +505,7 @@ def _latency_section(paths) -> list[str]:
 
 def write_demo_report(cfg, paths, steps: dict[str, Any]) -> dict[str, Any]:
     """Write ``report.md`` and ``route.png`` from the artifacts the other steps left; returns what was written."""
-    from runtime.datasets import open_dataset
+    from runtime import open_dataset
 
     lines = [
         "# netvlad-kit demo: the synthetic world, end to end",

@@ -106,7 +106,7 @@ def simulate_gps(
 
 
 def _localise(model: Path, map_dir: Path, source, truth: np.ndarray) -> dict:
-    from runtime.localize.localizer import Localizer
+    from runtime import Localizer
 
     with Localizer.open(model, map_dir) as localizer, source:
         t0 = time.perf_counter()
@@ -137,7 +137,7 @@ def _served_fps(model: Path, map_dir: Path, source) -> dict:
     import http.client
     import threading
 
-    from runtime.localize.localizer import Localizer, LocalizerConfig
+    from runtime import Localizer, LocalizerConfig
     from runtime.outputs.web import LiveView
 
     received = []
@@ -200,9 +200,8 @@ def drive_benchmark(
     progress: Callable | None = None,
 ) -> dict:
     """Run the drive benchmark (module doc); writes ``out/drive.json`` and ``out/drive.md``, returns the result."""
-    from runtime.datasets import open_dataset
+    from runtime import MapConfig, build_map, open_dataset
     from runtime.datasets.rosbag import DriveConfig
-    from runtime.map import MapConfig, build_map
     from runtime.map.from_bag import build_map_from_bag
     from runtime.optional import require
     from runtime.sources import ImageFolderSource, RosbagSource

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.datasets import PlaceDataset, open_dataset
+from runtime import ModelCard, PlaceDataset, open_dataset
 from runtime.errors import ConfigError, DatasetError
-from runtime.model.card import ModelCard
 from runtime.protocol import EVAL_RADIUS_M
 
 log = logging.getLogger(__name__)

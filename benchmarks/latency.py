@@ -88,7 +88,7 @@ def time_pipeline(
     """
     import cv2
 
-    from runtime.model.preprocess import Preprocessor
+    from runtime import Preprocessor
 
     prep = Preprocessor(extractor.card)
     n_batches = max(3, len(frames) // batch)
@@ -171,7 +171,7 @@ def run_latency(
 ) -> dict[str, Any]:
     """Time every backend's pipeline on ``dataset``'s query images; returns (and writes) the results."""
     from benchmarks.search import build_flat, synthetic_map
-    from runtime.datasets import open_dataset
+    from runtime import open_dataset
 
     cfg = cfg or LatencyConfig()
     faiss = require("faiss", "map search")

@@ -70,8 +70,7 @@ def run_live_latency(
     """Measure, write ``live.json`` and ``live.md`` into ``out``, and return the result."""
     import cv2
 
-    from runtime.localize.localizer import Localizer, LocalizerConfig
-    from runtime.map.sequence import TemporalConfig
+    from runtime import Localizer, LocalizerConfig, TemporalConfig
     from runtime.sources import VideoFileSource
 
     config = config or LiveBenchConfig()

@@ -53,7 +53,7 @@ def sequence_stream(spec: str):
     """The dataset whose queries form the stream, and which of them are scored ``(Q,) bool``.
 
     Nordland: every winter frame in order, near-blank ones not scored (as the SeqSLAM anchor)."""
-    from runtime.datasets import open_dataset
+    from runtime import open_dataset
     from runtime.datasets.aligned import load_aligned
 
     dataset = open_dataset(spec)
@@ -183,10 +183,7 @@ def run_sequence_bench(
     progress=None,
 ) -> dict[str, Any]:
     """Measure, write ``sequence.json`` and ``sequence.md`` into ``out``, and return the result."""
-    from runtime.localize.localizer import Localizer, LocalizerConfig
-    from runtime.map import open_map
-    from runtime.map.sequence import TemporalConfig
-    from runtime.model.backends import open_backend
+    from runtime import Localizer, LocalizerConfig, TemporalConfig, open_backend, open_map
 
     config = config or SequenceBenchConfig()
     out = Path(out)

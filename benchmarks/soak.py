@@ -62,7 +62,7 @@ def growth(samples_mb: list[float], sample_every: int, warmup: int) -> dict[str,
 
 def run_soak(model: Path, map_path: Path, images: Path, out: Path, cfg: SoakConfig | None = None) -> dict:
     """Localise ``images`` (replayed) for ``cfg.frames`` frames through the run session; write soak.json/.md."""
-    from runtime.cli.session import RunConfig, run_session
+    from runtime import RunConfig, run_session
     from runtime.sources import ImageFolderSource
 
     cfg = cfg or SoakConfig()

@@ -13,12 +13,11 @@ import typer
 
 from export.config import INT8_TARGETS, BatchRange, ExportConfig
 from runtime.cli.console import command_boundary
-from runtime.cli.options import QUIET, VERBOSE, threads_option
+from runtime.cli.options import QUIET, VERBOSE, kit_app, threads_option
 
 log = logging.getLogger("netvlad-export")
 
-app = typer.Typer(
-    add_completion=False,
+app = kit_app(
     help="Turn a trained checkpoint into deployable artifacts (ONNX, FP16, INT8 QDQ, TensorRT engines), "
     "each checked against the FP32 PyTorch model by the parity gate (parity.json).",
 )

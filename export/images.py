@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime import ModelCard
 from runtime.errors import DatasetError
-from runtime.model.card import ModelCard
 from runtime.protocol import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,8 @@ def open_image_set(spec: str | Path) -> ImageSet:
 
 def load_images(paths: Sequence[Path], card: ModelCard) -> np.ndarray:
     """Decode ``paths`` and bring them to the card's input: ``uint8 (N, H, W, 3)`` in card channel order."""
+    from runtime import Preprocessor
     from runtime.datasets import read_rgb
-    from runtime.model.preprocess import Preprocessor
 
     prep = Preprocessor(card)
     out = np.empty((len(paths), *prep.input_shape), dtype=np.uint8)

@@ -20,7 +20,7 @@ from typing import Any
 import typer
 
 from runtime.cli.console import command_boundary
-from runtime.cli.options import json_option, overwrite_option, run_app, threads_option
+from runtime.cli.options import json_option, kit_app, overwrite_option, run_app, threads_option
 
 
 def time_interleaved(
@@ -39,7 +39,7 @@ def time_interleaved(
     return times
 
 
-app = typer.Typer(add_completion=False, help=(__doc__ or "").split("\n\n")[0])
+app = kit_app(help=(__doc__ or "").split("\n\n")[0])
 
 
 @app.command()

@@ -20,10 +20,10 @@ import numpy as np
 
 from export.config import ExportConfig
 from export.images import ImageSet, fixed_images, iter_batches, load_images, open_image_set
+from runtime import ModelCard, read_card
 from runtime.datasets import is_dataset_spec
 from runtime.errors import ArtifactError, DatasetError, ModelCardError, ParityError
 from runtime.files import clean_stale, output_lock
-from runtime.model.card import ModelCard, read_card
 from runtime.protocol import EVAL_RADIUS_M, MODEL_SUFFIXES, is_engine
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def check_output_folder(out_dir: Path, fingerprint: str, names: Sequence[str], o
 def validation_subset(spec: str, limit: int, radius_m: float = EVAL_RADIUS_M) -> Any:
     """The validation dataset, at most ``limit`` database images and ``limit`` queries, evenly spaced;
     queries without a database image within ``radius_m`` dropped."""
-    from runtime.datasets import open_dataset
+    from runtime import open_dataset
 
     dataset = open_dataset(spec)
 
@@ -94,7 +94,7 @@ def validation_subset(spec: str, limit: int, radius_m: float = EVAL_RADIUS_M) ->
 
 def open_artifact(path: Path, threads: int) -> Any:
     """The runtime backend a robot would run ``path`` with: ONNX Runtime's CPU provider, or TensorRT."""
-    from runtime.model.backends import open_backend
+    from runtime import open_backend
 
     if is_engine(path):
         return open_backend(path, "tensorrt")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.model.backends.base import Backend
+from runtime import Backend
 from training.model.place import DeployModel, PlaceModel
 
 

@@ -19,9 +19,17 @@ from typing import Any
 import numpy as np
 import typer
 
+from runtime import PlaceDataset
 from runtime.cli.console import command_boundary
-from runtime.cli.options import QUIET, VERBOSE, json_option, overwrite_option, run_app, threads_option
-from runtime.datasets import PlaceDataset
+from runtime.cli.options import (
+    QUIET,
+    VERBOSE,
+    json_option,
+    kit_app,
+    overwrite_option,
+    run_app,
+    threads_option,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +93,7 @@ def compare_checkpoints(
     return results
 
 
-app = typer.Typer(add_completion=False, help=(__doc__ or "").splitlines()[0])
+app = kit_app(help=(__doc__ or "").splitlines()[0])
 
 
 @app.command()
@@ -106,8 +114,8 @@ def cli(
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
+    from runtime import open_dataset
     from runtime.cli.console import progress
-    from runtime.datasets import open_dataset
     from runtime.files import atomic_write_text
     from training.command import start_command
 

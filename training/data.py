@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.datasets import PlaceDataset
+from runtime import PlaceDataset, Preprocessor
 from runtime.errors import ConfigError
 from runtime.files import atomic_path
 from runtime.model.card import fingerprint_arrays
-from runtime.model.preprocess import Preprocessor
 from training.model import PlaceModel, normalize_images
 
 log = logging.getLogger(__name__)

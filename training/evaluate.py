@@ -21,17 +21,18 @@ from typing import Any
 import numpy as np
 import typer
 
+from runtime import PlaceDataset
 from runtime.cli.console import command_boundary
 from runtime.cli.options import (
     QUIET,
     VERBOSE,
     batch_size_option,
     json_option,
+    kit_app,
     overwrite_option,
     run_app,
     threads_option,
 )
-from runtime.datasets import PlaceDataset
 from runtime.evaluation.recall import DEFAULT_NS, rank_database, recall_at_n
 from runtime.protocol import EVAL_RADIUS_M
 
@@ -151,7 +152,7 @@ def evaluate_checkpoint(
     (what ``training.train`` uses). ``refit``: re-fit the NetVLAD centroids on the evaluated database
     images first (:func:`training.model.refit_centroids`).
     """
-    from runtime.datasets import open_dataset
+    from runtime import open_dataset
     from runtime.errors import ConfigError
     from training.checkpoint import load_model
     from training.data import SPLITS, split_along_route
@@ -170,7 +171,7 @@ def evaluate_checkpoint(
     return evaluate_model(model, dataset, split, batch_size, progress)
 
 
-app = typer.Typer(add_completion=False, help="Recall@1/5/10/20 at 25 m of a checkpoint on a dataset.")
+app = kit_app(help="Recall@1/5/10/20 at 25 m of a checkpoint on a dataset.")
 
 
 @app.command()

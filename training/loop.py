@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime.datasets import PlaceDataset
+from runtime import PlaceDataset
 from runtime.errors import ArtifactError, ConfigError
 from runtime.files import atomic_write_text
 from training.checkpoint import load_checkpoint, model_from_payload, save_checkpoint

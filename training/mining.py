@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime.datasets import PlaceDataset
+from runtime import PlaceDataset
 from runtime.errors import DatasetError
 from runtime.protocol import NEGATIVE_RADIUS_M
 

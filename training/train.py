@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from runtime.cli.console import command_boundary
-from runtime.cli.options import QUIET, VERBOSE, run_app, threads_option
+from runtime.cli.options import QUIET, VERBOSE, kit_app, run_app, threads_option
 
 if TYPE_CHECKING:
     from training.config import TrainConfig
@@ -52,8 +52,7 @@ def train(
         return Trainer(cfg, out_dir, resume, Path(cache_dir) if cache_dir else None, progress).run()
 
 
-app = typer.Typer(
-    add_completion=False,
+app = kit_app(
     help="Train NetVLAD (weakly supervised, as the paper's code; training/README.md) and write DIR/model.pt, "
     "the one model to deploy (netvlad-export DIR/model.pt).",
 )

@@ -43,7 +43,7 @@ SECTIONS = ("inference", "localizer", "search", "training")
 
 def _world(out: Path, quick: bool, dataset: str | None):
     """The dataset the run uses: ``dataset``, else a synthetic world generated under ``out``."""
-    from runtime.datasets import open_dataset
+    from runtime import open_dataset
 
     if dataset:
         return open_dataset(dataset)

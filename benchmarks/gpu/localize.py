@@ -18,9 +18,7 @@ STAGES = ("decode", "preprocess", "inference", "search", "total")
 
 
 def _localizer(model: Path, map_dir: Path, provider: str, gpu_map: str):
-    from runtime.localize.localizer import Localizer
-    from runtime.map import open_map
-    from runtime.model.backends import open_backend
+    from runtime import Localizer, open_backend, open_map
 
     backend = open_backend(model, f"onnxruntime-{provider}")
     try:

@@ -9,13 +9,12 @@ from pathlib import Path
 import typer
 
 from runtime.cli.console import command_boundary, configure_logging, progress
-from runtime.cli.options import QUIET, VERBOSE
+from runtime.cli.options import QUIET, VERBOSE, kit_app
 from runtime.protocol import EVAL_RADIUS_M
 
-app = typer.Typer(
+app = kit_app(
     help="Build and inspect netvlad-kit maps (FAISS index + geotagged places).",
     no_args_is_help=True,
-    add_completion=False,
 )
 
 

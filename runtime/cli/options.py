@@ -13,6 +13,20 @@ from typing import Any
 import typer
 
 DEFAULT_THREADS = 2  # CPU threads of every command (0: one per core)
+HELP_WIDTH = 80  # --help fits an 80-column terminal (narrower ones wrap to theirs)
+
+
+def kit_app(**kwargs: Any) -> typer.Typer:
+    """A typer app with the kit's ``--help``: click's plain layout (a flag reads ``--show / --no-show``, an
+    option ``--model PATH``; no ``<bool>`` placeholder, no box drawing that breaks in logs and narrow
+    terminals), at most :data:`HELP_WIDTH` columns, ``-h`` as well as ``--help``, no shell-completion options."""
+    context = {"max_content_width": HELP_WIDTH, "help_option_names": ["-h", "--help"]}
+    return typer.Typer(
+        add_completion=False,
+        rich_markup_mode=None,
+        context_settings={**context, **kwargs.pop("context_settings", {})},
+        **kwargs,
+    )
 
 
 def threads_option(what: str) -> Any:

@@ -8,9 +8,9 @@ from pathlib import Path
 import typer
 
 from runtime.cli.console import EXIT_INTERRUPTED, command_boundary, configure_logging
-from runtime.cli.options import QUIET, VERBOSE, json_option, overwrite_option, threads_option
+from runtime.cli.options import QUIET, VERBOSE, json_option, kit_app, overwrite_option, threads_option
 
-app = typer.Typer(add_completion=False)
+app = kit_app()
 
 
 @app.command(help="Localise frames against a map; one JSONL record per frame, a live status line.")

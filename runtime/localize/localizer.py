@@ -1,7 +1,6 @@
 """The embedding API: frames in, :class:`Localization` s out, against a map of geotagged images.
 
-    from runtime.localize.localizer import Localizer
-    from runtime.sources import open_source
+    from runtime import Localizer, open_source
 
     with Localizer.open("model.onnx", "maps/city") as localizer, open_source("walk.mp4") as source:
         for loc in localizer.run(source):

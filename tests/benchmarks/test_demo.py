@@ -35,7 +35,7 @@ def test_demo_runs_every_step_writes_the_report_and_resumes(tmp_path):
     assert by_label["ORT CPU FP32 (model.onnx)"]["parity"]["cosine_min"] >= 0.9999
     loc = steps["localize"]
     from benchmarks.demo_report import frame_outcomes, localisation_errors
-    from runtime.datasets import open_dataset
+    from runtime import open_dataset
 
     dataset = open_dataset(out / "data" / "synth")
     text = report.read_text()

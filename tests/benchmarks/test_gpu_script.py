@@ -29,7 +29,7 @@ def _latencies(node, path=""):
 @pytest.fixture(scope="module")
 def gpu_run(bench_world, tmp_path_factory):
     from export.fp16 import convert_fp16, fp16_path
-    from runtime.datasets import open_dataset
+    from runtime import open_dataset
     from training.checkpoint import load_model
 
     out = tmp_path_factory.mktemp("gpu_run")

@@ -57,8 +57,8 @@ def test_time_pipeline_runs_every_stage_on_the_whole_batch(bench_world):
     import numpy as np
 
     from benchmarks.latency import time_pipeline
+    from runtime import open_backend
     from runtime.map.index import build_index
-    from runtime.model.backends import open_backend
 
     frames = [cv2.imencode(".png", np.full((60, 80, 3), 10 * i, np.uint8))[1].tobytes() for i in range(10)]
     with open_backend(bench_world.models / "model.onnx", "onnxruntime-cpu", threads=1) as backend:

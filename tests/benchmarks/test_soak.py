@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from benchmarks.cli import app
 from benchmarks.soak import SoakConfig, growth
+from runtime import build_map
 from runtime.errors import ConfigError
-from runtime.map import build_map
 from tests.runtime.helpers import make_onnx_model, make_stand_in_world
 
 

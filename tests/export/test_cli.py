@@ -96,8 +96,8 @@ def place_dir(tmp_path_factory):
     import cv2
 
     from export.images import fixed_images
+    from runtime import ModelCard
     from runtime.datasets import write_split_csv
-    from runtime.model.card import ModelCard
 
     root = tmp_path_factory.mktemp("places")
     card = ModelCard("x", 80, 120, 8, 112, 896, "0123456789abcdef")

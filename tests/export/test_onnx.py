@@ -44,7 +44,7 @@ def test_card_in_metadata(tiny_onnx, tiny_model):
 
 def test_descriptors_match_pytorch_at_any_batch(tiny_onnx, tiny_model):
     from export.images import fixed_images
-    from runtime.model.backends import open_backend
+    from runtime import open_backend
     from training.backend import TorchBackend
 
     card = read_onnx_card(tiny_onnx)

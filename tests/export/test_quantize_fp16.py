@@ -39,7 +39,7 @@ def quantized(tiny_onnx, calib_dir):
 
 
 def _descriptors(path, images):
-    from runtime.model.backends import open_backend
+    from runtime import open_backend
 
     with open_backend(path, "onnxruntime-cpu", threads=1) as backend:
         return backend.infer(images)

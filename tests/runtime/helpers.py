@@ -192,7 +192,7 @@ def make_stand_in_world(
 def make_ambiguous_route(root: Path, places: int = 60, seed: int = 7):
     """A tiny model, a route of ``places`` places 10 m apart whose queries each blend in an unrelated scene
     (60 %), so single frames are ambiguous and sequences help, and its map: ``(model, dataset, map_dir)``."""
-    from runtime.map import MapConfig, build_map
+    from runtime import MapConfig, build_map
 
     model, _ = make_onnx_model(root / "model.onnx")
     dataset = make_stand_in_world(

@@ -107,3 +107,53 @@ def test_sigterm_during_a_command_exits_130_through_the_boundary(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == EXIT_INTERRUPTED and err == "\ninterrupted\n"
+
+
+KIT_APPS = (
+    "runtime.cli.run",
+    "runtime.cli.map",
+    "export.cli",
+    "export.measure",
+    "benchmarks.cli",
+    "benchmarks.demo",
+    "training.train",
+    "training.evaluate",
+    "training.compare",
+    "training.synth.__main__",
+    "training.synth.difficulty",
+)
+
+
+def _help_pages(module_name: str) -> dict[str, str]:
+    """``--help`` of a command and of each of its subcommands, as a wide terminal would print them."""
+    import importlib
+
+    import typer
+    from typer.testing import CliRunner
+
+    app = importlib.import_module(module_name).app
+    command = typer.main.get_command(app)
+    subcommands = [[]] + [[name] for name in getattr(command, "commands", {})]
+    runner = CliRunner()
+    pages = {}
+    for sub in subcommands:
+        result = runner.invoke(app, [*sub, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        pages[" ".join([module_name, *sub])] = result.output
+    return pages
+
+
+@pytest.mark.parametrize("module_name", KIT_APPS)
+def test_help_reads_in_80_columns_without_placeholders_on_flags(module_name):
+    if module_name.startswith(("training", "export", "benchmarks")):
+        pytest.importorskip("torch")
+    pages = _help_pages(module_name)
+    for name, page in pages.items():
+        assert "Usage:" in page and "--help" in page, name
+        assert "<bool>" not in page, f"{name}: a flag shows a value placeholder"
+        assert "╭" not in page, f"{name}: box drawing (the rich layout) in --help"
+        wide = [line for line in page.splitlines() if len(line) > 80]
+        assert wide == [], f"{name}: lines over 80 columns"
+    if module_name == "runtime.cli.run":
+        page = pages[module_name]
+        assert "--temporal / --no-temporal" in page and "--model <path>" in page

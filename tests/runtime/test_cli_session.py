@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from runtime import RunConfig, run_session
 from runtime.cli.map import app as map_app
 from runtime.cli.run import app as run_app
-from runtime.cli.session import RunConfig, run_session
 from runtime.errors import ConfigError
 from runtime.evaluation.runs import recall_from_jsonl
 from tests.runtime.helpers import make_onnx_model, make_stand_in_world
@@ -225,7 +225,7 @@ def test_help_works_without_torch():
 
 
 def test_overlay_frame_of_unknown_place_renders(built):
-    from runtime.localize.localizer import Localizer
+    from runtime import Localizer
     from runtime.outputs.overlay import Overlay
 
     root, model, _ = built
@@ -260,7 +260,7 @@ def test_live_source_results_stay_recent(built, tmp_path):
     """A slow consumer of a live source gets results about recent frames; the source drops the rest."""
     import time
 
-    from runtime.localize.localizer import Localizer
+    from runtime import Localizer
     from runtime.sources import VideoFileSource
 
     root, model, dataset = built

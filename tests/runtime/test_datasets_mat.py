@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from runtime import recall_at_n
 from runtime.datasets import keep_first_per_panorama, load_pittsburgh, load_tokyo247, open_dataset
 from runtime.datasets.matlab import panorama_ids
 from runtime.errors import DatasetError
-from runtime.evaluation.recall import recall_at_n
 
 sio = pytest.importorskip("scipy.io", reason="needs scipy (pip install 'netvlad-kit[train]')")
 

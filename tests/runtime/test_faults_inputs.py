@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from runtime import Localizer, LocalizerConfig, RunConfig
 from runtime.cli.map import app as map_app
 from runtime.cli.run import app as run_app
-from runtime.cli.session import RunConfig
 from runtime.errors import ConfigError, ModelCardError, RunFailedError, SourceError
-from runtime.localize.localizer import Localizer, LocalizerConfig
 from runtime.model.card import read_onnx_card
 from runtime.sources import CameraSource, ImageFolderSource, RetryPolicy, RtspSource, VideoFileSource
 from tests.runtime.helpers import make_onnx_model, make_stand_in_world
@@ -257,7 +256,7 @@ def test_a_model_that_outputs_nan_fails_the_map_build_naming_the_model(world, tm
         "the model is broken: re-export it with netvlad-export and check its parity report"
     )
     assert not (tmp_path / "m").exists()
-    from runtime.model.backends import open_backend
+    from runtime import open_backend
 
     with open_backend(nan_model) as backend, pytest.raises(RunFailedError, match="non-finite"):
         backend.infer(np.zeros((2, 48, 64, 3), np.uint8))
@@ -266,7 +265,7 @@ def test_a_model_that_outputs_nan_fails_the_map_build_naming_the_model(world, tm
 def test_a_card_whose_input_size_differs_from_the_graph_is_refused(world, tmp_path):
     import onnx
 
-    from runtime.model.backends import open_backend
+    from runtime import open_backend
     from runtime.model.card import attach_to_onnx
 
     _, model, _ = world

@@ -9,11 +9,11 @@ import os
 import pytest
 from typer.testing import CliRunner
 
+from runtime import build_map
 from runtime.cli.map import app as map_app
 from runtime.cli.run import app as run_app
 from runtime.errors import OutputError
 from runtime.files import check_writable_file, clean_stale, output_lock
-from runtime.map import build_map
 from tests.runtime.helpers import make_onnx_model, make_stand_in_world
 
 runner = CliRunner()
@@ -183,7 +183,7 @@ def test_training_output_checks(tmp_path):
 
 
 def test_a_map_update_while_another_process_writes_the_map_is_refused(world, tmp_path):
-    from runtime.map.update import add_to_map, remove_from_map
+    from runtime import add_to_map, remove_from_map
 
     _, model, dataset = world
     out = tmp_path / "map"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import utm
 
+from runtime import Localizer, LocalizerConfig
 from runtime.datasets.geo import UtmZone, grid_bearings
-from runtime.localize.localizer import Localizer, LocalizerConfig
 from runtime.map import build_map, read_map_meta
 from runtime.sources import ImageFolderSource
 from tests.runtime.helpers import make_onnx_model, make_stand_in_world

@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
+from runtime import Localizer, LocalizerConfig
 from runtime.errors import ArtifactError, ConfigError, MapMismatchError, OutputError
 from runtime.evaluation.recall import rank_database, recall_at_n
-from runtime.localize.localizer import Localizer, LocalizerConfig
 from runtime.map import MapConfig, build_map, open_map, read_map_meta
 from runtime.sources import ImageFolderSource
 from tests.runtime.helpers import make_onnx_model, make_stand_in_world
@@ -140,8 +140,8 @@ def test_compressed_map_without_its_descriptors_is_refused(world, tmp_path):
 
 
 def test_recall_from_the_localizer_equals_exact_ranking(world):
+    from runtime import open_backend
     from runtime.map import extract_descriptors
-    from runtime.model.backends import open_backend
 
     dataset = world["dataset"]
     with open_backend(world["model"]) as backend:
@@ -165,7 +165,7 @@ def test_batched_pipeline_gives_the_same_answers(world):
     import threading
     import time
 
-    from runtime.sources import Frame
+    from runtime import Frame
 
     dataset = world["dataset"]
     frames = [

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from runtime import Localizer, open_backend
 from runtime.cli.map import app as map_app
 from runtime.errors import ConfigError, MapMismatchError
-from runtime.localize.localizer import Localizer
 from runtime.map import (
     MapConfig,
     add_to_map,
@@ -25,7 +25,6 @@ from runtime.map.build import PROJECTION_FILE
 from runtime.map.index import faiss_module
 from runtime.map.places import Places
 from runtime.map.whitening import MapProjection
-from runtime.model.backends import open_backend
 from tests.runtime.helpers import make_onnx_model, make_stand_in_world
 
 runner = CliRunner()

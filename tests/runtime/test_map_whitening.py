@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
+from runtime import Localizer
 from runtime.errors import ArtifactError, ConfigError
-from runtime.localize.localizer import Localizer
 from runtime.map import MapConfig, build_map, open_map, read_map_meta
 from runtime.map.build import PROJECTION_FILE
 from runtime.map.whitening import MapProjection, map_whitening_dim
@@ -19,7 +19,7 @@ from tests.runtime.helpers import make_onnx_model
 @pytest.fixture(scope="module")
 def whitened(tmp_path_factory):
     """The seeded tiny synthetic world (96 x 128) and a pooled-pixel model, mapped with and without whitening."""
-    from runtime.datasets import open_dataset
+    from runtime import open_dataset
     from training.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("whitened")

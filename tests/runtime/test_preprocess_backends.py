@@ -8,11 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
+from runtime import Preprocessor, open_backend
 from runtime.errors import ArtifactError, BackendError, ConfigError, ModelCardError
-from runtime.model.backends import open_backend
 from runtime.model.backends.onnxruntime import OnnxRuntimeBackend, choose_provider
 from runtime.model.card import write_sidecar
-from runtime.model.preprocess import Preprocessor
 from tests.conftest import requires_tensorrt
 from tests.runtime.helpers import make_onnx_model
 

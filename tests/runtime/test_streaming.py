@@ -8,9 +8,8 @@ import threading
 import numpy as np
 import pytest
 
+from runtime import Localizer, LocalizerConfig, TemporalConfig
 from runtime.errors import ConfigError
-from runtime.localize.localizer import Localizer, LocalizerConfig
-from runtime.map.sequence import TemporalConfig
 from tests.runtime.helpers import make_ambiguous_route
 
 

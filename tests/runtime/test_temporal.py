@@ -8,10 +8,9 @@ import time
 import numpy as np
 import pytest
 
+from runtime import Frame, Localizer
 from runtime.errors import ConfigError
-from runtime.localize.localizer import Localizer
 from runtime.map.sequence import SequenceMatcher, TemporalConfig, route_order_gap
-from runtime.sources import Frame
 from tests.runtime.helpers import make_ambiguous_route
 
 

@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 
+from runtime import Localizer
 from runtime.evaluation.runs import recall_from_jsonl
-from runtime.localize.localizer import Localizer
 from runtime.map import MapConfig, build_map, read_map_meta
 from runtime.map.calibrate import Verdict, calibrate, evidence, sequence_evidence
 from runtime.map.sequence import SequenceMatch, SequenceMatcher, TemporalConfig

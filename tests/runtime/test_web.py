@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from runtime import Localizer, LocalizerConfig, build_map
 from runtime.cli.run import app as run_app
 from runtime.datasets import load_generic
 from runtime.errors import ConfigError
-from runtime.localize.localizer import Localizer, LocalizerConfig
-from runtime.map import build_map
 from runtime.outputs.web import LiveView, parse_address
 from tests.runtime.helpers import make_onnx_model, make_stand_in_world
 from tests.runtime.test_geo import to_latlon_csv

@@ -12,7 +12,7 @@ from tests.conftest import requires_torch
 pytestmark = requires_torch
 torch = pytest.importorskip("torch")
 
-from runtime.datasets import PlaceDataset  # noqa: E402
+from runtime import PlaceDataset  # noqa: E402
 from runtime.errors import ConfigError  # noqa: E402
 from training.loss import triplet_ranking_loss  # noqa: E402
 from training.mining import TripletMiner  # noqa: E402

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.datasets import open_dataset
+from runtime import open_dataset
 from runtime.errors import ConfigError
 from runtime.evaluation.baseline import raw_pixel_recall
 from training.synth import CONDITIONS, SynthConfig, SynthWorld, generate

@@ -100,7 +100,7 @@ def local_feature_batches(
     model: PlaceModel, images: Sequence[np.ndarray], batch_size: int = 16, progress: Callable | None = None
 ) -> Iterable[torch.Tensor]:
     """Local feature maps ``(B, local_dim, h, w)`` of uint8 RGB images of any size (resized like the runtime)."""
-    from runtime.model.preprocess import Preprocessor
+    from runtime import Preprocessor
 
     prep = Preprocessor(model.card())
     starts = range(0, len(images), batch_size)

@@ -7,10 +7,10 @@ from pathlib import Path
 import typer
 
 from runtime.cli.console import command_boundary
-from runtime.cli.options import QUIET, VERBOSE
+from runtime.cli.options import QUIET, VERBOSE, kit_app
 from training.synth.config import CONDITIONS, PRESETS
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = kit_app(help=__doc__)
 
 
 @app.command()

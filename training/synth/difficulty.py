@@ -11,7 +11,7 @@ import numpy as np
 import typer
 
 from runtime.cli.console import command_boundary
-from runtime.cli.options import json_option, overwrite_option, run_app
+from runtime.cli.options import json_option, kit_app, overwrite_option, run_app
 from runtime.datasets.place import neighbours_within
 from runtime.evaluation.baseline import THUMBNAIL_SIZE, thumbnail_descriptors
 from runtime.evaluation.recall import DEFAULT_NS, rank_database, recall_at_n
@@ -57,7 +57,7 @@ def baseline_recall(
 
 def dataset_baseline_recall(spec: str, ns: Sequence[int] = (1, 5, 10, 20)) -> dict[str, dict[int, float]]:
     """Raw-pixel recall@N of any dataset spec (``open_dataset``), per query ``condition`` where present."""
-    from runtime.datasets import open_dataset
+    from runtime import open_dataset
     from runtime.evaluation.baseline import raw_pixel_recall
 
     dataset = open_dataset(spec)
@@ -65,8 +65,7 @@ def dataset_baseline_recall(spec: str, ns: Sequence[int] = (1, 5, 10, 20)) -> di
     return raw_pixel_recall(dataset, ns=ns, query_groups=groups)
 
 
-app = typer.Typer(
-    add_completion=False,
+app = kit_app(
     help="Recall@1/5/10/20 of the raw-pixel baseline (16x12 thumbnails) on a dataset, overall and per query "
     "condition: how hard the dataset is before any learning.",
 )
