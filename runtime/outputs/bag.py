@@ -3,13 +3,9 @@
 Written with the pure-Python ``rosbags`` package as MCAP (ROS 2's default storage since Iron); no ROS install
 or ROS 2 node is involved. Every message is stamped with the source frame's time (header and record time):
 
-- ``/netvlad/fix`` ``sensor_msgs/msg/NavSatFix`` (geographic maps only): lat/lon, altitude NaN (unknown),
-  ``position_covariance`` diagonal ``uncertainty_m**2`` east and north (type DIAGONAL_KNOWN); status
-  ``STATUS_NO_FIX`` when the frame is an unknown place, ``STATUS_FIX`` otherwise.
-- ``/netvlad/pose`` ``geometry_msgs/msg/PoseWithCovarianceStamped`` in the map's UTM frame (``frame_id``
-  ``utm_33N``, or ``map`` for a metric-only map): x easting, y northing (metres), yaw from the matched
-  place's heading (ENU, grid convergence removed); variance ``uncertainty_m**2`` in x and y, 1e6 for what
-  is not observed (z, roll, pitch, and yaw when the heading is unknown).
+- ``/netvlad/fix`` ``sensor_msgs/msg/NavSatFix`` (geographic maps only) and ``/netvlad/pose``
+  ``geometry_msgs/msg/PoseWithCovarianceStamped`` in the map's UTM frame, as
+  :mod:`runtime.outputs.ros_messages` makes them (the ROS 2 node publishes the same).
 - ``/netvlad/confidence`` ``std_msgs/msg/Float32`` and ``/netvlad/unknown`` ``std_msgs/msg/Bool``.
 
 The bag is written to a temporary sibling folder and renamed when closed, so a reader never sees half a bag.
@@ -18,17 +14,15 @@ The bag is written to a temporary sibling folder and renamed when closed, so a r
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from runtime.errors import ConfigError
 from runtime.localize.localizer import Localization
 from runtime.optional import require
+from runtime.outputs.ros_messages import fix_fields, frame_id, pose_fields, stamp_ns
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +32,6 @@ TOPICS = {
     "confidence": ("/netvlad/confidence", "std_msgs/msg/Float32"),
     "unknown": ("/netvlad/unknown", "std_msgs/msg/Bool"),
 }
-UNOBSERVED_VARIANCE = 1e6
-HEADING_VARIANCE_RAD2 = (math.pi / 8) ** 2  # the matched place's heading, not the robot's own
-STATUS_NO_FIX, STATUS_FIX, COVARIANCE_DIAGONAL_KNOWN = -1, 0, 2
 
 
 class ResultBag:
@@ -71,7 +62,7 @@ class ResultBag:
         }
         if geo is None:
             log.warning("the map is not geographic (no UTM zone): %s gets no NavSatFix topic", self.path)
-        self.frame_id = f"utm_{geo.label}" if geo is not None else "map"
+        self.frame_id = frame_id(geo)
         self.count = 0
         self._closed = False
 
@@ -86,39 +77,29 @@ class ResultBag:
     def write(self, loc: Localization) -> None:
         """The messages of one localisation, stamped with its frame's timestamp."""
         t = self._types
-        t_ns = max(0, round(loc.timestamp * 1e9))
-        variance = loc.uncertainty_m**2
-        if self.geo is not None and loc.lat is not None:
-            fix = t["sensor_msgs/msg/NavSatFix"](
+        t_ns = stamp_ns(loc)
+        fix = fix_fields(loc, self.geo)
+        if fix is not None:
+            msg = t["sensor_msgs/msg/NavSatFix"](
                 header=self._header(t_ns),
-                status=t["sensor_msgs/msg/NavSatStatus"](
-                    status=STATUS_NO_FIX if loc.unknown else STATUS_FIX, service=0
-                ),
-                latitude=loc.lat,
-                longitude=loc.lon,
-                altitude=math.nan,
-                position_covariance=np.array([variance, 0, 0, 0, variance, 0, 0, 0, UNOBSERVED_VARIANCE]),
-                position_covariance_type=COVARIANCE_DIAGONAL_KNOWN,
+                status=t["sensor_msgs/msg/NavSatStatus"](status=fix.status, service=0),
+                latitude=fix.latitude,
+                longitude=fix.longitude,
+                altitude=fix.altitude,
+                position_covariance=fix.position_covariance,
+                position_covariance_type=fix.position_covariance_type,
             )
-            self._write("fix", t_ns, fix)
-        covariance = np.zeros(36)  # (6, 6) row-major: x, y, z, roll, pitch, yaw
-        covariance[[0, 7]] = variance
-        covariance[[14, 21, 28, 35]] = UNOBSERVED_VARIANCE
-        yaw_q = (0.0, 1.0)  # (z, w): identity when the heading is unknown
-        if loc.heading is not None:
-            grid = loc.heading
-            if self.geo is not None and loc.lat is not None:
-                grid -= float(self.geo.convergence_deg(loc.lat, loc.lon))
-            yaw = math.radians(90.0 - grid)  # ENU yaw (from east, counter-clockwise) from a bearing
-            yaw_q = (math.sin(yaw / 2), math.cos(yaw / 2))
-            covariance[35] = HEADING_VARIANCE_RAD2
-        pose = t["geometry_msgs/msg/Pose"](
-            position=t["geometry_msgs/msg/Point"](x=loc.position[0], y=loc.position[1], z=0.0),
-            orientation=t["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=yaw_q[0], w=yaw_q[1]),
-        )
+            self._write("fix", t_ns, msg)
+        pose = pose_fields(loc, self.geo)
         stamped = t["geometry_msgs/msg/PoseWithCovarianceStamped"](
             header=self._header(t_ns),
-            pose=t["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=covariance),
+            pose=t["geometry_msgs/msg/PoseWithCovariance"](
+                pose=t["geometry_msgs/msg/Pose"](
+                    position=t["geometry_msgs/msg/Point"](*pose.position),
+                    orientation=t["geometry_msgs/msg/Quaternion"](*pose.orientation),
+                ),
+                covariance=pose.covariance,
+            ),
         )
         self._write("pose", t_ns, stamped)
         self._write("confidence", t_ns, t["std_msgs/msg/Float32"](data=float(loc.confidence)))

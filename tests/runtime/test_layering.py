@@ -25,6 +25,7 @@ ALLOWED = {
     "localize": {"model", "sources", "map"},
     "outputs": {"model", "sources", "map", "localize"},
     "cli": {"model", "sources", "datasets", "evaluation", "map", "localize", "outputs"},
+    "ros2": {"model", "sources", "datasets", "evaluation", "map", "localize", "outputs", "cli"},
 }
 # the kit's top-level packages -> those they may import
 ALLOWED_TOP = {

@@ -1,0 +1,126 @@
+"""What the kit's ROS 2 programs share: finding rclpy, declaring parameters, ``--help`` without ROS, waiting
+for a topic's type on the graph, spinning until Ctrl-C, exit codes."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.cli.console import EXIT_FAILED, EXIT_USAGE
+from runtime.errors import ConfigError
+from runtime.sources.rosbag import COMPRESSED_IMAGE, IMAGE
+
+IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)  # ROS 2 type names: sensor_msgs/msg/Image, .../CompressedImage
+RCLPY_HINT = (
+    "ROS 2's rclpy is not installed: pip install 'netvlad-kit[ros2]' (ROS 2's wheels from PyPI), or source "
+    "your ROS 2 installation (source /opt/ros/<distro>/setup.bash) before running"
+)
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "IMAGE_TYPES", "ParamSpec"]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A ROS parameter: its name, default (which gives its type) and what it means."""
+
+    name: str
+    default: Any
+    help: str
+
+
+def require_rclpy() -> Any:
+    """``rclpy``, or exit with :data:`EXIT_USAGE` and the line that says how to get it."""
+    try:
+        import rclpy
+    except ImportError:
+        print(f"error: {RCLPY_HINT}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    return rclpy
+
+
+def print_help(args: Sequence[str], prog: str, doc: str | None, params: Sequence[ParamSpec]) -> bool:
+    """Print ``prog``'s help when ``-h``/``--help`` comes before ``--ros-args``; whether it did."""
+    own = list(args[1:])
+    if "--ros-args" in own:
+        own = own[: own.index("--ros-args")]
+    if not {"-h", "--help"} & set(own):
+        return False
+    width = max(len(p.name) for p in params) + 2
+    lines = [
+        f"Usage: {prog} --ros-args -p NAME:=VALUE ...",
+        "",
+        *(doc or "").strip().splitlines()[:1],
+        "",
+        "Parameters (-p NAME:=VALUE):",
+        *(f"  {p.name:<{width}}{p.help} [default: {p.default!r}]" for p in params),
+        "",
+        "Set ROS_DOMAIN_ID, and ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST to keep discovery on this machine.",
+    ]
+    print("\n".join(lines))
+    return True
+
+
+def declare(node: Any, params: Sequence[ParamSpec]) -> dict[str, Any]:
+    """Declare ``params`` on ``node`` and return their values, each checked against its default's type."""
+    values = {}
+    for p in params:
+        value = node.declare_parameter(p.name, p.default).value
+        kind = type(p.default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"parameter '{p.name}' must be a {kind.__name__} (e.g. -p {p.name}:={p.default!r}), got "
+                f"{value!r}"
+            )
+        values[p.name] = value
+    return values
+
+
+def wait_for_topic_type(node: Any, topic: str, types: Sequence[str], timeout_s: float = 0.0) -> str | None:
+    """The type of ``topic`` once a publisher of it is on the graph (logged while waiting); None, with an
+    error in the log, when its type is none of ``types`` or no publisher came within ``timeout_s`` (> 0)."""
+    import rclpy
+
+    start, next_notice = time.monotonic(), 0.0
+    while rclpy.ok():
+        published = dict(node.get_topic_names_and_types()).get(topic)
+        if published:
+            usable = [t for t in published if t in types]
+            if usable:
+                return usable[0]
+            node.get_logger().error(
+                f"topic '{topic}' carries {', '.join(published)}, not {' or '.join(types)}; set "
+                "image_topic to a camera's image topic"
+            )
+            return None
+        waited = time.monotonic() - start
+        if timeout_s > 0 and waited >= timeout_s:
+            node.get_logger().error(f"no publisher on '{topic}' within {timeout_s:g} s")
+            return None
+        if waited >= next_notice:
+            node.get_logger().info(f"waiting for a publisher on '{topic}'")
+            next_notice = waited + 5.0
+        rclpy.spin_once(node, timeout_sec=0.1)
+    return None
+
+
+def spin_until_shutdown(rclpy: Any, node: Any) -> None:
+    """Serve callbacks (subscriptions, services, timers) until Ctrl-C, SIGTERM or ``rclpy.shutdown()``."""
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    executor = MultiThreadedExecutor(num_threads=2)  # a slow service never holds up the subscription
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+
+
+def ros_time(clock: Any) -> Any:
+    """``builtin_interfaces/Time`` of ``clock`` now."""
+    return clock.now().to_msg()

@@ -1,0 +1,247 @@
+"""``netvlad-ros2-play``: a ROS bag, a video or an image folder onto ROS 2 topics, for tests and for users
+without the ROS command line (PyPI has no ``ros2 bag play``).
+
+    netvlad-ros2-play drive.bag --topic /camera/image_raw --gps-topic /gps/fix     # a bag, as recorded
+    netvlad-ros2-play queries.mp4 --image-topic /camera/image_raw --fps 10          # a video as a camera
+
+A bag's image topic (``sensor_msgs/Image`` or ``CompressedImage``, published as recorded, encoding and
+header included) and its GPS topic (``sensor_msgs/NavSatFix``) go out merged in recording order, at their
+recorded pace (``--rate`` scales it). A video or folder goes out as ``sensor_msgs/Image`` (``bgr8`` or
+``--encoding rgb8``), stamped with the frame's timestamp, at its own frame rate or ``--fps``.
+``--lockstep TOPIC`` waits, after each image, for a message on TOPIC (e.g. ``/netvlad/pose``) before the
+next: a node then sees every frame however fast it runs (tests, benchmarks of the answers, not the pace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import NetVLADKitError
+from runtime.ros2.graph import EXIT_USAGE, IMAGE_TYPES, require_rclpy
+from runtime.sources import is_bag, open_source
+from runtime.sources.rosbag import COMPRESSED_IMAGE, IMAGE, NAV_SAT_FIX, open_bag, topic_connections
+
+log = logging.getLogger(__name__)
+LOCKSTEP_TIMEOUT_S = 30.0
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The player's own options and what follows ``--ros-args`` (for rclpy)."""
+    parser = argparse.ArgumentParser(
+        prog="netvlad-ros2-play",
+        description=(__doc__ or "").strip().splitlines()[0],
+        epilog="Set ROS_DOMAIN_ID, and ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST to stay on this machine.",
+    )
+    parser.add_argument("source", type=Path, help="a ROS 1/2 bag, a video file or an image folder")
+    parser.add_argument("--topic", help="the bag's image topic (a bag only)")
+    parser.add_argument("--gps-topic", help="the bag's sensor_msgs/NavSatFix topic, played too (a bag only)")
+    parser.add_argument(
+        "--image-topic", help="publish the images here (default: the bag's topic, or /camera/image_raw)"
+    )
+    parser.add_argument("--rate", type=float, default=1.0, help="pace factor: 2 plays twice as fast")
+    parser.add_argument("--fps", type=float, help="a video or folder: frames per second (default: its own)")
+    parser.add_argument("--encoding", choices=("bgr8", "rgb8"), default="bgr8", help="a video or folder")
+    parser.add_argument(
+        "--lockstep",
+        metavar="TOPIC",
+        help="after each image wait for a pose on TOPIC (the node's /netvlad/pose) before the next",
+    )
+    parser.add_argument(
+        "--wait-s",
+        type=float,
+        default=10.0,
+        help="wait this long for a subscriber of the images before playing",
+    )
+    parser.add_argument("--max-frames", type=int, help="stop after this many images")
+    args = list(argv)
+    ros_args = args[args.index("--ros-args") :] if "--ros-args" in args else []
+    own = args[: len(args) - len(ros_args)]
+    parsed = parser.parse_args(own)
+    if parsed.rate <= 0 or (parsed.fps is not None and parsed.fps <= 0):
+        parser.error(f"--rate and --fps must be > 0, got {parsed.rate} and {parsed.fps}")
+    return parsed, ros_args
+
+
+def bag_messages(args: argparse.Namespace) -> Iterator[tuple[str, str, float, Any]]:
+    """``(topic, msgtype, record time s, rosbags message)`` of the bag's image and GPS topics, in order."""
+    with open_bag(args.source) as reader:
+        connections = topic_connections(reader, args.source, args.topic, IMAGE_TYPES, "image", "--topic")
+        if args.gps_topic:
+            connections += topic_connections(
+                reader, args.source, args.gps_topic, (NAV_SAT_FIX,), "GPS", "--gps-topic"
+            )
+        for connection, bag_ns, raw in reader.messages(connections=connections):
+            yield (
+                connection.topic,
+                connection.msgtype,
+                bag_ns * 1e-9,
+                reader.deserialize(raw, connection.msgtype),
+            )
+
+
+def _header(msg_types: dict, stamp_s: float | None = None, source: Any = None) -> Any:
+    header = msg_types["Header"]()
+    if source is not None:
+        header.stamp.sec, header.stamp.nanosec = int(source.stamp.sec), int(source.stamp.nanosec)
+        header.frame_id = str(source.frame_id)
+    else:
+        ns = max(0, round(stamp_s * 1e9))
+        header.stamp.sec, header.stamp.nanosec = ns // 10**9, ns % 10**9
+        header.frame_id = "camera"
+    return header
+
+
+def to_rclpy(msg_types: dict, msgtype: str, msg: Any) -> Any:
+    """A ``rosbags`` Image, CompressedImage or NavSatFix as the rclpy message of the same fields."""
+    if msgtype == IMAGE:
+        out = msg_types["Image"](header=_header(msg_types, source=msg.header))
+        out.height, out.width, out.encoding = int(msg.height), int(msg.width), str(msg.encoding)
+        out.is_bigendian, out.step, out.data = int(msg.is_bigendian), int(msg.step), bytes(msg.data)
+        return out
+    if msgtype == COMPRESSED_IMAGE:
+        out = msg_types["CompressedImage"](header=_header(msg_types, source=msg.header))
+        out.format, out.data = str(msg.format), bytes(msg.data)
+        return out
+    out = msg_types["NavSatFix"](header=_header(msg_types, source=msg.header))
+    out.status.status, out.status.service = int(msg.status.status), int(msg.status.service)
+    out.latitude, out.longitude, out.altitude = float(msg.latitude), float(msg.longitude), float(msg.altitude)
+    out.position_covariance = [float(v) for v in msg.position_covariance]
+    out.position_covariance_type = int(msg.position_covariance_type)
+    return out
+
+
+def image_message(msg_types: dict, bgr: Any, stamp_s: float, encoding: str) -> Any:
+    """A BGR frame ``uint8 (H, W, 3)`` as ``sensor_msgs/Image`` (``bgr8`` or ``rgb8``)."""
+    pixels = bgr if encoding == "bgr8" else bgr[:, :, ::-1]
+    out = msg_types["Image"](header=_header(msg_types, stamp_s))
+    out.height, out.width = int(pixels.shape[0]), int(pixels.shape[1])
+    out.encoding, out.is_bigendian, out.step = encoding, 0, int(pixels.shape[1] * 3)
+    out.data = pixels.tobytes()
+    return out
+
+
+class Lockstep:
+    """Counts the messages on a pose topic (``geometry_msgs/PoseWithCovarianceStamped``, the node's
+    ``/netvlad/pose``: one per localised frame), so that the player can wait for the answer to each image."""
+
+    def __init__(self, node: Any, topic: str) -> None:
+        self._cond = threading.Condition()
+        self.count = 0
+        from geometry_msgs.msg import PoseWithCovarianceStamped
+
+        node.create_subscription(PoseWithCovarianceStamped, topic, self._seen, 10)
+
+    def _seen(self, _msg: Any) -> None:
+        with self._cond:
+            self.count += 1
+            self._cond.notify_all()
+
+    def wait_for(self, count: int, timeout_s: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.count >= count, timeout=timeout_s)
+
+
+def play(args: argparse.Namespace, rclpy: Any) -> int:
+    """Publish the source; returns how many images went out."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from sensor_msgs.msg import CompressedImage, Image, NavSatFix
+    from std_msgs.msg import Header
+
+    msg_types = {"Image": Image, "CompressedImage": CompressedImage, "NavSatFix": NavSatFix, "Header": Header}
+    node = Node("netvlad_player")
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    publishers: dict[str, Any] = {}
+
+    def publisher(topic: str, kind: Any) -> Any:
+        if topic not in publishers:
+            publishers[topic] = node.create_publisher(kind, topic, 10)
+        return publishers[topic]
+
+    bag = is_bag(args.source)
+    if bag:
+        if not args.topic:
+            raise SystemExit("error: a bag needs --topic (its image topic)")
+        items = bag_messages(args)
+    else:
+        source = open_source(args.source)
+        fps = args.fps
+        items = ((None, IMAGE, (f.index / fps) if fps else f.timestamp, f) for f in source)
+    image_topic = args.image_topic or (args.topic if bag else "/camera/image_raw")
+    lockstep = Lockstep(node, args.lockstep) if args.lockstep else None
+    spinner.start()
+    image_pub = None if bag else publisher(image_topic, Image)
+    sent, start, first_t = 0, None, None
+    try:
+        for topic, msgtype, t, msg in items:
+            is_image = msgtype in IMAGE_TYPES
+            if is_image and args.max_frames is not None and sent >= args.max_frames:
+                break
+            if bag:
+                out = to_rclpy(msg_types, msgtype, msg)
+                pub = publisher(image_topic, type(out)) if is_image else publisher(topic, NavSatFix)
+            else:
+                out, pub = image_message(msg_types, msg.image, t, args.encoding), image_pub
+            if sent == 0 and is_image:
+                _wait_for_subscriber(pub, args.wait_s)
+            if start is None:
+                start, first_t = time.monotonic(), t
+            if lockstep is None:  # the recorded pace
+                delay = (t - first_t) / args.rate - (time.monotonic() - start)
+                if delay > 0:
+                    time.sleep(delay)
+            pub.publish(out)
+            if is_image:
+                sent += 1
+                if lockstep is not None and not lockstep.wait_for(sent, LOCKSTEP_TIMEOUT_S):
+                    log.warning(
+                        "no answer on %s to image %d within %g s", args.lockstep, sent, LOCKSTEP_TIMEOUT_S
+                    )
+                    lockstep.count = sent
+    finally:
+        if not bag:
+            source.close()
+        time.sleep(0.2)  # let the last messages leave before the node goes
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+    return sent
+
+
+def _wait_for_subscriber(pub: Any, timeout_s: float) -> None:
+    end = time.monotonic() + timeout_s
+    while pub.get_subscription_count() == 0 and time.monotonic() < end:
+        time.sleep(0.05)
+    if pub.get_subscription_count() == 0:
+        log.warning("no subscriber on %s after %g s; playing anyway", pub.topic_name, timeout_s)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, ros_args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    rclpy = require_rclpy()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    rclpy.init(args=["netvlad-ros2-play", *ros_args])
+    try:
+        sent = play(args, rclpy)
+        log.info("published %d images", sent)
+        return 0
+    except NetVLADKitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
