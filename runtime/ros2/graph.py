@@ -62,19 +62,24 @@ def print_help(args: Sequence[str], prog: str, doc: str | None, params: Sequence
     return True
 
 
+KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def declare(node: Any, params: Sequence[ParamSpec]) -> dict[str, Any]:
-    """Declare ``params`` on ``node`` and return their values, each checked against its default's type."""
+    """Declare ``params`` on ``node`` and return their values, each checked against its default's type
+    (ConfigError naming the parameter, what it takes and what it got)."""
     values = {}
     for p in params:
-        value = node.declare_parameter(p.name, p.default).value
         kind = type(p.default)
+        wanted = f"parameter '{p.name}' must be {KIND_NAMES[kind]} (e.g. -p {p.name}:={p.default!r})"
+        try:
+            value = node.declare_parameter(p.name, p.default).value
+        except Exception as exc:  # rclpy's InvalidParameterTypeException: -p threads:=two
+            raise ConfigError(f"{wanted}; {exc}") from None
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(
-                f"parameter '{p.name}' must be a {kind.__name__} (e.g. -p {p.name}:={p.default!r}), got "
-                f"{value!r}"
-            )
+            raise ConfigError(f"{wanted}, got {value!r}")
         values[p.name] = value
     return values
 

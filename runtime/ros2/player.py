@@ -212,6 +212,7 @@ def play(args: argparse.Namespace, rclpy: Any) -> int:
             source.close()
         time.sleep(0.2)  # let the last messages leave before the node goes
         executor.shutdown(timeout_sec=1.0)
+        spinner.join(timeout=2.0)
         node.destroy_node()
     return sent
 
