@@ -98,8 +98,10 @@ class Probe:
             "places": (MarkerArray, "/netvlad/places"),
             "diag": (DiagnosticArray, "/diagnostics"),
         }
-        for key, (kind, topic) in topics.items():
-            self.node.create_subscription(kind, topic, lambda m, k=key: self._seen(k, m), 50)
+        self.subscriptions = {
+            key: self.node.create_subscription(kind, topic, lambda m, k=key: self._seen(k, m), 50)
+            for key, (kind, topic) in topics.items()
+        }
         self.images = self.node.create_publisher(Image, "/cam", 10)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -128,6 +130,14 @@ class Probe:
         with self.lock:
             assert self.lock.wait_for(met, timeout=timeout_s), _values(self.got["diag"][-1])
             return next(_values(m) for m in self.got["diag"][start:] if condition(_values(m)))
+
+    def wait_matched(self, timeout_s: float = WAIT_S) -> None:
+        """Until each of the node's answer topics is matched to this probe's subscription (a message sent
+        before that would not reach it)."""
+        end = time.monotonic() + timeout_s
+        while any(s.get_publisher_count() == 0 for s in self.subscriptions.values()):
+            assert time.monotonic() < end, "the node's publishers never matched the probe"
+            time.sleep(0.05)
 
     def wait_for_node(self, timeout_s: float = WAIT_S) -> None:
         """Until the node subscribes to the images (it does once it sees this publisher)."""
@@ -198,8 +208,8 @@ def test_node_gives_netvlad_runs_answers_over_dds(geo_world, ros_env, probe):
     """The player publishes the query folder in lockstep; the node's poses and fixes are the Localizer's
     answers over the same frames, with sequence matching (as netvlad-run --temporal)."""
     node = start_node(ros_env, geo_world["model"], geo_world["map"], "temporal:=true")
-    player = None
     try:
+        probe.wait_matched()
         player = subprocess.run(
             [
                 str(BIN / "netvlad-ros2-play"),
@@ -252,6 +262,7 @@ def test_node_keeps_serving_bad_frames_a_dead_publisher_and_a_broken_map(geo_wor
     node = start_node(ros_env, geo_world["model"], map_dir)
     try:
         probe.wait_for_node()
+        probe.wait_matched()
         image = geo_world["dataset"].read_image("queries", 3)[:, :, ::-1].copy()  # BGR
         # an encoding the kit does not know, then a payload shorter than its size says: skipped, counted.
         # Each waits for the node's count before the next goes out (a newer frame would replace it).
