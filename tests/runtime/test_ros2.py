@@ -358,3 +358,110 @@ def test_help_works_without_a_ros_graph():
         [str(BIN / "netvlad-ros2-play"), "--help"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0 and "--lockstep TOPIC" in out.stdout
+
+
+def test_mapping_node_writes_the_map_netvlad_map_build_rosbag_writes(ros_env, probe, tmp_path):
+    """A drive's bag played onto topics (camera + gappy GPS), recorded by netvlad-ros2-map, saved by its
+    service: the same keyframes as netvlad-map build --rosbag from the bag, and a map that localises."""
+    pytest.importorskip("rosbags")
+    import cv2
+
+    from runtime.datasets.rosbag import DriveConfig
+    from runtime.map import read_map_meta
+    from runtime.map.from_bag import build_map_from_bag
+    from tests.runtime.bags import write_bag
+    from tests.runtime.test_robot import CAM, GPS, PLACES, SPACING, drive_timeline, gps_fixes
+
+    model, _ = make_onnx_model(tmp_path / "model.onnx")
+    world = make_stand_in_world(tmp_path / "world", places=PLACES, spacing_m=SPACING, seed=5)
+    images, knots = drive_timeline()
+    db = [cv2.imread(str(world.image_path("database", i))) for i in range(PLACES)]
+    bag = write_bag(tmp_path / "drive.bag", "ros1", [(t, db[i]) for t, i in images], gps_fixes(knots))
+    out = tmp_path / "maps" / "route"
+    mapper = subprocess.Popen(
+        [
+            str(BIN / "netvlad-ros2-map"),
+            "--ros-args",
+            "-p",
+            f"model:={model}",
+            "-p",
+            f"map:={out}",
+            "-p",
+            f"image_topic:={CAM}",
+            "-p",
+            f"gps_topic:={GPS}",
+        ],
+        env=ros_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        played = subprocess.run(
+            [
+                str(BIN / "netvlad-ros2-play"),
+                str(bag),
+                "--topic",
+                CAM,
+                "--gps-topic",
+                GPS,
+                "--rate",
+                "20",
+                "--wait-s",
+                str(WAIT_S),
+            ],
+            env=ros_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert played.returncode == 0 and f"published {len(images)} images" in played.stderr, played.stderr
+        saved = probe.call("/netvlad/save_map")
+        again = probe.call("/netvlad/save_map")
+    finally:
+        log = stop(mapper)
+    assert saved.success, saved.message + log
+    assert again.success and again.message == saved.message  # saving ends the drive, once
+    assert mapper.returncode == 0, log
+    reference = build_map_from_bag(model, bag, DriveConfig(CAM, GPS), tmp_path / "reference")
+    got, want = read_map_meta(out), read_map_meta(reference)
+    assert (
+        got["count"] == want["count"] and got["geo"] == want["geo"] and got["count"] >= 15
+    )  # GPS starts late, ends early, has a gap
+
+    def positions(folder):
+        with open(folder / "places.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        return np.array([[float(r["easting"]), float(r["northing"])] for r in rows])
+
+    np.testing.assert_allclose(positions(out), positions(reference), atol=1e-3)
+    assert saved.message.startswith(f"wrote map '{out}': {got['count']} keyframes from ")
+    assert not list(out.parent.glob(".route.recording-*"))  # the recording went with the save
+    with Localizer.open(model, out) as localizer:
+        queries = [cv2.imread(str(world.image_path("queries", i))) for i in range(PLACES)]
+        found = np.array([localizer.localize(q, float(i)).position for i, q in enumerate(queries)])
+    truth = world.q_utm  # (PLACES, 2)
+    mapped = np.linalg.norm(truth[:, None] - positions(out)[None], axis=2).min(axis=1) <= SPACING / 2
+    near = np.linalg.norm(found - truth, axis=1) <= 25.0
+    assert mapped.sum() >= 15 and near[mapped].mean() >= 0.9  # queries of places the drive mapped
+
+
+def test_mapping_node_refuses_to_replace_a_map(geo_world, ros_env):
+    refused = subprocess.run(
+        [
+            str(BIN / "netvlad-ros2-map"),
+            "--ros-args",
+            "-p",
+            f"model:={geo_world['model']}",
+            "-p",
+            f"map:={geo_world['map']}",
+        ],
+        env=ros_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2
+    assert f"map '{geo_world['map']}' already exists; choose another -p map:=DIR or -p overwrite:=true" in (
+        refused.stderr + refused.stdout
+    )
