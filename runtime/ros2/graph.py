@@ -94,6 +94,10 @@ def wait_for_topic_type(node: Any, topic: str, types: Sequence[str], timeout_s: 
         published = dict(node.get_topic_names_and_types()).get(topic)
         if published:
             usable = [t for t in published if t in types]
+            if len(usable) > 1:
+                node.get_logger().warning(
+                    f"topic '{topic}' carries both {' and '.join(usable)}; subscribing to {usable[0]}"
+                )
             if usable:
                 return usable[0]
             node.get_logger().error(

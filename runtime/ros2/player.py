@@ -30,6 +30,7 @@ from runtime.sources.rosbag import COMPRESSED_IMAGE, IMAGE, NAV_SAT_FIX, open_ba
 
 log = logging.getLogger(__name__)
 LOCKSTEP_TIMEOUT_S = 30.0
+PUBLISH_DEPTH = 1000  # messages a publisher keeps until every reliable subscriber has them
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -136,7 +137,16 @@ class Lockstep:
         self.count = 0
         from geometry_msgs.msg import PoseWithCovarianceStamped
 
-        node.create_subscription(PoseWithCovarianceStamped, topic, self._seen, 10)
+        self.topic = topic
+        self._subscription = node.create_subscription(PoseWithCovarianceStamped, topic, self._seen, 10)
+
+    def wait_matched(self, timeout_s: float) -> None:
+        """Until the answering node's publisher is matched (an answer sent before would be missed)."""
+        end = time.monotonic() + timeout_s
+        while self._subscription.get_publisher_count() == 0 and time.monotonic() < end:
+            time.sleep(0.05)
+        if self._subscription.get_publisher_count() == 0:
+            log.warning("nothing publishes %s after %g s; playing anyway", self.topic, timeout_s)
 
     def _seen(self, _msg: Any) -> None:
         with self._cond:
@@ -148,58 +158,69 @@ class Lockstep:
             return self._cond.wait_for(lambda: self.count >= count, timeout=timeout_s)
 
 
+def bag_topic_types(args: argparse.Namespace) -> dict[str, str]:
+    """The bag's image topic and GPS topic (when given) with their message types, checked."""
+    with open_bag(args.source) as reader:
+        images = topic_connections(reader, args.source, args.topic, IMAGE_TYPES, "image", "--topic")
+        types = {args.topic: images[0].msgtype}
+        if args.gps_topic:
+            topic_connections(reader, args.source, args.gps_topic, (NAV_SAT_FIX,), "GPS", "--gps-topic")
+            types[args.gps_topic] = NAV_SAT_FIX
+    return types
+
+
 def play(args: argparse.Namespace, rclpy: Any) -> int:
-    """Publish the source; returns how many images went out."""
+    """Publish the source; returns how many images went out. Every publisher exists, and has its
+    subscribers matched (up to ``--wait-s``), before the first message: none is lost to discovery."""
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from sensor_msgs.msg import CompressedImage, Image, NavSatFix
     from std_msgs.msg import Header
 
     msg_types = {"Image": Image, "CompressedImage": CompressedImage, "NavSatFix": NavSatFix, "Header": Header}
+    kinds = {IMAGE: Image, COMPRESSED_IMAGE: CompressedImage, NAV_SAT_FIX: NavSatFix}
+    bag = is_bag(args.source)
+    if bag and not args.topic:
+        raise SystemExit("error: a bag needs --topic (its image topic)")
+    image_topic = args.image_topic or (args.topic if bag else "/camera/image_raw")
+    if bag:
+        types = bag_topic_types(args)
+        items: Iterator = bag_messages(args)
+    else:
+        types = {image_topic: IMAGE}
+        source = open_source(args.source)
+        items = ((image_topic, IMAGE, (f.index / args.fps) if args.fps else f.timestamp, f) for f in source)
     node = Node("netvlad_player")
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
-    publishers: dict[str, Any] = {}
-
-    def publisher(topic: str, kind: Any) -> Any:
-        if topic not in publishers:
-            publishers[topic] = node.create_publisher(kind, topic, 10)
-        return publishers[topic]
-
-    bag = is_bag(args.source)
-    if bag:
-        if not args.topic:
-            raise SystemExit("error: a bag needs --topic (its image topic)")
-        items = bag_messages(args)
-    else:
-        source = open_source(args.source)
-        fps = args.fps
-        items = ((None, IMAGE, (f.index / fps) if fps else f.timestamp, f) for f in source)
-    image_topic = args.image_topic or (args.topic if bag else "/camera/image_raw")
+    outgoing = {topic: image_topic if topic == args.topic else topic for topic in types}  # bag -> published
+    publishers = {
+        topic: node.create_publisher(kinds[kind], outgoing[topic], 10) for topic, kind in types.items()
+    }
     lockstep = Lockstep(node, args.lockstep) if args.lockstep else None
     spinner.start()
-    image_pub = None if bag else publisher(image_topic, Image)
     sent, start, first_t = 0, None, None
     try:
+        for pub in publishers.values():
+            _wait_for_subscriber(pub, args.wait_s)
+        if lockstep is not None:
+            lockstep.wait_matched(args.wait_s)
         for topic, msgtype, t, msg in items:
             is_image = msgtype in IMAGE_TYPES
             if is_image and args.max_frames is not None and sent >= args.max_frames:
                 break
             if bag:
                 out = to_rclpy(msg_types, msgtype, msg)
-                pub = publisher(image_topic, type(out)) if is_image else publisher(topic, NavSatFix)
             else:
-                out, pub = image_message(msg_types, msg.image, t, args.encoding), image_pub
-            if sent == 0 and is_image:
-                _wait_for_subscriber(pub, args.wait_s)
+                out = image_message(msg_types, msg.image, t, args.encoding)
             if start is None:
                 start, first_t = time.monotonic(), t
             if lockstep is None:  # the recorded pace
                 delay = (t - first_t) / args.rate - (time.monotonic() - start)
                 if delay > 0:
                     time.sleep(delay)
-            pub.publish(out)
+            publishers[topic].publish(out)
             if is_image:
                 sent += 1
                 if lockstep is not None and not lockstep.wait_for(sent, LOCKSTEP_TIMEOUT_S):

@@ -256,6 +256,48 @@ def test_node_gives_netvlad_runs_answers_over_dds(geo_world, ros_env, probe):
     assert "subscribed to '/cam' (sensor_msgs/msg/Image)" in log, log
 
 
+def test_node_localises_a_bags_compressed_images_played_by_the_player(geo_world, ros_env, probe, tmp_path):
+    """A ROS 2 bag (sqlite3) of jpeg CompressedImages, played as recorded (header stamps and all): the node
+    subscribes to CompressedImage from the graph's type and answers as netvlad-run --rosbag does."""
+    pytest.importorskip("rosbags")
+    import cv2
+
+    from runtime.sources import RosbagSource
+    from tests.runtime.bags import write_bag
+
+    frames = [(100.0 + i, cv2.imread(str(geo_world["dataset"].image_path("queries", i)))) for i in range(12)]
+    bag = write_bag(tmp_path / "patrol", "sqlite3", frames, encoding="jpeg", image_topic="/patrol/image")
+    node = start_node(ros_env, geo_world["model"], geo_world["map"], topic="/patrol/image")
+    try:
+        probe.wait_matched()
+        played = subprocess.run(
+            [
+                str(BIN / "netvlad-ros2-play"),
+                str(bag),
+                "--topic",
+                "/patrol/image",
+                "--lockstep",
+                "/netvlad/pose",
+                "--wait-s",
+                str(WAIT_S),
+            ],
+            env=ros_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert played.returncode == 0, played.stderr
+        poses = probe.wait("pose", 12)
+    finally:
+        log = stop(node)
+    assert "subscribed to '/patrol/image' (sensor_msgs/msg/CompressedImage)" in log, log
+    with Localizer.open(geo_world["model"], geo_world["map"], config=localizer_config(False, True, 5)) as loc:
+        expected = list(loc.run(RosbagSource(bag, "/patrol/image")))
+    assert [p.header.stamp.sec for p in poses] == [100 + i for i in range(12)]
+    got = np.array([[p.pose.pose.position.x, p.pose.pose.position.y] for p in poses])
+    np.testing.assert_allclose(got, np.array([e.position for e in expected]), atol=1e-3)
+
+
 def test_node_keeps_serving_bad_frames_a_dead_publisher_and_a_broken_map(geo_world, ros_env, probe, tmp_path):
     map_dir = tmp_path / "map"
     shutil.copytree(geo_world["map"], map_dir)
