@@ -252,11 +252,16 @@ def sequence(
     cost_sizes: str = typer.Option("1000,100000", help="Map sizes for the cost per frame."),
     cost_dim: int = typer.Option(1024, help="Descriptor dimension of the cost maps."),
     reverse: bool = typer.Option(False, help="Also score backward lines (a robot that reverses)."),
+    query_step: int = typer.Option(1, min=1, help="Every N-th query frame (a robot N times faster)."),
+    map_step: int = typer.Option(1, min=1, help="Every N-th map place (a robot N times slower)."),
+    query_repeat: int = typer.Option(1, min=1, help="Each query frame N times (a faster camera)."),
+    anchor: bool = typer.Option(True, help="Run the SeqSLAM anchor beside (Nordland)."),
     threads: int = typer.Option(2, help="Inference threads."),
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
-    """Sequence matching (--temporal): recall@1 against single frames, and its cost per frame at two map sizes."""
+    """Sequence matching (--temporal): recall@1 against single frames at any robot speed, SeqSLAM beside, and
+    its cost per frame at two map sizes."""
     from benchmarks.sequence import SequenceBenchConfig, run_sequence_bench
     from runtime.cli.console import configure_logging, progress
 
@@ -267,6 +272,10 @@ def sequence(
         cost_dim=cost_dim,
         reverse=reverse,
         threads=threads,
+        query_step=query_step,
+        map_step=map_step,
+        query_repeat=query_repeat,
+        anchor=anchor,
     )
     _print_markdown(run_sequence_bench(model, map_path, dataset, out, cfg, progress=progress))
 

@@ -43,10 +43,24 @@ class SequenceBenchConfig:
     cost_dim: int = 1024
     cost_frames: int = 300
     reverse: bool = False
+    query_step: int = 1  # every N-th query frame: a robot N times faster than the mapping drive
+    map_step: int = 1  # every N-th map place: a robot N times slower (fewer places per frame)
+    query_repeat: int = 1  # each query frame N times: a camera N times faster than the map's spacing
+    anchor: bool = True  # run the SeqSLAM anchor (../shared/anchors/seqslam.py) beside, on Nordland
 
     def __post_init__(self) -> None:
         if not self.frames or min(self.frames) < 1 or not self.cost_sizes or min(self.cost_sizes) < 100:
             raise ConfigError(f"invalid sequence benchmark config {self}: frames >= 1, cost sizes >= 100")
+        if min(self.query_step, self.map_step, self.query_repeat) < 1:
+            raise ConfigError(
+                f"--query-step, --map-step and --query-repeat must be >= 1, got {self.query_step}, "
+                f"{self.map_step}, {self.query_repeat}"
+            )
+
+    @property
+    def places_per_frame(self) -> float:
+        """Map places the robot passes per query frame, the speed the matcher is not told."""
+        return self.query_step / self.map_step / self.query_repeat
 
 
 def sequence_stream(spec: str):
@@ -114,6 +128,61 @@ def sequence_recall(
         "scored": int(scored.sum()),
         "ms_per_frame": 1000 * seconds / len(descriptors),
     }
+
+
+def every_nth_place(map_path: Path, step: int, out: Path) -> Path:
+    """A copy of the map at ``map_path`` keeping every ``step``-th place (a robot ``step`` times slower than
+    the mapping drive), written once into ``out`` with ``netvlad-map remove`` (which recalibrates it)."""
+    import shutil
+
+    from runtime.map import read_map_meta, remove_from_map
+    from runtime.map.places import Places
+
+    places = Places.read_csv(map_path / "places.csv")
+    keep = len(range(0, len(places), step))
+    if out.is_dir() and read_map_meta(out)["count"] == keep:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(map_path, out)
+    drop = [image for i, image in enumerate(places.images) if i % step]
+    remove_from_map(out, images=drop)
+    return out
+
+
+ANCHOR = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "seqslam.py"
+
+
+def seqslam_anchor(dataset_root: Path, config: SequenceBenchConfig, out: Path) -> dict[str, Any]:
+    """SeqSLAM (the shared anchor, run as it is) on the same Nordland frames and speeds, told nothing about
+    the speed (velocities 0.25-4), per sequence length; or why it was not run."""
+    import subprocess
+    import sys
+
+    if not config.anchor:
+        return {"skipped": "--no-anchor"}
+    if not ANCHOR.is_file():
+        return {"skipped": f"the SeqSLAM anchor is not at {ANCHOR}"}
+    if config.query_repeat > 1:
+        return {"skipped": "the anchor has no repeated frames (--query-repeat)"}
+    result_file = out / f"seqslam-q{config.query_step}-m{config.map_step}.json"
+    args = [
+        sys.executable, str(ANCHOR), "--nordland", str(dataset_root), "--skip", "synth",
+        "--ds", *map(str, config.frames), "--nordland-step", str(config.query_step),
+        "--nordland-map-step", str(config.map_step), "--nordland-v", "0.25", "4.0", "--out", str(result_file),
+    ]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        return {"skipped": f"the anchor failed: {done.stderr.strip().splitlines()[-1:]}"}
+    found = {}
+    for line in (
+        done.stdout.splitlines() + done.stderr.splitlines()
+    ):  # "... SeqSLAM ds=20 causal  R@1 = 0.7318"
+        if "SeqSLAM ds=" in line and "causal" in line and "R@1 =" in line:
+            ds = int(line.split("ds=")[1].split()[0])
+            found[ds] = float(line.split("R@1 =")[1].split()[0])
+        if "single-frame raw pixels" in line and "R@1 =" in line:
+            found["raw pixels"] = float(line.split("R@1 =")[1].split()[0])
+    return {"R@1": found, "velocities": [0.25, 4.0], "file": str(result_file)}
 
 
 def route_descriptors(places: int, dim: int, seed: int, width: int = 5) -> np.ndarray:
@@ -199,25 +268,47 @@ def run_sequence_bench(
             )
         cache = out / f"queries-{backend.card.weights_fingerprint}-{stream.name}.npy"
         descriptors = query_descriptors(backend, stream, cache, config.batch_size, progress)
+        # the robot's speed, which the matcher is not told: every N-th frame, every N-th place, repeats
+        frame_rows = np.repeat(np.arange(0, stream.num_queries, config.query_step), config.query_repeat)
+        descriptors, truth, scored = descriptors[frame_rows], stream.q_utm[frame_rows], scored[frame_rows]
+        if config.map_step > 1:
+            sub_map = every_nth_place(Path(map_path), config.map_step, out / f"map-every-{config.map_step}")
+            place_map = open_map(sub_map, backend.card, model_name=str(model))
+        result.update(
+            query_step=config.query_step,
+            map_step=config.map_step,
+            query_repeat=config.query_repeat,
+            places_per_frame=config.places_per_frame,
+            frames_in_stream=len(frame_rows),
+        )
         runs = [("single frame, map's mean (--no-adapt)", None, False), ("single frame", None, True)] + [
             (f"sequence {f} frames", TemporalConfig(frames=f, reverse=config.reverse), True)
             for f in config.frames
         ]
         for name, temporal, adapt in runs:
             localizer = Localizer(backend, place_map, LocalizerConfig(temporal=temporal, adapt=adapt))
-            row = sequence_recall(localizer, descriptors, stream.q_utm, scored, config.radius_m, progress)
+            row = sequence_recall(localizer, descriptors, truth, scored, config.radius_m, progress)
             result["runs"][name] = row
             log.info("%s: R@1 %.4f (%.2f ms per frame)", name, row["R@1"], row["ms_per_frame"])
+    if stream.info.get("dataset") == "nordland":
+        result["seqslam"] = seqslam_anchor(stream.root, config, out)
     result["cost"] = matcher_cost(
         config.cost_sizes, config.cost_dim, config.cost_frames, TemporalConfig(reverse=config.reverse)
     )
     result["config"] = dataclasses.asdict(config)
+    anchor = result.get("seqslam", {})
+    anchor_rows = [f"| SeqSLAM {ds} frames, speed unknown (0.25-4), raw pixels | {r:.4f} | |"
+                   for ds, r in anchor.get("R@1", {}).items() if ds != "raw pixels"]  # fmt: skip
     lines = [
-        f"# Sequence matching on {stream.name} ({int(scored.sum())} scored queries of {stream.num_queries})",
+        f"# Sequence matching on {stream.name} ({int(scored.sum())} scored frames of {len(frame_rows)}: every "
+        f"{config.query_step}. query frame x{config.query_repeat}, every {config.map_step}. map place; "
+        f"{config.places_per_frame:.3g} places per frame, not told to the matcher)",
         "",
         "| run | R@1 | ms per frame (search + sequence) |",
         "|---|---|---|",
         *(f"| {n} | {r['R@1']:.4f} | {r['ms_per_frame']:.2f} |" for n, r in result["runs"].items()),
+        *anchor_rows,
+        *([f"\nSeqSLAM anchor: {anchor['skipped']}"] if "skipped" in anchor else []),
         "",
         f"Cost per frame, {config.cost_dim}-D seeded route maps, TemporalConfig() defaults:",
         "",

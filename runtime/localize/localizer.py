@@ -138,6 +138,11 @@ class Localization:
     candidates that formed the position from it, at least half the map's typical place spacing.
     ``lat``/``lon``: WGS84 degrees of ``position`` when the map keeps its UTM zone, else None.
     ``heading``: the best-matching place's heading (degrees clockwise from north) when known, else None.
+    ``locked``: with sequence matching, whether the sequence is locked (its best line has continued the
+    previous frames'; :attr:`runtime.map.sequence.SequenceMatch.locked`): the matches are then the line's,
+    else the frame's own (the sequence is not trusted yet); None without sequence matching. ``speed``: the
+    speed the sequence found, map places per frame (None until locked). ``verdict``: what the confidence
+    judged: ``"sequence"`` (the best line against lines elsewhere) or ``"frame"`` (this frame's similarity).
     """
 
     index: int
@@ -155,6 +160,9 @@ class Localization:
     lat: float | None = None
     lon: float | None = None
     heading: float | None = None
+    locked: bool | None = None
+    speed: float | None = None
+    verdict: str = "frame"
 
     @property
     def best(self) -> PlaceMatch:
@@ -171,6 +179,9 @@ class Localization:
             "confidence": round(self.confidence, 4),
             "unknown": self.unknown,
             "filtered": self.filtered,
+            "locked": self.locked,
+            "speed": None if self.speed is None else round(self.speed, 4),
+            "verdict": self.verdict,
             "evidence": round(self.evidence, 4),
             "uncertainty_m": round(self.uncertainty_m, 3),
             **({} if self.lat is None else {"lat": round(self.lat, 8), "lon": round(self.lon, 8)}),
@@ -384,10 +395,12 @@ class Localizer:
         sims, ids = self.map.search_prepared(query, k)
         valid = ids[0] >= 0
         sims, ids = sims[0][valid], ids[0][valid]  # (k,), best first
+        ranked = None
         if sequence is not None:  # the places ranked by their best line through the recent frames
             ranked = sequence.update(query[0], ids)
+        if ranked is not None and ranked.locked:
             top_ids, top_sims = ranked.ids[: self.config.top_k], ranked.similarities[: self.config.top_k]
-        else:
+        else:  # no sequence, or one not locked yet: the frame's own best places (never worse than a frame)
             top_ids, top_sims = ids[: self.config.top_k], sims[: self.config.top_k]
         places = self.map.places
         matches = tuple(
@@ -396,12 +409,12 @@ class Localizer:
         )
         # the verdict on the reported place: its line against the lines elsewhere (sequence matching, once
         # the window is full), else its similarity against the candidates elsewhere
-        evidence, confidence, unknown, _ = self.verdict.judge_place(
+        evidence, confidence, unknown, by_sequence = self.verdict.judge_place(
             int(top_ids[0]),
             sims,
             ids,
             places.utm,
-            ranked if sequence is not None else None,
+            ranked if ranked is not None and ranked.locked else None,
             sequence.config if sequence is not None else None,
         )
         position, uncertainty = self._position(top_ids, top_sims)
@@ -426,6 +439,9 @@ class Localizer:
             lat=latlon[0],
             lon=latlon[1],
             heading=None if np.isnan(heading) else heading,
+            locked=None if ranked is None else bool(ranked.locked),
+            speed=None if ranked is None or not np.isfinite(ranked.speed) else float(ranked.speed),
+            verdict="sequence" if by_sequence else "frame",
         )
 
     def _position(self, ids: np.ndarray, sims: np.ndarray) -> tuple[tuple[float, float], float]:

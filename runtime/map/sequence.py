@@ -61,6 +61,9 @@ import numpy as np
 from runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
+# where the map stands still, a frame keeps pace with its places when it moved at least this share of what the
+# map moves there (a repeated frame, which did not move at all, never does)
+STILL_MAP_SHARE = 0.1
 CONTRAST_WINDOW_M = (
     200.0  # metres of route a place is contrasted against (10 Nordland frames, 40 places at 5 m)
 )
@@ -74,7 +77,13 @@ class TemporalConfig:
     the score of the ends that continue the previous frame's best line (within one place of where it
     leads): through a stretch where frames say little (night), the line being followed keeps its place
     unless another wins by this much; a jump costs about this much evidence more to follow.
-    ``min_speed`` / ``max_speed``: forward speeds in places per frame. ``stops``: a frame that
+    ``min_speed`` / ``max_speed``: the forward speeds searched, in map places per frame (wide by default:
+    the robot's speed and camera rate need not match the mapping drive's). ``speed_band``: once the
+    sequence is locked, only the speeds within this factor of the speed found (the median of the locked
+    line's recent speeds) are searched, which makes a wrong line less likely and a frame cheaper; 0: always
+    the whole range. ``lock_after``: frames in a row whose best line continues the previous frame's before
+    the sequence counts as locked (:attr:`SequenceMatch.locked`; until then the Localizer answers with the
+    frame's own best place). ``stops``: a frame that
     did not move replaces the newest frame of the window (see the module doc); ``stop_fraction``: a frame
     whose difference to the previous one (``1 - cosine``) is below this fraction of the map's median
     difference between neighbouring places did not move. ``reverse``: also the forward speeds backwards.
@@ -85,9 +94,11 @@ class TemporalConfig:
     candidates: int = 32
     hypotheses: int = 16
     window: int | None = None
-    min_speed: float = 0.8
-    max_speed: float = 1.2
-    continuity: float = 4.0
+    min_speed: float = 0.25
+    max_speed: float = 4.0
+    speed_band: float = 1.5
+    lock_after: int = 3
+    continuity: float = 8.0
     stops: bool = True
     stop_fraction: float = 0.25
     reverse: bool = False
@@ -103,14 +114,19 @@ class TemporalConfig:
             or self.suppress < 0
             or not 0 < self.min_speed <= self.max_speed
             or not 0 <= self.stop_fraction < 1
+            or not (self.speed_band == 0 or self.speed_band > 1)
+            or self.lock_after < 1
         ):
             raise ConfigError(
                 f"invalid temporal config {self}: frames, candidates >= 1, hypotheses, suppress >= 0, "
-                "window >= 2 or None, continuity >= 0, 0 < min_speed <= max_speed, 0 <= stop_fraction < 1"
+                "window >= 2 or None, continuity >= 0, 0 < min_speed <= max_speed, 0 <= stop_fraction < 1, "
+                "speed_band 0 or > 1, lock_after >= 1"
             )
 
     def speeds(self) -> np.ndarray:
-        """The speeds scored, places per frame ``(V,)``: SeqSLAM's grid, and reversed when configured."""
+        """The speeds scored, places per frame ``(V,)``: SeqSLAM's grid (OpenSeqSLAM's, as the anchor: one
+        place of end displacement per sequence apart, centred on the range, so its ends may lie half a step
+        outside it), and reversed when configured."""
         centre, half = (self.min_speed + self.max_speed) / 2, (self.max_speed - self.min_speed) / 2
         steps = round(half * self.frames + 1e-9)
         forward = centre + np.arange(-steps, steps + 1) / self.frames
@@ -122,13 +138,18 @@ class SequenceMatch:
     """One frame's places ranked by their best line, best first: ``ids (E,) int64``, ``scores (E,)`` (sum
     of contrast-enhanced differences, lower is better; ``inf``: no valid line), ``speeds (E,)`` (the best
     line's speed, places per frame) and ``similarities (E,) float32`` (this frame's own cosine similarity to
-    each place). ``frames``: frames in the sequence so far (at most ``TemporalConfig.frames``)."""
+    each place). ``frames``: frames in the sequence so far (at most ``TemporalConfig.frames``).
+    ``locked``: the best line has continued the previous frames' for ``TemporalConfig.lock_after`` frames
+    in a row (a sequence to trust; else the frame's own best place is the better answer). ``speed``: the
+    speed found, places per frame (the median of the locked line's recent speeds; NaN until locked)."""
 
     ids: np.ndarray
     scores: np.ndarray
     speeds: np.ndarray
     similarities: np.ndarray
     frames: int
+    locked: bool = False
+    speed: float = float("nan")
 
 
 class SequenceMatcher:
@@ -192,6 +213,30 @@ class SequenceMatcher:
         self._window: list[tuple[int, int]] = []  # (serial, slot) of the window's frames, newest first
         self._carried = np.empty(0, dtype=np.int64)
         self._lead: tuple[int, float] | None = None  # the previous frame's best end and its line's speed
+        self._followed = 0  # frames in a row whose best line continued the previous frame's
+        self._locked_speeds: list[float] = []  # the best line's speed over the recent locked frames
+
+    @property
+    def speed(self) -> float:
+        """The speed found (places per frame): the median of the locked line's recent speeds; NaN if none."""
+        return float(np.median(self._locked_speeds)) if self._locked_speeds else float("nan")
+
+    @property
+    def locked(self) -> bool:
+        """The best line has continued the previous frames' for ``lock_after`` frames in a row, in a window
+        at least half full (a line of a few frames at any speed is too easily a wrong one)."""
+        return self._followed >= self.config.lock_after and len(self._window) >= self.config.frames // 2
+
+    def _speed_rows(self) -> np.ndarray:
+        """The rows of the speed table searched this frame: all, or, once locked, those within
+        ``speed_band`` of the speed found (at least the one nearest it)."""
+        band = self.config.speed_band
+        if not band or not self.locked or not self._locked_speeds:
+            return np.arange(len(self._speeds))
+        found = abs(self.speed)
+        magnitude = np.abs(self._speeds)
+        rows = np.flatnonzero((magnitude >= found / band) & (magnitude <= found * band))
+        return rows if rows.size else np.array([int(np.argmin(np.abs(magnitude - found)))])
 
     @property
     def frames(self) -> int:
@@ -205,8 +250,8 @@ class SequenceMatcher:
         self._serial += 1
         if self._window:
             newest_slot = self._window[0][1]
-            still = float(descriptor @ self._frame_descriptors[newest_slot]) > self._stop_similarity
-            if still and not self._map_still_at_best():
+            similarity = float(descriptor @ self._frame_descriptors[newest_slot])
+            if similarity > self._stop_similarity and not self._map_still_at_best(similarity):
                 self._window[0] = (serial, newest_slot)
                 self._frame_descriptors[newest_slot] = descriptor
                 return False
@@ -218,14 +263,17 @@ class SequenceMatcher:
         self._frame_descriptors[slot] = descriptor
         return True
 
-    def _map_still_at_best(self) -> bool:
+    def _map_still_at_best(self, similarity: float) -> bool:
         """Whether the map itself stands still where the best line ended (its place and the next look the
-        same: the mapping drive waited there too, as both Nordland trains do at stations); then a waiting
-        frame keeps pace with the map's places like a moving one."""
+        same: the mapping drive waited there too, as both Nordland trains do at stations) and this frame moved
+        at least :data:`STILL_MAP_SHARE` of what the map moves there (its difference to the previous frame
+        against the two places'); then a waiting frame keeps pace with the map's places like a moving one. A
+        frame repeated (a camera faster than the map's spacing, a duplicated frame) never does."""
         if self._carried.size == 0 or self._carried[0] + 1 >= self.num_places:
             return False
         here, after = self._place_descriptors(np.asarray([self._carried[0], self._carried[0] + 1]))
-        return float(here @ after) > self._stop_similarity
+        map_step = float(here @ after)
+        return map_step > self._stop_similarity and (1 - similarity) >= STILL_MAP_SHARE * (1 - map_step)
 
     def update(
         self, descriptor: np.ndarray, candidates: np.ndarray, similarities: np.ndarray | None = None
@@ -249,9 +297,9 @@ class SequenceMatcher:
         ends = ends[(ends >= 0) & (ends < self.num_places)]
         if ends.size == 0:
             raise ConfigError("sequence matching got a frame without candidate places (an empty map search?)")
-        places = (
-            ends[:, None, None] - self._offsets[None, :, :n]
-        )  # (E, V, n): where each line was k frames ago
+        rows = self._speed_rows()  # (V',) the speeds searched
+        offsets, line_speeds = self._offsets[rows], self._speeds[rows]
+        places = ends[:, None, None] - offsets[None, :, :n]  # (E, V', n): where each line was k frames ago
         valid = (places >= 0) & (places < self.num_places)
         places = np.where(valid, places, 0)
         slots = np.broadcast_to(window_slots, places.shape)  # (E, V, n)
@@ -265,19 +313,34 @@ class SequenceMatcher:
         lines = cost.sum(axis=2)  # (E, V)
         if self.config.reverse:  # backwards only from a tracked end: reversing continues a known line
             fresh = ~np.isin(ends, moved)
-            lines[np.ix_(fresh, self._speeds < 0)] = np.inf
+            lines[np.ix_(fresh, line_speeds < 0)] = np.inf
         best = lines.argmin(axis=1)
         scores = lines[np.arange(len(ends)), best]
-        if self._lead is not None and self.config.continuity > 0:  # the line followed so far, one step on
+        follows = np.zeros(len(ends), dtype=bool)
+        if self._lead is not None:  # the line followed so far, one step on
             end, speed = self._lead
             follows = np.abs(ends - (end + (round(speed) if advanced else 0))) <= 1
-            scores = scores - self.config.continuity * follows
+            # in proportion to the window's fill: a line of a few frames has little evidence to outweigh
+            scores = scores - self.config.continuity * (n / self.config.frames) * follows
         order = np.argsort(scores, kind="stable")
-        ends, scores, speeds = ends[order], scores[order], self._speeds[best[order]]
+        ends, scores, speeds = ends[order], scores[order], line_speeds[best[order]]
+        self._track(bool(follows[order[0]]) and np.isfinite(scores[0]), float(speeds[0]), advanced)
         self._lead = (int(ends[0]), float(speeds[0])) if np.isfinite(scores[0]) else None
         self._carry(ends, scores)
         similarities = self._similarity[window_slots[0], ends]  # filled: each end is a cell at lag 0
-        return SequenceMatch(ends, scores, speeds, similarities.copy(), n)
+        return SequenceMatch(ends, scores, speeds, similarities.copy(), n, self.locked, self.speed)
+
+    def _track(self, followed: bool, speed: float, advanced: bool) -> None:
+        """Count the frames whose best line continues the previous frame's, and keep the locked line's speed
+        (forgotten when the lock is lost: a speed kept through a wrong lock would keep the matcher on it).
+        A frame that did not advance the window (it did not move) changes neither: it adds no evidence."""
+        if not advanced:
+            return
+        self._followed = self._followed + 1 if followed else 0
+        if not self.locked:
+            self._locked_speeds = []
+        else:
+            self._locked_speeds = [*self._locked_speeds[-(self.config.frames - 1) :], speed]
 
     def _fill_enhanced(self, slots: np.ndarray, places: np.ndarray, stamp_of_slot: np.ndarray) -> None:
         """Compute and store the contrast-enhanced differences of cells ``(slots (M,), places (M,))``: the
