@@ -223,7 +223,8 @@ def matcher_cost(sizes, dim: int, frames: int, temporal_config, seed: int = 0) -
             t0 = time.perf_counter()
             _, ids = search(index, q[None], temporal_config.candidates)
             t1 = time.perf_counter()
-            best = matcher.update(q, ids[0]).ids[0]
+            ranked = matcher.update(q, ids[0])
+            best = ranked.ids[0] if ranked.locked else ids[0][0]  # as the Localizer answers
             t2 = time.perf_counter()
             search_ms.append(1000 * (t1 - t0))
             update_ms.append(1000 * (t2 - t1))

@@ -14,7 +14,7 @@ z-score would be capped lower: at most ``(n-1)/sqrt(n)`` among ``n``). A traject
 ``v`` places per frame was at ``j - round(v * k)`` ``k`` frames ago; its score is the sum of the enhanced
 differences over the last ``frames`` frames (lower is better; a line that leaves the map is invalid), and a
 place's score is that of its best line. Speeds: ``min_speed .. max_speed`` in steps of ``1 / frames``
-(SeqSLAM's grid: one place of end displacement per sequence), and, when ``reverse``, the same set backwards
+(SeqSLAM's grid: one place of end displacement per sequence; see **Speed** below), and, when ``reverse``, the same set backwards
 for the ends carried from the previous frame (a reversal continues a line being tracked; scoring backward
 lines everywhere doubles the chances of a wrong line winning).
 
@@ -29,10 +29,17 @@ stations, where both trains waited): then frames keep pace with the map's places
 A reversal or a speed change inside the window is a bent line: it scores worse than a straight one until
 the window has moved past the bend.
 
-Why map order rather than metres: both a drive mapped every 5 m and Nordland's frames (about 20 m apart)
-advance about one place per frame, and a place index follows the route through its bends, which a straight
-line in UTM metres does not. Frames should come at roughly one per map place (subsample a 30 FPS camera by
-distance or time, or set the speeds accordingly).
+**Speed.** The robot's speed and camera rate need not match the mapping drive's: the matcher is not told the
+ratio. It searches 0.25 to 4 map places per frame until the sequence *locks* (its best line has continued
+the previous frame's for ``lock_after`` frames in a row, in a window at least half full), then the speeds
+within ``speed_band`` of the speed found (the median of the locked line's recent speeds), which makes a
+wrong line less likely; losing the lock widens the search again. Until it locks, the Localizer answers with
+the frame's own best place, so a sequence is never worse than single frames where no line is consistent
+(``SequenceMatch.locked``, ``Localization.locked``). A camera faster than the map's spacing (a 30 FPS camera
+passing a place every few metres) sends frames that barely move: they replace the newest frame of the
+window instead of advancing it (**Stops** above), so the window advances with the motion, at about a place
+per frame or more. Why map order rather than metres: a place index follows the route through its bends,
+which a straight line in UTM metres does not.
 
 **Relocalisation.** After a jump (a kidnapped robot, a gap in the stream) the window holds frames of the old
 route for at most ``frames - 1`` frames; the new place wins as soon as its evidence outweighs theirs.
@@ -293,7 +300,7 @@ class SequenceMatcher:
         candidates = np.asarray(candidates, dtype=np.int64).reshape(-1)
         candidates = candidates[candidates >= 0][: self.config.candidates]
         moved = (self._carried[:, None] + self._steps[None, :]).reshape(-1)  # (H * steps,)
-        ends = np.unique(np.concatenate([candidates, moved]))
+        ends = _distinct(np.concatenate([candidates, moved]))
         ends = ends[(ends >= 0) & (ends < self.num_places)]
         if ends.size == 0:
             raise ConfigError("sequence matching got a frame without candidate places (an empty map search?)")
@@ -305,7 +312,7 @@ class SequenceMatcher:
         slots = np.broadcast_to(window_slots, places.shape)  # (E, V, n)
         missing = valid & (self._enhanced_stamp[slots, places] != window_stamps)
         if missing.any():
-            cells = np.unique(slots[missing] * self.num_places + places[missing])  # (M,) slot-major keys
+            cells = _distinct(slots[missing] * self.num_places + places[missing])  # (M,) slot-major keys
             stamp_of_slot = np.zeros(self.config.frames, dtype=np.int64)
             stamp_of_slot[window_slots] = window_stamps
             self._fill_enhanced(cells // self.num_places, cells % self.num_places, stamp_of_slot)
@@ -353,9 +360,9 @@ class SequenceMatcher:
         stamps = stamp_of_slot[window_slots]
         missing = self._similarity_stamp[window_slots, window] != stamps
         if missing.any():
-            keys = np.unique(window_slots[missing] * self.num_places + window[missing])
+            keys = _distinct(window_slots[missing] * self.num_places + window[missing])
             key_slots, key_places = keys // self.num_places, keys % self.num_places
-            for slot in np.unique(key_slots).tolist():  # one matrix-vector product per frame of the window
+            for slot in _distinct(key_slots).tolist():  # one matrix-vector product per frame of the window
                 ids = key_places[key_slots == slot]
                 sims = self._place_descriptors(ids) @ self._frame_descriptors[slot]  # (m, D) @ (D,) -> (m,)
                 self._similarity[slot, ids] = sims
@@ -375,6 +382,13 @@ class SequenceMatcher:
             if all(abs(end - k) > self.config.suppress for k in kept):
                 kept.append(end)
         self._carried = np.asarray(kept, dtype=np.int64)
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values of an integer array, ascending: by sorting, whose cost depends on the array's
+    length only (numpy's hash-based ``unique`` grows with the values' range here: with the map's size)."""
+    values = np.sort(values, kind="stable")
+    return values[np.r_[True, values[1:] != values[:-1]]] if values.size else values
 
 
 def still_similarity(
