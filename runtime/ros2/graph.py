@@ -3,14 +3,15 @@ for a topic's type on the graph, spinning until Ctrl-C, exit codes."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from runtime.cli.console import EXIT_FAILED, EXIT_USAGE
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, NetVLADKitError
 from runtime.sources.rosbag import COMPRESSED_IMAGE, IMAGE
 
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)  # ROS 2 type names: sensor_msgs/msg/Image, .../CompressedImage
@@ -19,6 +20,7 @@ RCLPY_HINT = (
     "your ROS 2 installation (source /opt/ros/<distro>/setup.bash) before running"
 )
 __all__ = ["EXIT_FAILED", "EXIT_USAGE", "IMAGE_TYPES", "ParamSpec"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,15 @@ class ParamSpec:
     name: str
     default: Any
     help: str
+
+
+# the parameters every program of the kit's shares
+MODEL = ParamSpec("model", "", "the model file (.onnx, .engine or .plan); required")
+IMAGE_TOPIC = ParamSpec("image_topic", "/camera/image_raw", "sensor_msgs/Image or CompressedImage topic")
+BACKEND = ParamSpec("backend", "auto", "auto, onnxruntime[-cpu|-cuda|-tensorrt] or tensorrt")
+TOPIC_TIMEOUT = ParamSpec(
+    "topic_timeout_s", 0.0, "give up when no camera publisher appears this long (0: never)"
+)
 
 
 def require_rclpy() -> Any:
@@ -114,6 +125,42 @@ def wait_for_topic_type(node: Any, topic: str, types: Sequence[str], timeout_s: 
             next_notice = waited + 5.0
         rclpy.spin_once(node, timeout_sec=0.1)
     return None
+
+
+def node_main(
+    argv: Sequence[str] | None,
+    prog: str,
+    doc: str | None,
+    params: Sequence[ParamSpec],
+    make_node: Callable[[Any], Any],
+    serve: Callable[[Any, Any], int],
+) -> int:
+    """The life of one of the kit's ROS 2 programs: ``--help`` without ROS; rclpy; the node (a kit error while
+    making it, such as a missing model or a parameter of the wrong type, is one error line and exit code 2);
+    ``serve(rclpy, node)`` -> the exit code; then ``node.close()`` and shutdown, whatever happened."""
+    args = list(sys.argv if argv is None else argv)
+    if print_help(args, prog, doc, params):
+        return 0
+    rclpy = require_rclpy()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = make_node(rclpy)()
+        except NetVLADKitError as exc:
+            rclpy.logging.get_logger(prog).error(str(exc))
+            return EXIT_USAGE
+        return serve(rclpy, node)
+    except Exception as exc:  # a bug: logged with its traceback, a non-zero exit
+        log.exception("%s failed: %s", prog, exc)
+        return EXIT_FAILED
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
 
 
 def spin_until_shutdown(rclpy: Any, node: Any) -> None:

@@ -25,16 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from runtime.datasets.rosbag import DriveConfig
-from runtime.errors import ConfigError, NetVLADKitError
+from runtime.errors import ConfigError
 from runtime.map.config import MapConfig
 from runtime.ros2.graph import (
+    BACKEND,
     EXIT_FAILED,
     EXIT_USAGE,
+    IMAGE_TOPIC,
     IMAGE_TYPES,
+    MODEL,
+    TOPIC_TIMEOUT,
     ParamSpec,
     declare,
-    print_help,
-    require_rclpy,
+    node_main,
     spin_until_shutdown,
     wait_for_topic_type,
 )
@@ -43,14 +46,14 @@ from runtime.sources.rosbag import NAV_SAT_FIX
 log = logging.getLogger(__name__)
 
 PARAMETERS = (
-    ParamSpec("model", "", "the model file (.onnx, .engine or .plan); required"),
+    MODEL,
     ParamSpec("map", "", "where to write the map (a directory); required"),
-    ParamSpec("image_topic", "/camera/image_raw", "sensor_msgs/Image or CompressedImage topic"),
+    IMAGE_TOPIC,
     ParamSpec("gps_topic", "/gps/fix", "sensor_msgs/NavSatFix topic"),
     ParamSpec("every_m", 5.0, "metres travelled between keyframes (as netvlad-map build --every)"),
     ParamSpec("overwrite", False, "replace a map that exists at 'map'"),
-    ParamSpec("backend", "auto", "auto, onnxruntime[-cpu|-cuda|-tensorrt] or tensorrt"),
-    ParamSpec("topic_timeout_s", 0.0, "give up when no camera publisher appears this long (0: wait forever)"),
+    BACKEND,
+    TOPIC_TIMEOUT,
 )
 SAVE_SERVICE = "/netvlad/save_map"
 RECORD_DEPTH = 1000  # messages a slow disk may queue before DDS drops any
@@ -181,44 +184,29 @@ def make_mapping_node(rclpy: Any, node_name: str = "netvlad_mapper") -> Any:
             response.success, response.message = self.save()
             return response
 
+        def close(self) -> None:
+            self.recorder.close()
+            if self.saved is None and not any(self.recorder.counts.values()):
+                shutil.rmtree(self.recorder.folder, ignore_errors=True)  # nothing was recorded
+
     return MappingNode
+
+
+def _serve(rclpy: Any, node: Any) -> int:
+    p = node.params
+    image_type = wait_for_topic_type(node, p["image_topic"], IMAGE_TYPES, p["topic_timeout_s"])
+    if image_type is None:
+        return EXIT_USAGE  # the reason is in the log
+    node.record(p["image_topic"], image_type)
+    node.record(p["gps_topic"], NAV_SAT_FIX)  # before its publisher appears: its type is fixed
+    spin_until_shutdown(rclpy, node)
+    ok, _ = node.save()
+    return 0 if ok else EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``netvlad-ros2-map --ros-args -p model:=M -p map:=OUT [-p image_topic:=T -p gps_topic:=G ...]``."""
-    args = list(sys.argv if argv is None else argv)
-    if print_help(args, "netvlad-ros2-map", __doc__, PARAMETERS):
-        return 0
-    rclpy = require_rclpy()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    rclpy.init(args=args)
-    node = None
-    try:
-        try:
-            node = make_mapping_node(rclpy)()
-        except NetVLADKitError as exc:
-            rclpy.logging.get_logger("netvlad_mapper").error(str(exc))
-            return EXIT_USAGE
-        p = node.params
-        image_type = wait_for_topic_type(node, p["image_topic"], IMAGE_TYPES, p["topic_timeout_s"])
-        if image_type is None:
-            return EXIT_USAGE
-        node.record(p["image_topic"], image_type)
-        node.record(p["gps_topic"], NAV_SAT_FIX)  # before its publisher appears: its type is fixed
-        spin_until_shutdown(rclpy, node)
-        ok, _ = node.save()
-        return 0 if ok else EXIT_FAILED
-    except Exception as exc:
-        log.exception("netvlad-ros2-map failed: %s", exc)
-        return EXIT_FAILED
-    finally:
-        if node is not None:
-            node.recorder.close()
-            if node.saved is None and not any(node.recorder.counts.values()):
-                shutil.rmtree(node.recorder.folder, ignore_errors=True)  # nothing was recorded
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    return node_main(argv, "netvlad-ros2-map", __doc__, PARAMETERS, make_mapping_node, _serve)
 
 
 if __name__ == "__main__":

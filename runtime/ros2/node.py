@@ -44,13 +44,15 @@ from runtime.localize.stats import LatencyStats
 from runtime.map.sequence import TemporalConfig
 from runtime.outputs.ros_messages import fix_fields, frame_id, pose_fields
 from runtime.ros2.graph import (
-    EXIT_FAILED,
+    BACKEND,
     EXIT_USAGE,
+    IMAGE_TOPIC,
     IMAGE_TYPES,
+    MODEL,
+    TOPIC_TIMEOUT,
     ParamSpec,
     declare,
-    print_help,
-    require_rclpy,
+    node_main,
     ros_time,
     spin_until_shutdown,
     wait_for_topic_type,
@@ -60,16 +62,16 @@ from runtime.sources.rosbag import decode_image
 log = logging.getLogger(__name__)
 
 PARAMETERS = (
-    ParamSpec("model", "", "the model file (.onnx, .engine or .plan); required"),
+    MODEL,
     ParamSpec("map", "", "the map directory built by netvlad-map build; required"),
-    ParamSpec("image_topic", "/camera/image_raw", "sensor_msgs/Image or CompressedImage topic"),
+    IMAGE_TOPIC,
     ParamSpec("temporal", False, "sequence matching over the last frames (as netvlad-run --temporal)"),
     ParamSpec("adapt", True, "centre the stream on its own running mean (as netvlad-run --adapt)"),
     ParamSpec("threads", 2, "CPU threads for inference (0: one per core)"),
     ParamSpec("frame_id", "", "frame of the pose (empty: utm_<zone> of the map, or map)"),
-    ParamSpec("backend", "auto", "auto, onnxruntime[-cpu|-cuda|-tensorrt] or tensorrt"),
+    BACKEND,
     ParamSpec("top_k", 5, "places reported per frame (the markers)"),
-    ParamSpec("topic_timeout_s", 0.0, "give up when no publisher appears this long (0: wait forever)"),
+    TOPIC_TIMEOUT,
 )
 TOPICS = {
     "fix": "/netvlad/fix",
@@ -327,38 +329,20 @@ def make_localizer_node(rclpy: Any, node_name: str = "netvlad_localizer") -> Any
     return LocalizerNode
 
 
+def _serve(rclpy: Any, node: Any) -> int:
+    msgtype = wait_for_topic_type(
+        node, node.params["image_topic"], IMAGE_TYPES, node.params["topic_timeout_s"]
+    )
+    if msgtype is None:
+        return EXIT_USAGE  # the reason is in the log
+    node.subscribe(msgtype)
+    spin_until_shutdown(rclpy, node)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``netvlad-ros2 --ros-args -p model:=M -p map:=MAP [-p image_topic:=T ...]``; see the module doc."""
-    args = list(sys.argv if argv is None else argv)
-    if print_help(args, "netvlad-ros2", __doc__, PARAMETERS):
-        return 0
-    rclpy = require_rclpy()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    rclpy.init(args=args)
-    node = None
-    try:
-        try:
-            node = make_localizer_node(rclpy)()
-        except NetVLADKitError as exc:
-            rclpy.logging.get_logger("netvlad_localizer").error(str(exc))
-            return EXIT_USAGE
-        msgtype = wait_for_topic_type(
-            node, node.params["image_topic"], IMAGE_TYPES, node.params["topic_timeout_s"]
-        )
-        if msgtype is None:
-            return EXIT_USAGE  # the reason is in the log
-        node.subscribe(msgtype)
-        spin_until_shutdown(rclpy, node)
-        return 0
-    except Exception as exc:
-        log.exception("netvlad-ros2 failed: %s", exc)
-        return EXIT_FAILED
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    return node_main(argv, "netvlad-ros2", __doc__, PARAMETERS, make_localizer_node, _serve)
 
 
 if __name__ == "__main__":

@@ -194,6 +194,16 @@ def start_node(env: dict, model: Path, map_dir: Path, *params: str, topic: str =
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def play(env: dict, source: Path, *args: str) -> subprocess.CompletedProcess:
+    """netvlad-ros2-play SOURCE ARGS to the end; it must succeed."""
+    played = subprocess.run(
+        [str(BIN / "netvlad-ros2-play"), str(source), *args, "--wait-s", str(WAIT_S)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert played.returncode == 0, played.stderr
+    return played
+
+
 def stop(process: subprocess.Popen) -> str:
     if process.poll() is None:
         process.send_signal(2)  # SIGINT, as Ctrl-C
@@ -210,23 +220,7 @@ def test_node_gives_netvlad_runs_answers_over_dds(geo_world, ros_env, probe):
     node = start_node(ros_env, geo_world["model"], geo_world["map"], "temporal:=true")
     try:
         probe.wait_matched()
-        player = subprocess.run(
-            [
-                str(BIN / "netvlad-ros2-play"),
-                str(geo_world["queries"]),
-                "--image-topic",
-                "/cam",
-                "--lockstep",
-                "/netvlad/pose",
-                "--wait-s",
-                str(WAIT_S),
-            ],
-            env=ros_env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert player.returncode == 0, player.stderr
+        player = play(ros_env, geo_world["queries"], "--image-topic", "/cam", "--lockstep", "/netvlad/pose")
         assert "published 40 images" in player.stderr
         poses = probe.wait("pose", 40)
         fixes = probe.wait("fix", 40)
@@ -270,23 +264,7 @@ def test_node_localises_a_bags_compressed_images_played_by_the_player(geo_world,
     node = start_node(ros_env, geo_world["model"], geo_world["map"], topic="/patrol/image")
     try:
         probe.wait_matched()
-        played = subprocess.run(
-            [
-                str(BIN / "netvlad-ros2-play"),
-                str(bag),
-                "--topic",
-                "/patrol/image",
-                "--lockstep",
-                "/netvlad/pose",
-                "--wait-s",
-                str(WAIT_S),
-            ],
-            env=ros_env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert played.returncode == 0, played.stderr
+        play(ros_env, bag, "--topic", "/patrol/image", "--lockstep", "/netvlad/pose")
         poses = probe.wait("pose", 12)
     finally:
         log = stop(node)
@@ -439,25 +417,8 @@ def test_mapping_node_writes_the_map_netvlad_map_build_rosbag_writes(ros_env, pr
         text=True,
     )
     try:
-        played = subprocess.run(
-            [
-                str(BIN / "netvlad-ros2-play"),
-                str(bag),
-                "--topic",
-                CAM,
-                "--gps-topic",
-                GPS,
-                "--rate",
-                "20",
-                "--wait-s",
-                str(WAIT_S),
-            ],
-            env=ros_env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert played.returncode == 0 and f"published {len(images)} images" in played.stderr, played.stderr
+        played = play(ros_env, bag, "--topic", CAM, "--gps-topic", GPS, "--rate", "20")
+        assert f"published {len(images)} images" in played.stderr, played.stderr
         saved = probe.call("/netvlad/save_map")
         again = probe.call("/netvlad/save_map")
     finally:
