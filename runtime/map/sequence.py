@@ -60,6 +60,7 @@ descriptor and the place's stored descriptor, and cached while the frame is in t
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -376,11 +377,14 @@ class SequenceMatcher:
     def _carry(self, ends: np.ndarray, scores: np.ndarray) -> None:
         """Keep the best ``hypotheses`` finite-scored ends that are more than ``suppress`` places apart."""
         kept: list[int] = []
+        near_kept: set[int] = set()  # the places within `suppress` of a kept end
+        reach = range(-self.config.suppress, self.config.suppress + 1)
         for end, score in zip(ends.tolist(), scores.tolist(), strict=True):
-            if len(kept) >= self.config.hypotheses or not np.isfinite(score):
+            if len(kept) >= self.config.hypotheses or not math.isfinite(score):
                 break
-            if all(abs(end - k) > self.config.suppress for k in kept):
+            if end not in near_kept:
                 kept.append(end)
+                near_kept.update(end + d for d in reach)
         self._carried = np.asarray(kept, dtype=np.int64)
 
 
