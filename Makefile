@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch: the CPU build that lies on this machine's disk (pip finds it through its find-links).
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= train,export,plots,ros2,dev
+EXTRAS ?= train,export,plots,ros2,openvino,dev
 STAMP := $(VENV)/.installed
 
 .PHONY: install test test-fast lint demo clean

@@ -24,7 +24,9 @@ def main(
     rtsp: str = typer.Option(None, help="RTSP (or HTTP) stream URL."),
     rosbag: Path = typer.Option(None, help="ROS 1 .bag or ROS 2 bag (folder, .mcap or .db3); needs --topic."),
     topic: str = typer.Option(None, help="The bag's image topic (Image or CompressedImage)."),
-    backend: str = typer.Option("auto", help="auto, onnxruntime[-cpu|-cuda|-tensorrt] or tensorrt."),
+    backend: str = typer.Option(
+        "auto", help="auto, onnxruntime[-cpu|-cuda|-tensorrt], openvino[-bf16] or tensorrt."
+    ),
     threads: int = threads_option("inference (ONNX Runtime)"),
     jsonl: Path = typer.Option(None, help="Write one JSON record per frame here."),
     out_bag: Path = typer.Option(

@@ -35,7 +35,7 @@ class ParamSpec:
 # the parameters every program of the kit's shares
 MODEL = ParamSpec("model", "", "the model file (.onnx, .engine or .plan); required")
 IMAGE_TOPIC = ParamSpec("image_topic", "/camera/image_raw", "sensor_msgs/Image or CompressedImage topic")
-BACKEND = ParamSpec("backend", "auto", "auto, onnxruntime[-cpu|-cuda|-tensorrt] or tensorrt")
+BACKEND = ParamSpec("backend", "auto", "auto, onnxruntime[-cpu|-cuda|-tensorrt], openvino[-bf16] or tensorrt")
 TOPIC_TIMEOUT = ParamSpec(
     "topic_timeout_s", 0.0, "give up when no camera publisher appears this long (0: never)"
 )

@@ -10,6 +10,8 @@ ONNX Runtime, ``.engine``/``.plan`` -> TensorRT) or from ``backend``:
 ``onnxruntime-cuda``       ONNX Runtime, CUDAExecutionProvider (IO binding)
 ``onnxruntime-tensorrt``   ONNX Runtime, TensorrtExecutionProvider
 ``tensorrt``               TensorRT engine + card sidecar (cuda-python)
+``openvino``               OpenVINO on the CPU, FP32 inference (INT8 QDQ models: INT8)
+``openvino-bf16``          OpenVINO on the CPU, bfloat16 inference of the FP32 model
 =========================  =========================================================
 
 ``onnxruntime-cuda`` with ``cuda_graph=True`` replays the model as a CUDA graph over fixed device buffers
@@ -52,6 +54,8 @@ BACKENDS: dict[str, tuple[str, str, dict[str, Any], tuple[str, ...]]] = {
         _ONNX,
     ),
     "tensorrt": ("runtime.model.backends.tensorrt", "TensorRTBackend", {}, _ENGINE),
+    "openvino": ("runtime.model.backends.openvino", "OpenVINOBackend", {"precision": "fp32"}, _ONNX),
+    "openvino-bf16": ("runtime.model.backends.openvino", "OpenVINOBackend", {"precision": "bf16"}, _ONNX),
 }
 BY_SUFFIX = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
 BACKEND_CHOICES = ("auto", *BACKENDS)

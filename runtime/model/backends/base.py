@@ -11,12 +11,13 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from runtime.errors import BackendError, ConfigError, RunFailedError
+from runtime.errors import BackendError, ConfigError, ModelCardError, RunFailedError
 from runtime.model.card import ModelCard
 
 log = logging.getLogger(__name__)
@@ -177,3 +178,16 @@ def check_model_file(path: str | Path, kind: str) -> Path:
     if path.stat().st_size == 0:
         raise ArtifactError(f"{kind} '{path}' is empty (0 bytes); re-export it with netvlad-export")
     return path
+
+
+def check_graph_input(path: str | Path, card: ModelCard, shape: Sequence[Any]) -> None:
+    """The graph's input ``(N, H, W, 3)`` agrees with the card's height and width (symbolic dims pass)."""
+    expected = (card.input_height, card.input_width, 3)
+    fixed = [
+        (dim, want) for dim, want in zip(list(shape)[1:], expected, strict=False) if isinstance(dim, int)
+    ]
+    if len(shape) != 4 or any(dim != want for dim, want in fixed):
+        raise ModelCardError(
+            f"'{path}': its model card says input (N, {card.input_height}, {card.input_width}, 3) but the graph "
+            f"takes {tuple(shape)}; the card does not describe this graph: re-export it with netvlad-export"
+        )

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import ArtifactError, BackendError, ConfigError, ModelCardError
-from runtime.model.backends.base import Backend, check_model_file
+from runtime.errors import ArtifactError, BackendError, ConfigError
+from runtime.model.backends.base import Backend, check_graph_input, check_model_file
 from runtime.model.card import ModelCard, read_onnx_card
 from runtime.optional import require
 
@@ -155,19 +155,6 @@ def create_session(
             f"{name} cannot be loaded by onnxruntime ({type(exc).__name__}: {str(exc).strip()[:300]}); "
             "the file is truncated, corrupt or not ONNX. Re-export it with netvlad-export"
         ) from exc
-
-
-def check_graph_input(path: str | Path, card: ModelCard, shape: Sequence[Any]) -> None:
-    """The graph's input ``(N, H, W, 3)`` agrees with the card's height and width (symbolic dims pass)."""
-    expected = (card.input_height, card.input_width, 3)
-    fixed = [
-        (dim, want) for dim, want in zip(list(shape)[1:], expected, strict=False) if isinstance(dim, int)
-    ]
-    if len(shape) != 4 or any(dim != want for dim, want in fixed):
-        raise ModelCardError(
-            f"'{path}': its model card says input (N, {card.input_height}, {card.input_width}, 3) but the graph "
-            f"takes {tuple(shape)}; the card does not describe this graph: re-export it with netvlad-export"
-        )
 
 
 class OnnxRuntimeBackend(Backend):
