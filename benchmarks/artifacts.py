@@ -42,13 +42,13 @@ def find_artifacts(paths: Iterable[str | Path]) -> list[Path]:
 
 @dataclass(frozen=True)
 class BackendPlan:
-    """One backend to benchmark: ``kind`` is ``pytorch``, ``onnxruntime`` or ``tensorrt``."""
+    """One backend to benchmark: ``kind`` is ``pytorch``, ``onnxruntime``, ``openvino`` or ``tensorrt``."""
 
     label: str
     kind: str
     precision: str
     path: Path | None = None
-    provider: str = "cpu"  # onnxruntime only: cpu or cuda
+    provider: str = "cpu"  # onnxruntime: cpu or cuda; openvino: fp32 or bf16 (inference precision)
     device: str = "cpu"  # pytorch only
 
 
@@ -76,6 +76,9 @@ def plan_backends(
         plans.append(BackendPlan(f"ORT CPU {what}", "onnxruntime", precision, f, "cpu"))
         if gpu:
             plans.append(BackendPlan(f"ORT CUDA {what}", "onnxruntime", precision, f, "cuda"))
+    plans += _openvino_plans(
+        sorted(onnx_files, key=lambda f: (order.get(cards[f].precision, 9), f.name)), cards, skipped
+    )
     if not gpu:
         skipped.append(
             {
@@ -100,6 +103,34 @@ def plan_backends(
     return plans, skipped
 
 
+def _openvino_plans(onnx_files: list[Path], cards: dict, skipped: list[dict[str, str]]) -> list[BackendPlan]:
+    """OpenVINO on every FP32 and INT8 model (FP32 inference), and BF16 inference of the FP32 model where
+    the CPU has BF16; or why not."""
+    if not available("openvino"):
+        skipped.append(
+            {"label": "OpenVINO", "reason": "needs openvino (pip install 'netvlad-kit[openvino]')"}
+        )
+        return []
+    from runtime.model.backends.openvino import cpu_capabilities
+
+    bf16 = "BF16" in cpu_capabilities()
+    plans = []
+    for f in onnx_files:
+        precision = cards[f].precision
+        if precision not in ("fp32", "int8"):
+            continue
+        plans.append(
+            BackendPlan(f"OpenVINO {PRECISION_LABEL[precision]} ({f.name})", "openvino", precision, f, "fp32")
+        )
+        if precision == "fp32" and bf16:
+            plans.append(BackendPlan(f"OpenVINO BF16 inference ({f.name})", "openvino", "bf16", f, "bf16"))
+    if not bf16:
+        skipped.append(
+            {"label": "OpenVINO BF16", "reason": "this CPU has no BF16 (OpenVINO OPTIMIZATION_CAPABILITIES)"}
+        )
+    return plans
+
+
 def _ort_has_cuda() -> bool:
     if not available("onnxruntime"):
         return False
@@ -119,4 +150,7 @@ def open_extractor(plan: BackendPlan, threads: int = 2):
     if plan.kind == "onnxruntime":
         options = {"threads": threads} if plan.provider == "cpu" else {}
         return open_backend(plan.path, backend=f"onnxruntime-{plan.provider}", **options)
+    if plan.kind == "openvino":
+        name = "openvino" if plan.provider == "fp32" else f"openvino-{plan.provider}"
+        return open_backend(plan.path, backend=name, threads=threads)
     return open_backend(plan.path, backend="tensorrt")

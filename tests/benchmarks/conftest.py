@@ -48,3 +48,15 @@ def bench_world(tmp_path_factory) -> BenchWorld:
         QuantizeConfig(target="cpu"),
     )
     return BenchWorld(dataset=Path(dataset), checkpoint=checkpoint, models=models)
+
+
+def openvino_labels() -> list[str]:
+    """The OpenVINO rows the benchmarks add for the test bench's two models (none without openvino)."""
+    from runtime.optional import available
+
+    if not available("openvino"):
+        return []
+    from runtime.model.backends.openvino import cpu_capabilities
+
+    bf16 = ["OpenVINO BF16 inference (model.onnx)"] if "BF16" in cpu_capabilities() else []
+    return ["OpenVINO FP32 (model.onnx)", *bf16, "OpenVINO INT8 QDQ (model.int8-cpu.onnx)"]

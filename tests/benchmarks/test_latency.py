@@ -6,6 +6,7 @@ import pytest
 
 from benchmarks.latency import STAGES, LatencyConfig, run_latency
 from runtime.errors import ConfigError
+from tests.benchmarks.conftest import openvino_labels
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +21,7 @@ def test_latency_per_stage_per_backend_and_netvlad_forms(bench_world, tmp_path):
         "PyTorch FP32 (reference)",
         "ORT CPU FP32 (model.onnx)",
         "ORT CPU INT8 QDQ (model.int8-cpu.onnx)",
+        *openvino_labels(),
     ]
     assert result["map"] == {"places": 500, "dim": 8 * 112, "index": "IndexFlatIP (exact)"}
     assert result["frame_size"] == "96x128"

@@ -7,8 +7,10 @@ import pytest
 from benchmarks.artifacts import plan_backends
 from benchmarks.parity import ParityBenchConfig, run_parity
 from runtime.errors import ArtifactError, ConfigError
+from tests.benchmarks.conftest import openvino_labels
 
 pytestmark = pytest.mark.slow
+OPENVINO_LABELS = openvino_labels()
 
 
 def test_parity_report_fp32_matches_reference_and_int8_is_measured(bench_world, tmp_path):
@@ -19,8 +21,14 @@ def test_parity_report_fp32_matches_reference_and_int8_is_measured(bench_world, 
         "PyTorch FP32 (reference)",
         "ORT CPU FP32 (model.onnx)",
         "ORT CPU INT8 QDQ (model.int8-cpu.onnx)",
+        *OPENVINO_LABELS,
     ]
-    ref, fp32, int8 = result["backends"]
+    ref, fp32, int8 = result["backends"][:3]
+    for ov in result["backends"][3:]:  # OpenVINO on the same files: as close to the reference as ORT is
+        gate = {"fp32": 0.9999, "bf16": 0.998, "int8": 0.9}[ov["precision"]]
+        assert ov["parity"]["cosine_min" if ov["precision"] != "int8" else "cosine_median"] >= gate, ov[
+            "label"
+        ]
     assert result["num_db"] == 80 and 0 < result["num_queries"] <= 40
     # the reference against itself is exact; ORT FP32 is the same arithmetic in another order
     assert ref["parity"]["cosine_min"] == pytest.approx(1.0, abs=1e-9)
@@ -37,7 +45,7 @@ def test_parity_report_fp32_matches_reference_and_int8_is_measured(bench_world, 
     assert "TensorRT FP16/INT8" in skipped or any(b["kind"] == "tensorrt" for b in result["backends"])
 
     data = json.loads((tmp_path / "parity.json").read_text())
-    assert data["benchmark"] == "parity" and len(data["backends"]) == 3
+    assert data["benchmark"] == "parity" and len(data["backends"]) == 3 + len(OPENVINO_LABELS)
     assert {"recall", "recall_change", "cosine_min", "cosine_p1", "cosine_median", "top1_agreement"} <= set(
         data["backends"][1]["parity"]
     )
