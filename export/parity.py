@@ -98,8 +98,9 @@ THRESHOLDS: dict[str, ParityThresholds] = {
     ),
     "int8": ParityThresholds(min_cosine=0.95, p1_cosine=0.96, median_cosine=0.98, max_recall_drop=0.01),
     # bfloat16 inference of the FP32 model (OpenVINO's openvino-bf16: 8 bits of mantissa, fewer than FP16's
-    # 10), measured on the tiny demo model: mean cosine 0.99986 against ONNX Runtime FP32
-    "bf16": ParityThresholds(min_cosine=0.998, p1_cosine=0.999, median_cosine=0.9995, max_recall_drop=0.01),
+    # 10), measured on make demo's model (300 queries, 992 places): cos min 0.9936 p1 0.9959 median 0.9977,
+    # top-1 0.943, recall@1 +0.0, @5 +0.7, @10 -0.7: between FP16 and INT8
+    "bf16": ParityThresholds(min_cosine=0.99, p1_cosine=0.992, median_cosine=0.995, max_recall_drop=0.01),
 }
 
 

@@ -25,7 +25,7 @@ def test_parity_report_fp32_matches_reference_and_int8_is_measured(bench_world, 
     ]
     ref, fp32, int8 = result["backends"][:3]
     for ov in result["backends"][3:]:  # OpenVINO on the same files: as close to the reference as ORT is
-        gate = {"fp32": 0.9999, "bf16": 0.998, "int8": 0.9}[ov["precision"]]
+        gate = {"fp32": 0.9999, "bf16": 0.99, "int8": 0.9}[ov["precision"]]
         assert ov["parity"]["cosine_min" if ov["precision"] != "int8" else "cosine_median"] >= gate, ov[
             "label"
         ]
