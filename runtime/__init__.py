@@ -8,6 +8,7 @@ The pipeline, one package per step a frame goes through::
     localize/    the Localizer: frame -> Localization (position, trust)      Localizer, LocalizerConfig
     outputs/     results bag, overlay video, live web view
     cli/         netvlad-map, netvlad-run (run_session), console and options
+    ros2/        ROS 2 over DDS: netvlad-ros2, netvlad-ros2-map, netvlad-ros2-play
     datasets/    place-recognition datasets with ground truth (and geo)      open_dataset
     evaluation/  recall@N, precision-recall, the raw-pixel baseline
 
