@@ -27,33 +27,20 @@ from typing import Any
 from runtime.datasets.rosbag import DriveConfig
 from runtime.errors import ConfigError
 from runtime.map.config import MapConfig
-from runtime.ros2.graph import (
-    BACKEND,
-    EXIT_FAILED,
-    EXIT_USAGE,
-    IMAGE_TOPIC,
-    IMAGE_TYPES,
-    MODEL,
-    TOPIC_TIMEOUT,
-    ParamSpec,
-    declare,
-    node_main,
-    spin_until_shutdown,
-    wait_for_topic_type,
-)
+from runtime.ros2 import graph as ros
 from runtime.sources.rosbag import NAV_SAT_FIX
 
 log = logging.getLogger(__name__)
 
 PARAMETERS = (
-    MODEL,
-    ParamSpec("map", "", "where to write the map (a directory); required"),
-    IMAGE_TOPIC,
-    ParamSpec("gps_topic", "/gps/fix", "sensor_msgs/NavSatFix topic"),
-    ParamSpec("every_m", 5.0, "metres travelled between keyframes (as netvlad-map build --every)"),
-    ParamSpec("overwrite", False, "replace a map that exists at 'map'"),
-    BACKEND,
-    TOPIC_TIMEOUT,
+    ros.MODEL,
+    ros.ParamSpec("map", "", "where to write the map (a directory); required"),
+    ros.IMAGE_TOPIC,
+    ros.ParamSpec("gps_topic", "/gps/fix", "sensor_msgs/NavSatFix topic"),
+    ros.ParamSpec("every_m", 5.0, "metres travelled between keyframes (as netvlad-map build --every)"),
+    ros.ParamSpec("overwrite", False, "replace a map that exists at 'map'"),
+    ros.BACKEND,
+    ros.TOPIC_TIMEOUT,
 )
 SAVE_SERVICE = "/netvlad/save_map"
 RECORD_DEPTH = 1000  # messages a slow disk may queue before DDS drops any
@@ -104,12 +91,12 @@ def make_mapping_node(rclpy: Any, node_name: str = "netvlad_mapper") -> Any:
     from sensor_msgs.msg import CompressedImage, Image, NavSatFix
     from std_srvs.srv import Trigger
 
-    message_types = {IMAGE_TYPES[0]: Image, IMAGE_TYPES[1]: CompressedImage, NAV_SAT_FIX: NavSatFix}
+    message_types = {ros.IMAGE_TYPES[0]: Image, ros.IMAGE_TYPES[1]: CompressedImage, NAV_SAT_FIX: NavSatFix}
 
     class MappingNode(Node):
         def __init__(self) -> None:
             super().__init__(node_name)
-            self.params = p = declare(self, PARAMETERS)
+            self.params = p = ros.declare(self, PARAMETERS)
             for name in ("model", "map"):
                 if not p[name]:
                     raise ConfigError(f"parameter '{name}' is required: -p {name}:=PATH")
@@ -194,19 +181,19 @@ def make_mapping_node(rclpy: Any, node_name: str = "netvlad_mapper") -> Any:
 
 def _serve(rclpy: Any, node: Any) -> int:
     p = node.params
-    image_type = wait_for_topic_type(node, p["image_topic"], IMAGE_TYPES, p["topic_timeout_s"])
+    image_type = ros.wait_for_topic_type(node, p["image_topic"], ros.IMAGE_TYPES, p["topic_timeout_s"])
     if image_type is None:
-        return EXIT_USAGE  # the reason is in the log
+        return ros.EXIT_USAGE  # the reason is in the log
     node.record(p["image_topic"], image_type)
     node.record(p["gps_topic"], NAV_SAT_FIX)  # before its publisher appears: its type is fixed
-    spin_until_shutdown(rclpy, node)
+    ros.spin_until_shutdown(rclpy, node)
     ok, _ = node.save()
-    return 0 if ok else EXIT_FAILED
+    return 0 if ok else ros.EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``netvlad-ros2-map --ros-args -p model:=M -p map:=OUT [-p image_topic:=T -p gps_topic:=G ...]``."""
-    return node_main(argv, "netvlad-ros2-map", __doc__, PARAMETERS, make_mapping_node, _serve)
+    return ros.node_main(argv, "netvlad-ros2-map", __doc__, PARAMETERS, make_mapping_node, _serve)
 
 
 if __name__ == "__main__":

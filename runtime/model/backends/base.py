@@ -42,15 +42,18 @@ class Backend(abc.ABC):
         """``(H, W, 3)`` of one image, from the card."""
         return (self.card.input_height, self.card.input_width, 3)
 
+    #: the batch size a model was exported with, when it is fixed (its graph's first input dimension)
+    _fixed_batch: int | None = None
+
     @property
     def max_batch(self) -> int | None:
-        """The largest batch this backend accepts (None: no limit)."""
-        return None
+        """The largest batch this backend accepts (None: no limit; a fixed-batch model: its batch)."""
+        return self._fixed_batch
 
     @property
     def min_batch(self) -> int:
-        """The smallest batch this backend accepts."""
-        return 1
+        """The smallest batch this backend accepts (a fixed-batch model: its batch)."""
+        return self._fixed_batch or 1
 
     @property
     def device(self) -> str:

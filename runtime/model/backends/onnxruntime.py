@@ -242,14 +242,6 @@ class OnnxRuntimeBackend(Backend):
         return images, descriptors, binding, threading.Lock()
 
     @property
-    def max_batch(self) -> int | None:
-        return self._fixed_batch
-
-    @property
-    def min_batch(self) -> int:
-        return self._fixed_batch or 1
-
-    @property
     def device(self) -> str:
         return PROVIDER_NAMES[self.provider]
 

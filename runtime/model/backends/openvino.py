@@ -76,14 +76,6 @@ class OpenVINOBackend(Backend):
         log.info("opened %s", self.describe())
 
     @property
-    def max_batch(self) -> int | None:
-        return self._fixed_batch
-
-    @property
-    def min_batch(self) -> int:
-        return self._fixed_batch or 1
-
-    @property
     def device(self) -> str:
         return f"CPU ({self.precision} inference)"
 
