@@ -27,6 +27,12 @@ def main(
     workers: int = typer.Option(2, "--workers", help="rendering processes"),
     image_format: str = typer.Option("jpg", "--format", help="jpg or png"),
     no_video: bool = typer.Option(False, "--no-video", help="skip queries.mp4"),
+    query_spacing: float = typer.Option(
+        None,
+        "--query-spacing",
+        help="metres between query frames (default: the preset's); e.g. 1 renders a dense video, a camera "
+        "faster than the map's 5 m spacing",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output folder"),
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
@@ -44,6 +50,8 @@ def main(
         "image_format": image_format,
         "write_video": not no_video,
     }
+    if query_spacing is not None:
+        overrides["query_spacing_m"] = query_spacing
     if conditions:
         overrides["conditions"] = tuple(c.strip() for c in conditions.split(",") if c.strip())
     cfg = SynthConfig.preset(preset, **overrides)
