@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -196,5 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return ros.node_main(argv, "netvlad-ros2-map", __doc__, PARAMETERS, make_mapping_node, _serve)
 
 
+def run() -> None:
+    """The console script: :func:`main`, then the process ends with its exit code."""
+    ros.exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

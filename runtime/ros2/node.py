@@ -30,7 +30,6 @@ included.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -52,6 +51,7 @@ from runtime.ros2.graph import (
     TOPIC_TIMEOUT,
     ParamSpec,
     declare,
+    exit_process,
     node_main,
     ros_time,
     spin_until_shutdown,
@@ -345,5 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return node_main(argv, "netvlad-ros2", __doc__, PARAMETERS, make_localizer_node, _serve)
 
 
+def run() -> None:
+    """The console script: :func:`main`, then the process ends with its exit code."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

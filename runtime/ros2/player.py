@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import NetVLADKitError
-from runtime.ros2.graph import EXIT_USAGE, IMAGE_TYPES, require_rclpy
+from runtime.ros2.graph import EXIT_USAGE, IMAGE_TYPES, exit_process, require_rclpy
 from runtime.sources import is_bag, open_source
 from runtime.sources.rosbag import COMPRESSED_IMAGE, IMAGE, NAV_SAT_FIX, open_bag, topic_connections
 
@@ -265,5 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             rclpy.shutdown()
 
 
+def run() -> None:
+    """The console script: :func:`main`, then the process ends with its exit code (see exit_process)."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
