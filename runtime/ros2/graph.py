@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.cli.console import EXIT_FAILED, EXIT_USAGE
+from runtime.cli.options import HELP_WIDTH
 from runtime.errors import ConfigError, NetVLADKitError
 from runtime.sources.rosbag import COMPRESSED_IMAGE, IMAGE
 
@@ -59,17 +60,22 @@ def print_help(args: Sequence[str], prog: str, doc: str | None, params: Sequence
         own = own[: own.index("--ros-args")]
     if not {"-h", "--help"} & set(own):
         return False
-    width = max(len(p.name) for p in params) + 2
-    lines = [
-        f"Usage: {prog} --ros-args -p NAME:=VALUE ...",
-        "",
-        *(doc or "").strip().splitlines()[:1],
-        "",
-        "Parameters (-p NAME:=VALUE):",
-        *(f"  {p.name:<{width}}{p.help} [default: {p.default!r}]" for p in params),
-        "",
+    import textwrap
+
+    width = max(len(p.name) for p in params) + 4
+    lines = [f"Usage: {prog} --ros-args -p NAME:=VALUE ...", ""]
+    lines += textwrap.wrap((doc or "").strip().split("\n\n")[0].replace("\n", " ").replace("``", ""), HELP_WIDTH - 2, initial_indent="  ",
+                           subsequent_indent="  ")  # fmt: skip
+    lines += ["", "Parameters (-p NAME:=VALUE):"]
+    for p in params:
+        text = f"{p.help} [default: {p.default!r}]"
+        wrapped = textwrap.wrap(text, HELP_WIDTH - width) or [""]
+        lines.append(f"  {p.name:<{width - 2}}{wrapped[0]}")
+        lines += [" " * width + more for more in wrapped[1:]]
+    lines += ["", *textwrap.wrap(
         "Set ROS_DOMAIN_ID, and ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST to keep discovery on this machine.",
-    ]
+        HELP_WIDTH,
+    )]  # fmt: skip
     print("\n".join(lines))
     return True
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from runtime.cli.options import HELP_WIDTH
 from runtime.errors import NetVLADKitError
 from runtime.ros2.graph import EXIT_USAGE, IMAGE_TYPES, exit_process, require_rclpy
 from runtime.sources import is_bag, open_source
@@ -35,9 +36,13 @@ PUBLISH_DEPTH = 1000  # messages a publisher keeps until every reliable subscrib
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """The player's own options and what follows ``--ros-args`` (for rclpy)."""
+    import shutil
+
+    width = min(HELP_WIDTH, shutil.get_terminal_size().columns)
     parser = argparse.ArgumentParser(
         prog="netvlad-ros2-play",
-        description=(__doc__ or "").strip().splitlines()[0],
+        description=(__doc__ or "").strip().split("\n\n")[0].replace("``", ""),
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, width=width),
         epilog="Set ROS_DOMAIN_ID, and ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST to stay on this machine.",
     )
     parser.add_argument("source", type=Path, help="a ROS 1/2 bag, a video file or an image folder")

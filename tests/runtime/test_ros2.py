@@ -378,6 +378,15 @@ def test_help_works_without_a_ros_graph():
         [str(BIN / "netvlad-ros2-play"), "--help"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0 and "--lockstep TOPIC" in out.stdout
+    for program in ("netvlad-ros2", "netvlad-ros2-map", "netvlad-ros2-play"):
+        page = subprocess.run(
+            [str(BIN / program), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "200"},
+        ).stdout
+        assert [line for line in page.splitlines() if len(line) > 80] == [], program  # an 80-column terminal
 
 
 def test_mapping_node_writes_the_map_netvlad_map_build_rosbag_writes(ros_env, probe, tmp_path):
