@@ -15,6 +15,7 @@ next: a node then sees every frame however fast it runs (tests, benchmarks of th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import threading
@@ -75,21 +76,32 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     return parsed, ros_args
 
 
-def bag_messages(args: argparse.Namespace) -> Iterator[tuple[str, str, float, Any]]:
-    """``(topic, msgtype, record time s, rosbags message)`` of the bag's image and GPS topics, in order."""
-    with open_bag(args.source) as reader:
+def open_items(
+    args: argparse.Namespace, image_topic: str, stack: contextlib.ExitStack
+) -> tuple[dict[str, str], Iterator[tuple[str, str, float, Any]]]:
+    """What to play: ``{topic in the source: message type}`` and ``(topic, msgtype, time s, message)`` in
+    order. A bag (opened once, into ``stack``): its image topic and GPS topic, checked, as recorded (rosbags
+    messages at their record times); a video or folder: its frames (:class:`Frame`) as ``image_topic``."""
+    if is_bag(args.source):
+        if not args.topic:
+            raise SystemExit("error: a bag needs --topic (its image topic)")
+        reader = stack.enter_context(open_bag(args.source))
         connections = topic_connections(reader, args.source, args.topic, IMAGE_TYPES, "image", "--topic")
         if args.gps_topic:
             connections += topic_connections(
                 reader, args.source, args.gps_topic, (NAV_SAT_FIX,), "GPS", "--gps-topic"
             )
-        for connection, bag_ns, raw in reader.messages(connections=connections):
-            yield (
-                connection.topic,
-                connection.msgtype,
-                bag_ns * 1e-9,
-                reader.deserialize(raw, connection.msgtype),
-            )
+        types = {c.topic: c.msgtype for c in connections}
+        items = (
+            (c.topic, c.msgtype, bag_ns * 1e-9, reader.deserialize(raw, c.msgtype))
+            for c, bag_ns, raw in reader.messages(connections=connections)
+        )
+        return types, items
+    source = stack.enter_context(open_source(args.source))
+    fps = args.fps
+    return {image_topic: IMAGE}, (
+        (image_topic, IMAGE, f.index / fps if fps else f.timestamp, f) for f in source
+    )
 
 
 def _header(msg_types: dict, stamp_s: float | None = None, source: Any = None) -> Any:
@@ -163,45 +175,30 @@ class Lockstep:
             return self._cond.wait_for(lambda: self.count >= count, timeout=timeout_s)
 
 
-def bag_topic_types(args: argparse.Namespace) -> dict[str, str]:
-    """The bag's image topic and GPS topic (when given) with their message types, checked."""
-    with open_bag(args.source) as reader:
-        images = topic_connections(reader, args.source, args.topic, IMAGE_TYPES, "image", "--topic")
-        types = {args.topic: images[0].msgtype}
-        if args.gps_topic:
-            topic_connections(reader, args.source, args.gps_topic, (NAV_SAT_FIX,), "GPS", "--gps-topic")
-            types[args.gps_topic] = NAV_SAT_FIX
-    return types
-
-
 def play(args: argparse.Namespace, rclpy: Any) -> int:
     """Publish the source; returns how many images went out. Every publisher exists, and has its
     subscribers matched (up to ``--wait-s``), before the first message: none is lost to discovery."""
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CompressedImage, Image, NavSatFix
     from std_msgs.msg import Header
 
     msg_types = {"Image": Image, "CompressedImage": CompressedImage, "NavSatFix": NavSatFix, "Header": Header}
     kinds = {IMAGE: Image, COMPRESSED_IMAGE: CompressedImage, NAV_SAT_FIX: NavSatFix}
     bag = is_bag(args.source)
-    if bag and not args.topic:
-        raise SystemExit("error: a bag needs --topic (its image topic)")
     image_topic = args.image_topic or (args.topic if bag else "/camera/image_raw")
-    if bag:
-        types = bag_topic_types(args)
-        items: Iterator = bag_messages(args)
-    else:
-        types = {image_topic: IMAGE}
-        source = open_source(args.source)
-        items = ((image_topic, IMAGE, (f.index / args.fps) if args.fps else f.timestamp, f) for f in source)
+    stack = contextlib.ExitStack()
+    types, items = open_items(args, image_topic, stack)
     node = Node("netvlad_player")
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     outgoing = {topic: image_topic if topic == args.topic else topic for topic in types}  # bag -> published
+    # reliable and deep: a burst at a high --rate waits in the writer's history instead of overwriting it
+    qos = QoSProfile(depth=PUBLISH_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
     publishers = {
-        topic: node.create_publisher(kinds[kind], outgoing[topic], 10) for topic, kind in types.items()
+        topic: node.create_publisher(kinds[kind], outgoing[topic], qos) for topic, kind in types.items()
     }
     lockstep = Lockstep(node, args.lockstep) if args.lockstep else None
     spinner.start()
@@ -234,8 +231,7 @@ def play(args: argparse.Namespace, rclpy: Any) -> int:
                     )
                     lockstep.count = sent
     finally:
-        if not bag:
-            source.close()
+        stack.close()  # the bag or the frame source
         time.sleep(0.2)  # let the last messages leave before the node goes
         executor.shutdown(timeout_sec=1.0)
         spinner.join(timeout=2.0)
