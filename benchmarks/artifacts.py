@@ -70,15 +70,14 @@ def plan_backends(
     engines = [f for f in files if f.suffix.lower() in ENGINE_SUFFIXES]
     order = {"fp32": 0, "int8": 1, "fp16": 2}
     cards = {f: read_card(f) for f in onnx_files}
-    for f in sorted(onnx_files, key=lambda f: (order.get(cards[f].precision, 9), f.name)):
+    onnx_files = sorted(onnx_files, key=lambda f: (order.get(cards[f].precision, 9), f.name))
+    for f in onnx_files:
         precision = cards[f].precision
         what = f"{PRECISION_LABEL[precision]} ({f.name})"
         plans.append(BackendPlan(f"ORT CPU {what}", "onnxruntime", precision, f, "cpu"))
         if gpu:
             plans.append(BackendPlan(f"ORT CUDA {what}", "onnxruntime", precision, f, "cuda"))
-    plans += _openvino_plans(
-        sorted(onnx_files, key=lambda f: (order.get(cards[f].precision, 9), f.name)), cards, skipped
-    )
+    plans += _openvino_plans(onnx_files, cards, skipped)
     if not gpu:
         skipped.append(
             {

@@ -133,6 +133,7 @@ def sequence_recall(
 def every_nth_place(map_path: Path, step: int, out: Path) -> Path:
     """A copy of the map at ``map_path`` keeping every ``step``-th place (a robot ``step`` times slower than
     the mapping drive), written once into ``out`` with ``netvlad-map remove`` (which recalibrates it)."""
+    import glob
     import shutil
 
     from runtime.map import read_map_meta, remove_from_map
@@ -144,7 +145,7 @@ def every_nth_place(map_path: Path, step: int, out: Path) -> Path:
         return out
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(map_path, out)
-    drop = [image for i, image in enumerate(places.images) if i % step]
+    drop = [glob.escape(image) for i, image in enumerate(places.images) if i % step]  # names, not patterns
     remove_from_map(out, images=drop)
     return out
 
@@ -173,15 +174,12 @@ def seqslam_anchor(dataset_root: Path, config: SequenceBenchConfig, out: Path) -
     done = subprocess.run(args, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         return {"skipped": f"the anchor failed: {done.stderr.strip().splitlines()[-1:]}"}
-    found = {}
-    for line in (
-        done.stdout.splitlines() + done.stderr.splitlines()
-    ):  # "... SeqSLAM ds=20 causal  R@1 = 0.7318"
-        if "SeqSLAM ds=" in line and "causal" in line and "R@1 =" in line:
-            ds = int(line.split("ds=")[1].split()[0])
-            found[ds] = float(line.split("R@1 =")[1].split()[0])
-        if "single-frame raw pixels" in line and "R@1 =" in line:
-            found["raw pixels"] = float(line.split("R@1 =")[1].split()[0])
+    found: dict[Any, float] = {}
+    for row in json.loads(result_file.read_text())["results"]:  # the anchor's own result file
+        if row.get("mode") == "causal" and "ds" in row:
+            found[row["ds"]] = row["R@1"]
+        elif row["method"].startswith("single-frame raw pixels"):
+            found["raw pixels"] = row["R@1"]
     return {"R@1": found, "velocities": [0.25, 4.0], "file": str(result_file)}
 
 
