@@ -310,15 +310,15 @@ class SequenceMatcher:
         places = ends[:, None, None] - offsets[None, :, :n]  # (E, V', n): where each line was k frames ago
         valid = (places >= 0) & (places < self.num_places)
         places = np.where(valid, places, 0)
-        slots = np.broadcast_to(window_slots, places.shape)  # (E, V, n)
+        slots = np.broadcast_to(window_slots, places.shape)  # (E, V', n)
         missing = valid & (self._enhanced_stamp[slots, places] != window_stamps)
         if missing.any():
             cells = _distinct(slots[missing] * self.num_places + places[missing])  # (M,) slot-major keys
             stamp_of_slot = np.zeros(self.config.frames, dtype=np.int64)
             stamp_of_slot[window_slots] = window_stamps
             self._fill_enhanced(cells // self.num_places, cells % self.num_places, stamp_of_slot)
-        cost = np.where(valid, self._enhanced[slots, places], np.inf)  # (E, V, n)
-        lines = cost.sum(axis=2)  # (E, V)
+        cost = np.where(valid, self._enhanced[slots, places], np.inf)  # (E, V', n)
+        lines = cost.sum(axis=2)  # (E, V')
         if self.config.reverse:  # backwards only from a tracked end: reversing continues a known line
             fresh = ~np.isin(ends, moved)
             lines[np.ix_(fresh, line_speeds < 0)] = np.inf

@@ -87,11 +87,10 @@ DIAGNOSTICS_PERIOD_S = 1.0
 
 @dataclass
 class NodeCounts:
-    """What happened to the frames the node received."""
+    """What happened to the frames the node received (those dropped for a newer one: ``NewestFrame.replaced``)."""
 
     received: int = 0
     localized: int = 0
-    dropped: int = 0  # replaced by a newer frame before the model was free
     undecodable: int = 0  # a payload that cannot be decoded, an unknown encoding, a size that does not fit
 
 
@@ -202,7 +201,6 @@ def make_localizer_node(rclpy: Any, node_name: str = "netvlad_localizer") -> Any
         def _localize_loop(self) -> None:
             while (item := self.slot.take()) is not None:
                 msg, arrived = item
-                self.counts.dropped = self.slot.replaced
                 try:
                     image = decode_image(msg, self.image_type)
                 except NetVLADKitError as exc:  # an encoding the kit does not know: say so, keep serving

@@ -25,10 +25,12 @@ log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # the kit's name -> OpenVINO's INFERENCE_PRECISION_HINT
 
 
-def cpu_capabilities() -> list[str]:
-    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of this CPU, e.g. ``['BF16', 'FP32', 'INT8', ...]``."""
-    ov = require("openvino", "running ONNX models with OpenVINO (--backend openvino)")
-    return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+def cpu_capabilities(core=None) -> list[str]:
+    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of this CPU, e.g. ``['BF16', 'FP32', 'INT8', ...]`` (from
+    ``core``, an ``openvino.Core``, when the caller has one)."""
+    if core is None:
+        core = require("openvino", "running ONNX models with OpenVINO (--backend openvino)").Core()
+    return list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 class OpenVINOBackend(Backend):
@@ -46,10 +48,10 @@ class OpenVINOBackend(Backend):
         card = read_onnx_card(path)
         super().__init__(path, card)
         core = ov.Core()
-        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        capabilities = cpu_capabilities(core)
+        if precision == "bf16" and "BF16" not in capabilities:
             raise ConfigError(
-                "this CPU has no BF16 support (OpenVINO reports "
-                f"{list(core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))}); use --backend openvino (FP32)"
+                f"this CPU has no BF16 support (OpenVINO reports {capabilities}); use --backend openvino (FP32)"
             )
         try:
             model = core.read_model(str(path))
