@@ -166,7 +166,7 @@ def make_localizer_node(rclpy: Any, node_name: str = "netvlad_localizer") -> Any
             self.latency = LatencyStats()  # receipt -> publication, seconds
             self.slot = NewestFrame()
             self.image_type: str | None = None
-            self._rate_window: list[float] = []
+            self._rate_mark = (time.perf_counter(), 0)  # (when, frames localised) at the last report
             self.pub = {
                 "fix": self.create_publisher(NavSatFix, TOPICS["fix"], 10),
                 "pose": self.create_publisher(PoseWithCovarianceStamped, TOPICS["pose"], 10),
@@ -225,7 +225,6 @@ def make_localizer_node(rclpy: Any, node_name: str = "netvlad_localizer") -> Any
                 self._publish(loc, stamp)
                 self.counts.localized += 1
                 self.latency.add(time.perf_counter() - arrived)
-                self._rate_window.append(time.perf_counter())
 
         # -- out -----------------------------------------------------------------------------------
         def _publish(self, loc: Localization, stamp: Any) -> None:
@@ -267,12 +266,14 @@ def make_localizer_node(rclpy: Any, node_name: str = "netvlad_localizer") -> Any
 
         def _publish_diagnostics(self) -> None:
             now = time.perf_counter()
-            self._rate_window = [t for t in self._rate_window if now - t <= 5.0]
-            rate = len(self._rate_window) / 5.0
+            # from the count the localisation thread keeps (no list shared between the two threads)
+            (then, before), localized = self._rate_mark, self.counts.localized
+            rate = (localized - before) / max(now - then, 1e-9)
+            self._rate_mark = (now, localized)
             c = self.counts
             meta = self.localizer.map.meta
             values = {
-                "frame rate (Hz, last 5 s)": f"{rate:.2f}",
+                "frame rate (Hz, since the last report)": f"{rate:.2f}",
                 "frames received": c.received,
                 "frames localised": c.localized,
                 "frames dropped (newer frame arrived)": self.slot.replaced,
