@@ -56,6 +56,9 @@ def search(
     rerank: str = typer.Option(
         None, help="Candidates re-ranked exactly against float16 descriptors, e.g. 0,100 (0: codes alone)."
     ),
+    sq8_rerank: str = typer.Option(
+        None, help="The same for the 8-bit scalar quantiser (SQ8), e.g. 0,16 (the default)."
+    ),
     max_gib: float = typer.Option(
         None,
         help="RAM (GiB) for a map's float16 descriptors and for the timed exact index; larger maps are "
@@ -79,7 +82,8 @@ def search(
     verbose: int = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
-    """Map size sweep: exact (IndexFlatIP) vs compressed (IVF-PQ) search latency, recall and memory."""
+    """Map size sweep: exact (IndexFlatIP) vs float16 / 8-bit flat (SQfp16, SQ8) and compressed (IVF-PQ)
+    search: latency, bytes read per query, recall against float32 exact search, memory."""
     from benchmarks.search import SearchConfig, run_search
     from runtime.cli.console import configure_logging, progress
 
@@ -99,6 +103,7 @@ def search(
         pq_bytes=pq_bytes,
         num_queries=queries,
         rerank=_ints(rerank, "--rerank"),
+        sq8_rerank=_ints(sq8_rerank, "--sq8-rerank"),
         max_gib=max_gib,
         scratch=str(scratch) if scratch else None,
         cold=cold or None,

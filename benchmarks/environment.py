@@ -82,3 +82,11 @@ def machine_line(info: dict[str, Any]) -> str:
         f"Machine: `{info['host']}`, {info['cpu']}, {info['cores']} cores, {info.get('memory_gib')} GiB; "
         f"Python {info['python']}; {libs}."
     )
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS has none): how busy the cores were."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None

@@ -1,15 +1,20 @@
 """Map search benchmark (``netvlad-bench search``): exact against compressed FAISS indexes over map sizes.
 
 For each map size and descriptor dimension it builds, on seeded synthetic descriptors that look like a
-place-recognition map (clustered, L2-normalised, queries are noisy revisits of map places):
+place-recognition map (clustered, L2-normalised, queries are noisy revisits of map places), the runtime's
+map indexes (:func:`runtime.map.index.build_index`, one per ``netvlad-map build --index`` kind):
 
-- the exact index (``IndexFlatIP``, what the runtime uses by default) and
-- a compressed index (``IndexIVFPQ``: ``nlist`` inverted lists, ``m`` bytes per vector),
+- the exact index (``flat``: ``IndexFlatIP``, float32, what the runtime uses by default),
+- the scalar-quantised flat scans (``fp16``: ``SQfp16``, 2 bytes per dimension; ``sq8``: ``SQ8``, 1 byte,
+  optionally re-ranked exactly against the float16 descriptors) and
+- a compressed index (``ivfpq``: ``IndexIVFPQ``, ``nlist`` inverted lists, ``m`` bytes per vector),
 
-and measures per-query latency at batch 1 and per batch at a larger batch (p50/p90/p99), the recall of the
-compressed index against exact search (does it return exact search's top-1 within its top-1 / top-10, and
-how much of exact top-10 it finds), recall of each against the true place, and index memory. Where faiss
-has a GPU, the exact search is also timed on it (FP16 flat); elsewhere that part is skipped with the reason.
+and measures per-query latency at batch 1 and per batch at a larger batch (p50/p90/p99), the bytes a
+batch-1 query reads from the map, the recall of each index against exact search (does it return exact
+search's top-1 within its top-1 / top-10, and how much of exact top-10 it finds; the reference is float32
+exact search wherever float32 descriptors fit ``max_gib``), recall of each against the true place, and
+index memory. Where faiss has a GPU, the exact search is also timed on it (FP16 flat); elsewhere that part
+is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -28,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.environment import machine_info, machine_line
+from benchmarks.environment import load_average, machine_info, machine_line
 from benchmarks.report import markdown_table, write_report
 from benchmarks.timing import summarize_ms, time_calls
 from runtime.errors import ConfigError
-from runtime.map.index import RerankedIndex, build_index, exact_search, pq_subquantizers
+from runtime.map.index import SCALAR_QUANTISERS, RerankedIndex, build_index, exact_search, pq_subquantizers
 from runtime.optional import require
 
 log = logging.getLogger(__name__)
@@ -81,7 +86,13 @@ class SearchConfig:
     pq_bytes: int = 64  # IVF-PQ code size (sub-quantisers of 8 bits); adjusted down to divide the dimension
     nprobe: tuple[int, ...] = (8, 32)  # inverted lists visited per query
     rerank: tuple[int, ...] = (0, 500)  # candidates re-ranked exactly against float16 descriptors (0: none)
-    max_gib: float = 6.0  # RAM for the descriptors (float16; over it: skipped, or memory-mapped with scratch)
+    sq8_rerank: tuple[int, ...] = (
+        0,
+        16,
+    )  # the same for the 8-bit scalar quantiser (16: the runtime's default)
+    # RAM for the descriptors: float16 (over it: skipped, or memory-mapped with scratch); float32 originals
+    # beside them (the reference for recall) while both fit, else recall is against exact float16 search
+    max_gib: float = 6.0
     scratch: str | None = None  # a folder for memory-mapped descriptors of maps over max_gib (deleted after)
     stream_queries: int = 3  # batch-1 queries of exact search streaming a memory-mapped map (timed for real)
     cold: bool = False  # memory-mapped maps: also time batch-1 re-ranking with the page cache evicted
@@ -109,8 +120,11 @@ class SearchConfig:
                 problems.append(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not self.nprobe or any(int(p) < 1 for p in self.nprobe):
             problems.append(f"nprobe must be positive integers, got {self.nprobe}")
-        if not self.rerank or any(int(r) < 0 for r in self.rerank):
-            problems.append(f"rerank must be candidate counts >= 0 (0: no re-ranking), got {self.rerank}")
+        for name in ("rerank", "sq8_rerank"):
+            if not getattr(self, name) or any(int(r) < 0 for r in getattr(self, name)):
+                problems.append(
+                    f"{name} must be candidate counts >= 0 (0: no re-ranking), got {getattr(self, name)}"
+                )
         if self.query_noise < 0:
             problems.append(f"query_noise must be >= 0, got {self.query_noise}")
         if not 0 <= self.route_correlation < 1:
@@ -123,6 +137,7 @@ class SearchConfig:
         object.__setattr__(self, "dims", tuple(int(d) for d in self.dims))
         object.__setattr__(self, "nprobe", tuple(int(p) for p in self.nprobe))
         object.__setattr__(self, "rerank", tuple(int(r) for r in self.rerank))
+        object.__setattr__(self, "sq8_rerank", tuple(int(r) for r in self.sq8_rerank))
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> SearchConfig:
@@ -216,6 +231,27 @@ def index_bytes(index) -> int:
     if isinstance(index, faiss.IndexFlat):
         return int(index.ntotal) * int(index.d) * 4
     return int(faiss.serialize_index(index).nbytes)
+
+
+def reranked_rows(k: int, candidates: int, size: int) -> int:
+    """Float16 rows a :class:`RerankedIndex` reads per query: its ``candidates`` (at least ``k``), 0 without."""
+    return max(k, min(candidates, size)) if candidates else 0
+
+
+def bytes_read_per_query(codes: float, code_bytes: int, rerank_rows: int, dim: int, fixed: int = 0) -> int:
+    """Bytes one batch-1 query reads from the map: the ``codes`` it scans of ``code_bytes`` each, the
+    ``rerank_rows`` float16 descriptors it re-ranks (``2 * dim`` bytes each) and ``fixed`` (IVF-PQ's coarse
+    centroids, scanned by every query)."""
+    return round(codes * code_bytes) + rerank_rows * dim * 2 + fixed
+
+
+def ivf_codes_scanned(index, queries: np.ndarray, k: int) -> float:
+    """Codes an IVF index scans per query (faiss's own count, ``indexIVF_stats.ndis``) over ``queries``."""
+    faiss = require("faiss", "map search")
+    stats = faiss.cvar.indexIVF_stats
+    stats.reset()
+    index.search(queries, k)
+    return stats.ndis / max(1, len(queries))
 
 
 def compressed_recall(exact_ids: np.ndarray, approx_ids: np.ndarray) -> dict[str, float]:
@@ -349,11 +385,13 @@ def benchmark_one(
 ) -> dict[str, Any]:
     """Build, time and compare the exact and compressed indexes for one map size and dimension.
 
-    The descriptors are float16 (as a compressed map stores them): in RAM, or memory-mapped under
-    ``cfg.scratch`` when they exceed ``cfg.max_gib``. Exact search for recall reads them a chunk at a time;
-    exact search is *timed* on an in-RAM ``IndexFlatIP`` of at most ``cfg.max_gib`` of float32 rows and,
-    for larger maps, scaled linearly to the full size (flat search is a linear scan: its time is
-    proportional to the rows), marked ``extrapolated_from``.
+    The descriptors are float16 (as a map of codes stores them): in RAM, or memory-mapped under
+    ``cfg.scratch`` when they exceed ``cfg.max_gib``. While float32 and float16 copies both fit
+    ``cfg.max_gib`` they are generated in float32 (the reference: recall is against float32 exact search,
+    as a flat map answers) and rounded to float16 for the indexes that store or re-rank float16. Exact
+    search for recall reads them a chunk at a time; exact search is *timed* on an in-RAM ``IndexFlatIP`` of
+    at most ``cfg.max_gib`` of float32 rows and, for larger maps, scaled linearly to the full size (flat
+    search is a linear scan: its time is proportional to the rows), marked ``extrapolated_from``.
     """
     step = step or (lambda _msg: None)
     entry: dict[str, Any] = {"size": size, "dim": dim}
@@ -365,9 +403,13 @@ def benchmark_one(
         memmap_file.parent.mkdir(parents=True, exist_ok=True)
         store = np.lib.format.open_memmap(memmap_file, mode="w+", dtype=np.float16, shape=(size, dim))
         entry["descriptors"] = f"float16 memory map ({size * dim * 2 / 2**30:.1f} GiB on disk)"
+    elif size * dim * (4 + 2) <= cfg.max_gib * 2**30:
+        store = np.empty((size, dim), dtype=np.float32)
+        entry["descriptors"] = f"float32 + float16 in RAM ({size * dim * 6 / 2**30:.2f} GiB)"
     else:
         store = np.empty((size, dim), dtype=np.float16)
         entry["descriptors"] = f"float16 in RAM ({size * dim * 2 / 2**30:.2f} GiB)"
+    entry["reference"] = "float32" if store.dtype == np.float32 else "float16"
     try:
         db, queries, true_place = synthetic_map(
             size,
@@ -380,7 +422,9 @@ def benchmark_one(
             out=store,
         )
         entry["generate_s"] = time.perf_counter() - t0
-        _measure(cfg, entry, db, queries, true_place, step, memmap_file)
+        rows16 = db if db.dtype == np.float16 else db.astype(np.float16)  # (N, D): what a map stores
+        _measure(cfg, entry, db, rows16, queries, true_place, step, memmap_file)
+        del rows16
     finally:
         del store
         if memmap_file is not None:
@@ -390,14 +434,24 @@ def benchmark_one(
 
 
 def _measure(
-    cfg: SearchConfig, entry: dict, db: np.ndarray, queries, true_place, step, memmap_file: Path | None
+    cfg: SearchConfig,
+    entry: dict,
+    db: np.ndarray,
+    rows16: np.ndarray,
+    queries,
+    true_place,
+    step,
+    memmap_file: Path | None,
 ) -> None:
-    """Exact search (the ground truth), then IVF-PQ and GPU search against it, into ``entry``."""
+    """Exact search (the ground truth) over ``db (N, D)`` (float32, or float16 when that is all there is),
+    then the scalar quantisers, IVF-PQ and GPU search against it, into ``entry``. ``rows16 (N, D)``: the
+    float16 descriptors the indexes of codes are built from and re-rank against (``db`` itself if float16)."""
     if memmap_file is not None:
         db.flush()  # the generated rows are written back: evictable from the page cache from here on
         entry["page_cache_share_before_truth"] = page_cache_share(memmap_file)
     exact_ids = _measure_exact(cfg, entry, db, queries, true_place, step, memmap_file)
-    _measure_compressed(cfg, entry, db, queries, true_place, exact_ids, step, memmap_file)
+    _measure_scalar(cfg, entry, rows16, queries, true_place, exact_ids, step)
+    _measure_compressed(cfg, entry, rows16, queries, true_place, exact_ids, step, memmap_file)
     if cfg.gpu:
         _measure_gpu(cfg, entry, db, queries, exact_ids, step)
 
@@ -424,6 +478,7 @@ def _measure_exact(
         "index": "IndexFlatIP",
         "build_s": build_flat_s * scale,
         "bytes": size * dim * 4,
+        "bytes_read_per_query": bytes_read_per_query(size, dim * 4, 0, dim),
         "ground_truth_s": truth_s,
         "batch1": _scaled(time_search(flat, queries, cfg.k, 1, cfg.latency_queries), scale),
         f"batch{cfg.batch_size}": _scaled(
@@ -441,6 +496,42 @@ def _measure_exact(
         if cfg.cold:
             exact["streamed_cold"] = _time_streamed_exact(db, queries, cfg, memmap_file)
     return exact_ids
+
+
+def _measure_scalar(
+    cfg: SearchConfig, entry: dict, rows16: np.ndarray, queries, true_place, exact_ids: np.ndarray, step
+) -> None:
+    """The scalar-quantised flat indexes (``fp16``, ``sq8`` with each ``cfg.sq8_rerank`` depth), built as
+    the runtime builds them from the float16 descriptors ``rows16 (N, D)``: latency, bytes read per query
+    and recall against exact search; skipped (with the reason) when their codes exceed ``cfg.max_gib``."""
+    size, dim = rows16.shape
+    recall_q, recall_truth = queries[: cfg.num_queries], true_place[: cfg.num_queries]
+    entry["scalar"] = {}
+    for kind, reranks in (("fp16", (0,)), ("sq8", cfg.sq8_rerank)):
+        code_bytes = dim * (2 if kind == "fp16" else 1)
+        if size * code_bytes > cfg.max_gib * 2**30:
+            reason = f"{size:,} x {dim} {kind} codes need {size * code_bytes / 2**30:.1f} GiB, over --max-gib"
+            entry["scalar"][kind] = {"index": SCALAR_QUANTISERS[kind], "skipped": reason}
+            continue
+        step(f"{size:,} x {dim}: {kind} build")
+        t0 = time.perf_counter()
+        index, info = build_index(rows16, kind)
+        scalar = {"index": info["factory"], "build_s": time.perf_counter() - t0, "bytes": index_bytes(index)}
+        scalar["by_rerank"] = {}
+        for rerank in reranks:
+            step(f"{size:,} x {dim}: {kind}, re-rank {rerank}")
+            searched = RerankedIndex(index, rows16, rerank) if rerank else index
+            _, ids = searched.search(recall_q, cfg.k)
+            read = bytes_read_per_query(size, code_bytes, reranked_rows(cfg.k, rerank, size), dim)
+            scalar["by_rerank"][str(rerank)] = {
+                "rerank": rerank,
+                "bytes_read_per_query": read,
+                **_time_batches(searched, queries, cfg),
+                **compressed_recall(exact_ids, ids),
+                **place_recall(ids, recall_truth),
+            }
+        entry["scalar"][kind] = scalar
+        del index
 
 
 def _measure_compressed(
@@ -468,6 +559,7 @@ def _measure_compressed(
     compressed["by_nprobe"] = {}
     for nprobe in cfg.nprobe:
         ivfpq.nprobe = min(nprobe, params["nlist"])
+        scanned = ivf_codes_scanned(ivfpq, recall_q, cfg.k)  # (codes per query)
         for rerank in cfg.rerank:
             step(f"{size:,} x {dim}: IVF-PQ nprobe {nprobe}, re-rank {rerank}")
             searched = RerankedIndex(ivfpq, db, rerank) if rerank else ivfpq
@@ -475,6 +567,13 @@ def _measure_compressed(
             row = {
                 "nprobe": nprobe,
                 "rerank": rerank,
+                "bytes_read_per_query": bytes_read_per_query(
+                    scanned,
+                    params["m"] * params["nbits"] / 8,
+                    reranked_rows(cfg.k, rerank, size),
+                    dim,
+                    fixed=params["nlist"] * dim * 4,  # the coarse centroids, float32
+                ),
                 **_time_batches(searched, queries, cfg),
                 **compressed_recall(exact_ids, ids),
                 **place_recall(ids, recall_truth),
@@ -564,6 +663,7 @@ def run_search(
         "config": dataclasses.asdict(cfg),
         "machine": machine_info(),
         "faiss_threads": cfg.threads,
+        "load_average": {"start": load_average()},
         "entries": [],
         "skipped": [],
     }
@@ -591,6 +691,7 @@ def run_search(
             bar.update(1)
     if bar is not None:
         bar.close()
+    result["load_average"]["end"] = load_average()
     if out_dir is not None:
         json_path, md_path = write_report(out_dir, "search", result, search_markdown(result))
         result["files"] = {"json": str(json_path), "markdown": str(md_path)}
@@ -609,6 +710,7 @@ def _streamed_row(entry: dict[str, Any], key: str, base_ms: float) -> list:
         label,
         "—",
         "—",  # no index: a chunk of the map in RAM at a time
+        _kib(entry["size"] * entry["dim"] * 2),  # the whole float16 map
         timing["p50_ms"],
         timing["p99_ms"],
         "—",
@@ -646,50 +748,54 @@ def _streamed_notes(entry: dict[str, Any], num_queries: int) -> list[str]:
     return notes
 
 
+def _kib(count: float) -> float:
+    return count / 2**10
+
+
+def _index_row(
+    e: dict[str, Any], label: str, nprobe: Any, index_bytes: int, r: dict, base_ms: float, batch: int
+):
+    """A table row of one searched index setting ``r`` (its timings, bytes read and recall)."""
+    return [
+        f"{e['size']:,}",
+        e["dim"],
+        label,
+        nprobe,
+        index_bytes / 2**20,
+        _kib(r["bytes_read_per_query"]),
+        r["batch1"]["p50_ms"],
+        r["batch1"]["p99_ms"],
+        r[f"batch{batch}"]["per_item_p50_ms"] if f"batch{batch}" in r else "—",
+        f"{base_ms / max(r['batch1']['p50_ms'], 1e-9):.1f}x",
+        r["1-recall@1"],
+        r["1-recall@10"],
+        r["10-recall@10"],
+        r["place-recall@1"],
+    ]
+
+
 def _entry_rows(e: dict[str, Any], batch: int) -> list[list[Any]]:
-    """The table rows of one map size: exact search, streamed exact search, each IVF-PQ setting, GPU search."""
-    rows = []
+    """The table rows of one map size: exact search, streamed exact search, the scalar quantisers, each
+    IVF-PQ setting, GPU search."""
     ex = e["exact"]
     base = ex["batch1"]["p50_ms"]
-    rows.append(
-        [
-            f"{e['size']:,}",
-            e["dim"],
-            ex["index"]
-            + (f" (timed on {ex['extrapolated_from']:,}, scaled)" if "extrapolated_from" in ex else ""),
-            "—",
-            ex["bytes"] / 2**20,
-            ex["batch1"]["p50_ms"],
-            ex["batch1"]["p99_ms"],
-            ex[f"batch{batch}"]["per_item_p50_ms"],
-            "1.00x",
-            1.0,
-            1.0,
-            1.0,
-            ex["place-recall@1"],
-        ]
+    exact_label = ex["index"] + (
+        f" (timed on {ex['extrapolated_from']:,}, scaled)" if "extrapolated_from" in ex else ""
     )
+    exact_recall = {"1-recall@1": 1.0, "1-recall@10": 1.0, "10-recall@10": 1.0}
+    rows = [_index_row(e, exact_label, "—", ex["bytes"], {**ex, **exact_recall}, base, batch)]
     rows += [_streamed_row(e, key, base) for key in ("streamed", "streamed_cold") if key in ex]
+    for scalar in e.get("scalar", {}).values():
+        for r in scalar.get("by_rerank", {}).values():
+            label = scalar["index"] + (f" + re-rank {r['rerank']} (fp16)" if r["rerank"] else "")
+            rows.append(_index_row(e, label, "—", scalar["bytes"], r, base, batch))
     for r in e["compressed"]["by_nprobe"].values():
-        rows.append(
-            [
-                f"{e['size']:,}",
-                e["dim"],
-                e["compressed"]["index"]
-                + (f" + re-rank {r['rerank']} (fp16)" if r["rerank"] else "")
-                + (" (descriptors not cached)" if r.get("cold") else ""),
-                r["nprobe"],
-                e["compressed"]["bytes"] / 2**20,
-                r["batch1"]["p50_ms"],
-                r["batch1"]["p99_ms"],
-                r[f"batch{batch}"]["per_item_p50_ms"] if f"batch{batch}" in r else "—",
-                f"{base / max(r['batch1']['p50_ms'], 1e-9):.1f}x",
-                r["1-recall@1"],
-                r["1-recall@10"],
-                r["10-recall@10"],
-                r["place-recall@1"],
-            ]
+        label = (
+            e["compressed"]["index"]
+            + (f" + re-rank {r['rerank']} (fp16)" if r["rerank"] else "")
+            + (" (descriptors not cached)" if r.get("cold") else "")
         )
+        rows.append(_index_row(e, label, r["nprobe"], e["compressed"]["bytes"], r, base, batch))
     gpu = e.get("gpu", {})
     if "batch1" in gpu:
         rows.append(
@@ -699,6 +805,7 @@ def _entry_rows(e: dict[str, Any], batch: int) -> list[list[Any]]:
                 gpu["index"],
                 "—",
                 gpu["bytes"] / 2**20,
+                _kib(gpu["bytes"]),  # the whole float16 map, on the device
                 gpu["batch1"]["p50_ms"],
                 gpu["batch1"]["p99_ms"],
                 gpu[f"batch{batch}"]["per_item_p50_ms"],
@@ -719,6 +826,16 @@ def _search_notes(result: dict[str, Any]) -> list[str]:
     notes = [f"- GPU search skipped: {r}" for r in sorted(gpu_skips)]
     notes += [f"- skipped {s['size']:,} x {s['dim']}: {s['reason']}" for s in result["skipped"]]
     for e in result["entries"]:
+        notes += [
+            f"- {e['size']:,} x {e['dim']}: {s['index']} skipped: {s['skipped']}"
+            for s in e.get("scalar", {}).values()
+            if "skipped" in s
+        ]
+        if e.get("reference") == "float16":
+            notes.append(
+                f"- {e['size']:,} x {e['dim']}: recall is against exact search over the float16 descriptors "
+                "(float32 ones would not fit --max-gib beside them)"
+            )
         c = e["compressed"]
         notes.append(
             f"- {e['size']:,} x {e['dim']}: RAM per place {c['ram_bytes_per_place']:.1f} B (codes, ids, "
@@ -736,19 +853,27 @@ def _search_notes(result: dict[str, Any]) -> list[str]:
     return notes
 
 
+def _load(values: list[float] | None) -> str:
+    return "n/a" if not values else "/".join(f"{v:.2f}" for v in values)
+
+
 def search_markdown(result: dict[str, Any]) -> str:
     """The search benchmark as Markdown: one row per index and map, ratios against exact search."""
     cfg = result["config"]
     batch = cfg["batch_size"]
+    load = result.get("load_average", {})
     lines = [
-        "# Map search: exact (IndexFlatIP) vs compressed (IVF-PQ)",
+        "# Map search: exact (IndexFlatIP) vs scalar-quantised (SQfp16, SQ8) and compressed (IVF-PQ)",
         "",
         machine_line(result["machine"]),
-        f"faiss threads: {result['faiss_threads']}; synthetic clustered L2-normalised descriptors "
+        f"faiss threads: {result['faiss_threads']}; load average (1/5/15 min) {_load(load.get('start'))} at "
+        f"the start, {_load(load.get('end'))} at the end; synthetic clustered L2-normalised descriptors "
         f"({cfg['num_modes']} scene modes, neighbour correlation {cfg['route_correlation']}, query noise "
         f"{cfg['query_noise']}, seed {cfg['seed']}); "
-        f"{cfg['num_queries']} recall queries, k = {cfg['k']}. Absolute times are from a shared machine: "
-        "compare rows of one run.",
+        f'{cfg["num_queries"]} recall queries, k = {cfg["k"]}; recall "vs exact": against float32 exact '
+        'search. "KiB read/query": the codes a batch-1 query scans (IVF-PQ: faiss\'s count, with the coarse '
+        "centroids) plus the float16 rows it re-ranks. Absolute times are from a shared machine: compare "
+        "rows of one run.",
         "",
     ]
     rows = [row for e in result["entries"] for row in _entry_rows(e, batch)]
@@ -760,6 +885,7 @@ def search_markdown(result: dict[str, Any]) -> str:
                 "index",
                 "nprobe",
                 "MiB",
+                "KiB read/query",
                 "batch-1 p50 ms",
                 "batch-1 p99 ms",
                 f"batch-{batch} ms/query",

@@ -34,15 +34,17 @@ def build(
     out: Path = typer.Option(..., help="Map directory to write (atomically)."),
     split: str = typer.Option("database", help="Images that become places: 'database' or 'all'."),
     index: str = typer.Option(
-        "flat", help="'flat' (exact inner product) or 'ivfpq' (compressed, approximate)."
+        "flat",
+        help="'flat' (exact inner product, float32), 'fp16' (the same over float16: half the bytes), "
+        "'sq8' (8-bit codes, a quarter, re-ranked) or 'ivfpq' (compressed, approximate, re-ranked).",
     ),
     backend: str = typer.Option("auto", help="Inference backend (auto: from the model's suffix)."),
     batch_size: int = typer.Option(16, help="Images per inference batch."),
     nprobe: int = typer.Option(16, help="IVF lists searched per query (ivfpq)."),
     rerank: int = typer.Option(
-        500,
-        help="ivfpq: re-rank this many of the compressed index's candidates exactly against the full "
-        "descriptors (float16, memory-mapped from the map); 0: search the compressed codes alone.",
+        None,
+        help="sq8, ivfpq: re-rank this many of the index's candidates exactly against the full descriptors "
+        "(float16, memory-mapped from the map; default 16 for sq8, 500 for ivfpq); 0: the codes alone.",
     ),
     overwrite: bool = typer.Option(
         False, help="Replace an existing map (only once the new one is complete)."

@@ -3,7 +3,7 @@
 ``index.faiss`` (FAISS, inner product), ``places.csv`` (id, image, easting, northing, heading, time,
 split; row i = FAISS id i) and ``map.json`` (model fingerprint, descriptor dimension, metric, index type,
 count, the calibrated unknown-place threshold, the dataset root the image paths are relative to, the
-revision counting in-place changes). A compressed (IVF-PQ) map also keeps ``descriptors.f16.npy``, the
+revision counting in-place changes). A map of codes (``sq8``, IVF-PQ) also keeps ``descriptors.f16.npy``, the
 full descriptors (N, D) float16 that search memory-maps to re-rank the index's candidates exactly.
 Maps grow and shrink in place with :func:`add_to_map` / :func:`remove_from_map`.
 

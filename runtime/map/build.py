@@ -23,6 +23,7 @@ from runtime.map.index import (
     exact_search,
     faiss_module,
     gpu_unsupported,
+    index_kind,
     search,
     set_threads,
 )
@@ -168,10 +169,11 @@ def dataset_places(dataset, split: str) -> tuple[Places, list[tuple[str, int]]]:
 
 
 def descriptor_store(directory: Path, count: int, dim: int, config: MapConfig) -> np.ndarray:
-    """Where a map's descriptors are extracted to: RAM (float32) for a flat map (its index holds them
-    anyway); for a compressed map, its float16 ``descriptors.f16.npy`` as a writable memory map (a map
-    larger than RAM builds with bounded memory, and the file is what search re-ranks against)."""
-    if config.index == "flat":
+    """Where a map's descriptors are extracted to: RAM (float32) for a map whose index holds them anyway
+    (``flat``, ``fp16``: the recall check then compares against float32 exact search); for an index of
+    codes (``sq8``, ``ivfpq``), its float16 ``descriptors.f16.npy`` as a writable memory map (a map larger
+    than RAM builds with bounded memory, and the file is what search re-ranks against)."""
+    if index_kind(config.index).holds_descriptors:
         return np.empty((count, dim), dtype=np.float32)
     return np.lib.format.open_memmap(
         directory / DESCRIPTORS_FILE, mode="w+", dtype=np.float16, shape=(count, dim)
@@ -357,11 +359,12 @@ def write_map_files(
             progress=progress,
         )
     index_info = dict(index_info)
-    if index_info["type"] != "flat":
+    if index_info["type"] != "flat":  # recall against exact search over the map's own descriptors
         searched = index
-        if config.rerank:
-            index_info["rerank"] = {"candidates": config.rerank, "file": DESCRIPTORS_FILE, "dtype": "float16"}
-            searched = RerankedIndex(index, descriptors, config.rerank)
+        rerank = config.rerank_candidates
+        if rerank:
+            index_info["rerank"] = {"candidates": rerank, "file": DESCRIPTORS_FILE, "dtype": "float16"}
+            searched = RerankedIndex(index, descriptors, rerank)
         else:
             index_info.pop("rerank", None)
         index_info["recall_vs_exact"] = measure_index_recall(searched, descriptors)

@@ -149,7 +149,8 @@ class PlaceMap:
 
     def descriptors(self, ids: np.ndarray) -> np.ndarray:
         """The stored descriptors of places ``ids (M,) int64`` -> ``(M, D) float32`` (exact for a flat index,
-        the decoded approximation for IVF-PQ). Sequence matching reads them around its candidates."""
+        float16-rounded for fp16 and for a re-ranked index, the decoded approximation for sq8 or IVF-PQ
+        codes alone). Sequence matching reads them around its candidates."""
         if self._vectors is None:
             self._vectors = stored_vectors(self.index)
         return self._vectors(np.asarray(ids, dtype=np.int64))

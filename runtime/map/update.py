@@ -38,7 +38,7 @@ from runtime.map.build import (
     write_meta,
 )
 from runtime.map.config import MapConfig
-from runtime.map.index import ADD_CHUNK_ROWS, add_in_chunks, faiss_module, set_threads
+from runtime.map.index import ADD_CHUNK_ROWS, add_in_chunks, faiss_module, index_kind, set_threads
 from runtime.map.places import Places
 from runtime.map.store import open_descriptors, read_map_meta, read_projection
 from runtime.model.backends import Backend, open_backend
@@ -53,18 +53,24 @@ def map_config(meta: dict, **changes) -> MapConfig:
     return MapConfig(
         index=index["type"],
         nprobe=int(index.get("nprobe", 16)),
-        rerank=int(index.get("rerank", {}).get("candidates", 0)) if index["type"] != "flat" else 0,
+        rerank=int(index.get("rerank", {}).get("candidates", 0)),
         radius_m=float(calibration["radius_m"]),
         unknown_percentile=float(calibration["percentile"]),
         **changes,
     )
 
 
+def _holds_descriptors(meta: dict) -> bool:
+    """Whether the map's index stores the descriptors itself (flat, fp16) rather than codes beside
+    ``descriptors.f16.npy`` (sq8, ivfpq)."""
+    return index_kind(meta["index"]["type"]).holds_descriptors
+
+
 def _map_descriptors(path: Path, meta: dict, index) -> np.ndarray:
-    """A map's full descriptors ``(N, D)``: the float16 memory map of a compressed map, or the float32 rows
-    a flat index holds."""
-    if meta["index"]["type"] == "flat":
-        return index.reconstruct_n(0, index.ntotal)  # (N, D) float32: a flat map lives in RAM anyway
+    """A map's full descriptors ``(N, D)``: the float16 memory map of a map of codes, or the rows a flat
+    (float32) or fp16 index holds, as float32."""
+    if _holds_descriptors(meta):
+        return index.reconstruct_n(0, index.ntotal)  # (N, D) float32: such a map lives in RAM anyway
     return open_descriptors(path)
 
 
@@ -178,7 +184,7 @@ def add_to_map(
             for source, image in zip(source_images, new_places.images, strict=True):
                 (tmp / embedded / image).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(root / source, tmp / embedded / image)
-        if meta["index"]["type"] == "flat":
+        if _holds_descriptors(meta):
             index.add(added)
             descriptors = _map_descriptors(tmp, meta, index)
         else:
@@ -186,7 +192,7 @@ def add_to_map(
                 tmp / DESCRIPTORS_FILE, mode="w+", dtype=np.float16, shape=(len(places), old.shape[1])
             )
             _copy_rows(descriptors, _copy_rows(descriptors, 0, old), added)
-            index.add(added)  # encoded with the map's trained IVF quantiser and PQ codebooks
+            index.add(added)  # encoded with the map's trained quantisers (IVF + PQ codebooks, or SQ ranges)
         new_meta = write_map_files(
             tmp,
             descriptors,
@@ -281,16 +287,16 @@ def remove_from_map(
         embedded = _embedded_root(meta)
         if embedded is not None:
             _carry_images(map_path / embedded, tmp / embedded, kept.images)
-        if meta["index"]["type"] == "flat":
+        if _holds_descriptors(meta):
             descriptors = np.ascontiguousarray(old[keep])  # (K, D) float32
-            index = faiss.IndexFlatIP(index.d)
+            index.reset()
             index.add(descriptors)
         else:
             descriptors = np.lib.format.open_memmap(
                 tmp / DESCRIPTORS_FILE, mode="w+", dtype=np.float16, shape=(len(keep), index.d)
             )
             _copy_rows(descriptors, 0, old, keep)
-            index.reset()  # drops the codes, keeps the trained IVF quantiser and PQ codebooks
+            index.reset()  # drops the codes, keeps the trained quantisers (IVF + PQ codebooks, SQ ranges)
             add_in_chunks(index, descriptors, progress)
         new_meta = write_map_files(
             tmp,

@@ -77,6 +77,21 @@ def test_search_sweep_recall_bands_and_report(tmp_path):
     # re-ranking 500 candidates exactly against the float16 descriptors recovers exact search's top-1
     reranked = compressed["by_nprobe"]["16+R500"]
     assert reranked["rerank"] == 500 and reranked["1-recall@1"] >= 0.99 > high["1-recall@1"]
+    # the scalar quantisers against float32 exact search (the descriptors fit: generated in float32)
+    assert entry["reference"] == "float32" and exact["bytes_read_per_query"] == 4000 * 128 * 4
+    fp16, sq8 = entry["scalar"]["fp16"]["by_rerank"], entry["scalar"]["sq8"]["by_rerank"]
+    assert entry["scalar"]["fp16"]["index"] == "SQfp16" and entry["scalar"]["sq8"]["index"] == "SQ8"
+    assert list(fp16) == ["0"] and list(sq8) == ["0", "16"]
+    for r in (fp16["0"], sq8["0"], sq8["16"]):
+        assert r["1-recall@1"] >= 0.99 and r["1-recall@10"] == 1.0
+    # a flat scan reads every code; re-ranking adds its 16 float16 rows
+    assert fp16["0"]["bytes_read_per_query"] == 4000 * 128 * 2
+    assert sq8["0"]["bytes_read_per_query"] == 4000 * 128
+    assert sq8["16"]["bytes_read_per_query"] == 4000 * 128 + 16 * 128 * 2
+    # IVF-PQ: the 64 float32 centroids, the codes in the lists probed (faiss's count), the re-ranked rows
+    for r in (low, high):
+        assert 64 * 128 * 4 < r["bytes_read_per_query"] <= 64 * 128 * 4 + 4000 * 16
+    assert reranked["bytes_read_per_query"] == high["bytes_read_per_query"] + 500 * 128 * 2
     # 16-byte codes + 8-byte ids per place, plus the quantisers (PQ codebooks, IVF centroids) spread over 4000
     assert 16 + 8 < compressed["ram_bytes_per_place"] < 70 and compressed["disk_bytes_per_place"] == 256
     for timing in (exact["batch1"], high["batch8"]):
@@ -89,8 +104,11 @@ def test_search_sweep_recall_bands_and_report(tmp_path):
     data = json.loads((tmp_path / "search.json").read_text())
     assert data["benchmark"] == "search" and data["machine"]["cores"] >= 1
     assert "numpy" in data["machine"]["libraries"] and data["config"]["sizes"] == [4000]
+    assert len(data["load_average"]["start"]) == len(data["load_average"]["end"]) == 3
     md = (tmp_path / "search.md").read_text()
     assert "IVF64,PQ16" in md and "IndexFlatIP" in md and "1-recall@1 vs exact" in md
+    assert "| SQfp16 |" in md and "| SQ8 + re-rank 16 (fp16) |" in md and "KiB read/query" in md
+    assert "load average (1/5/15 min)" in md
 
 
 def test_search_skips_maps_over_the_memory_limit(tmp_path):
@@ -123,7 +141,7 @@ def test_search_memory_maps_descriptors_over_the_limit_and_scales_exact_timing(t
     )
     result = run_search(cfg, tmp_path / "out")
     (entry,) = result["entries"]
-    assert entry["descriptors"].startswith("float16 memory map")
+    assert entry["descriptors"].startswith("float16 memory map") and entry["reference"] == "float16"
     assert entry["exact"]["extrapolated_from"] == 1024 and entry["exact"]["bytes"] == 4000 * 128 * 4
     assert entry["exact"]["streamed"]["n"] == 2 and entry["exact"]["streamed_cold"]["n"] == 2
     assert list((tmp_path / "scratch").iterdir()) == []
@@ -133,6 +151,7 @@ def test_search_memory_maps_descriptors_over_the_limit_and_scales_exact_timing(t
     assert entry["gpu"]["skipped"]
     md = (tmp_path / "out" / "search.md").read_text()
     assert "exact, streaming the float16 memory map (measured, not cached)" in md
+    assert "4,000 x 128: recall is against exact search over the float16 descriptors" in md
     assert "IVF64,PQ16 + re-rank 50 (fp16) (descriptors not cached)" in md
 
 

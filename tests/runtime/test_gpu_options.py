@@ -46,6 +46,19 @@ def test_small_ivfpq_maps_stay_on_the_cpu_with_the_reason(descriptors, caplog):
     assert info["pq_bits"] == 8 and gpu_unsupported(big) is None and gpu_unsupported(flat) is None
 
 
+@pytest.mark.parametrize(("kind", "factory"), [("fp16", "SQfp16"), ("sq8", "SQ8")])
+def test_scalar_quantised_maps_stay_on_the_cpu_with_the_reason(descriptors, caplog, kind, factory):
+    index, _ = build_index(descriptors, kind)
+    reason = gpu_unsupported(index)
+    assert reason == (
+        f"faiss-gpu has no flat scalar-quantised index (this map's is {factory}); rebuild it with --index "
+        "flat to search it on the GPU"
+    )
+    with caplog.at_level(logging.WARNING, logger="runtime.map.index"):
+        assert to_gpu(index) is index  # searched on the CPU, and the log says why
+    assert caplog.messages == [f"map index stays on the CPU: {reason}"]
+
+
 def test_map_json_says_the_index_was_built_on_the_cpu(tmp_path):
     model, _ = make_onnx_model(tmp_path / "model.onnx")
     dataset = make_stand_in_world(tmp_path / "data", places=12)

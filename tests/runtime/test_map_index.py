@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from runtime.errors import ConfigError
-from runtime.map.index import RerankedIndex, build_index, exact_search, ivfpq_sizes
+from runtime.map.config import MapConfig
+from runtime.map.index import RerankedIndex, build_index, exact_search, faiss_module, ivfpq_sizes
 
 
 def _unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
@@ -60,3 +61,62 @@ def test_reranked_index_returns_exact_order_and_similarities_of_its_candidates()
     assert (ids[:, 0] == np.arange(50)).mean() == 1.0  # every query finds the place it revisits
     with pytest.raises(ConfigError, match=re.escape("index 2000 x 64-D, descriptors (1999, 64)")):
         RerankedIndex(index, stored[:-1], 10)
+
+
+def _one_recall_at_1(ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """The share of queries whose top-1 is exact float32 search's top-1."""
+    return float(np.mean(ids[:, 0] == exact_ids[:, 0]))
+
+
+def _route(n: int, dim: int, correlation: float, seed: int) -> np.ndarray:
+    """``(n, dim)`` unit rows along a route: an AR(1) walk, neighbouring places alike (as map images are)."""
+    fresh = _unit_rows(n, dim, seed)
+    walk = np.empty_like(fresh)
+    previous = fresh[0]
+    for i in range(n):
+        previous = walk[i] = correlation * previous + np.sqrt(1 - correlation**2) * fresh[i]
+    return walk / np.linalg.norm(walk, axis=1, keepdims=True)
+
+
+def test_scalar_quantised_indexes_against_float32_exact_search():
+    db = _route(2000, 256, correlation=0.999, seed=4)  # (2000, 256): neighbours 0.999 alike in cosine
+    queries = db[::10] + 0.1 * _unit_rows(200, 256, 6)  # (200, 256): noisy revisits of every 10th place
+    _, exact_ids = exact_search(db, queries, 10)  # float32 exact search: the reference
+    stored = db.astype(np.float16)  # what a map of codes keeps beside them for re-ranking
+    fp16, info16 = build_index(db, "fp16")
+    sq8, info8 = build_index(stored, "sq8")
+    assert info16 == {"type": "fp16", "factory": "SQfp16", "code_bytes": 512}
+    assert info8 == {"type": "sq8", "factory": "SQ8", "code_bytes": 256}
+    # sq8's ranges are each dimension's minimum and maximum over every place (faiss keeps min, max - min)
+    low, high = stored.astype(np.float32).min(axis=0), stored.astype(np.float32).max(axis=0)
+    trained = faiss_module().vector_to_array(sq8.sq.trained)
+    np.testing.assert_allclose(trained, np.concatenate([low, high - low]), rtol=1e-6)
+    recalls = {}
+    for name, index in (("fp16", fp16), ("sq8", sq8), ("sq8+R16", RerankedIndex(sq8, stored, 16))):
+        _, ids = index.search(queries, 10)
+        recalls[name] = _one_recall_at_1(ids, exact_ids)
+        if name != "sq8+R16":  # written and read back, it answers the same
+            again = faiss_module().deserialize_index(faiss_module().serialize_index(index))
+            np.testing.assert_array_equal(again.search(queries, 10)[1], ids)
+    # float16 keeps exact search's top-1; 8-bit codes alone lose a few near-identical route neighbours
+    # (0.985 here), and re-ranking their top 16 against the float16 descriptors wins them back
+    assert recalls["fp16"] >= 0.99 and recalls["sq8+R16"] >= 0.99 > recalls["sq8"] >= 0.95
+
+
+def test_an_unknown_index_kind_lists_the_kinds():
+    expected = (
+        "unknown map index 'hnsw'; choose one of: 'flat' (exact inner product, float32), 'fp16' (exact "
+        "inner product over float16 descriptors, half the bytes), 'sq8' (8-bit scalar quantiser over "
+        "per-dimension ranges, re-ranked), 'ivfpq' (IVF-PQ, compressed, approximate, re-ranked)"
+    )
+    with pytest.raises(ConfigError) as raised:
+        build_index(_unit_rows(10, 8, 0), "hnsw")
+    assert str(raised.value) == expected
+    with pytest.raises(ConfigError) as raised:
+        MapConfig(index="hnsw")
+    assert str(raised.value) == f"invalid map config: {expected}"
+    with pytest.raises(ConfigError, match=re.escape("a 'fp16' index holds the descriptors themselves")):
+        MapConfig(index="fp16", rerank=16)
+    assert MapConfig(index="sq8").rerank_candidates == 16 and MapConfig(index="fp16").rerank_candidates == 0
+    assert MapConfig(index="ivfpq").rerank_candidates == 500
+    assert MapConfig(index="sq8", rerank=0).rerank_candidates == 0

@@ -130,6 +130,38 @@ def test_compressed_index_reports_its_recall(world, tmp_path):
     assert read_map_meta(all_split)["count"] == 600
 
 
+@pytest.mark.parametrize(("kind", "factory"), [("fp16", "SQfp16"), ("sq8", "SQ8")])
+def test_scalar_quantised_maps_answer_as_float32_exact_search(world, tmp_path, kind, factory):
+    dataset = make_stand_in_world(tmp_path / "data", places=200, spacing_m=30.0, seed=4, size=(48, 64))
+    out = build_map(world["model"], dataset, tmp_path / kind, MapConfig(index=kind, faiss_threads=1))
+    exact = build_map(world["model"], dataset, tmp_path / "flat", MapConfig(faiss_threads=1))
+    index = read_map_meta(out)["index"]
+    assert (
+        index["type"] == kind
+        and index["factory"] == factory
+        and index["code_bytes"] == 64 * (2 if kind == "fp16" else 1)
+    )
+    assert index["gpu_search"] == (
+        f"faiss-gpu has no flat scalar-quantised index (this map's is {factory}); rebuild it with --index "
+        "flat to search it on the GPU"
+    )
+    # sq8 stores codes: the float16 descriptors beside them, its top 16 re-ranked against them; fp16 holds them
+    assert (out / "descriptors.f16.npy").is_file() == (kind == "sq8")
+    rerank = {"candidates": 16, "file": "descriptors.f16.npy", "dtype": "float16"}
+    assert index.get("rerank") == (rerank if kind == "sq8" else None)
+    assert index["recall_vs_exact"]["queries"] == 200 and index["recall_vs_exact"]["recall_at_1"] >= 0.99
+    reopened, reference = open_map(out), open_map(exact)
+    assert type(reopened.index).__name__ == ("RerankedIndex" if kind == "sq8" else "IndexScalarQuantizer")
+    # noisy revisits of every place, in the maps' space (the same projection: same model, same places)
+    rng = np.random.default_rng(5)
+    queries = reference.descriptors(np.arange(200)) + 0.05 * rng.standard_normal((200, 64)).astype(np.float32)
+    sims, ids = reopened.search_prepared(queries, 5)
+    exact_sims, exact_ids = reference.search_prepared(queries, 5)  # float32 exact search
+    assert np.mean(ids[:, 0] == exact_ids[:, 0]) >= 0.99
+    np.testing.assert_allclose(sims[:, 0], exact_sims[:, 0], atol=2e-3)
+    np.testing.assert_allclose(reopened.descriptors(ids[:, 0]), reference.descriptors(ids[:, 0]), atol=2e-3)
+
+
 def test_compressed_map_without_its_descriptors_is_refused(world, tmp_path):
     dataset = make_stand_in_world(tmp_path / "data", places=60, seed=5)
     out = build_map(world["model"], dataset, tmp_path / "ivf", MapConfig(index="ivfpq", faiss_threads=1))

@@ -48,9 +48,9 @@ def worlds(tmp_path_factory):
 
 
 def _stored(map_dir) -> np.ndarray:
-    """A map's descriptors as stored: the float16 file of a compressed map, the flat index's rows."""
+    """A map's descriptors as stored: the float16 file of a map of codes, the flat or fp16 index's rows."""
     meta = read_map_meta(map_dir)
-    if meta["index"]["type"] == "flat":
+    if meta["index"]["type"] in ("flat", "fp16"):
         index = faiss_module().read_index(str(map_dir / "index.faiss"))
         return index.reconstruct_n(0, index.ntotal)
     return np.load(map_dir / "descriptors.f16.npy").astype(np.float32)
@@ -70,7 +70,7 @@ def _quantisers(map_dir) -> tuple[np.ndarray, np.ndarray]:
     return coarse, faiss.vector_to_array(faiss.downcast_index(ivf).pq.centroids).copy()
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "fp16", "sq8", "ivfpq"])
 def test_add_appends_places_with_the_same_quantisers_and_updates_calibration(worlds, tmp_path, kind):
     map_dir = build_map(
         worlds["model"], worlds["first"], tmp_path / "map", MapConfig(index=kind, faiss_threads=1)
@@ -91,7 +91,7 @@ def test_add_appends_places_with_the_same_quantisers_and_updates_calibration(wor
     assert places.utm[30].tolist() == [510000.0, 5000000.0]
     stored = _stored(map_dir)
     reference = _in_map_space(map_dir, np.concatenate([worlds["first_db"], worlds["second_db"]]))
-    np.testing.assert_allclose(stored, reference, atol=1e-3 if kind == "ivfpq" else 1e-6)
+    np.testing.assert_allclose(stored, reference, atol=1e-6 if kind == "flat" else 1e-3)
     if kind == "ivfpq":  # the IVF quantiser and PQ codebooks were reused, not retrained
         for old, new in zip(quantisers, _quantisers(map_dir), strict=True):
             np.testing.assert_array_equal(old, new)
@@ -123,7 +123,7 @@ def test_add_refuses_another_model_and_images_already_in_the_map(worlds, tmp_pat
     assert read_map_meta(map_dir)["revision"] == 0  # nothing was written
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "fp16", "sq8", "ivfpq"])
 def test_remove_by_image_and_region_keeps_the_rest_in_order(worlds, tmp_path, kind):
     map_dir = build_map(
         worlds["model"], worlds["first"], tmp_path / "map", MapConfig(index=kind, faiss_threads=1)
@@ -138,7 +138,7 @@ def test_remove_by_image_and_region_keeps_the_rest_in_order(worlds, tmp_path, ki
     assert meta["count"] == 15 and meta["revision"] == 1 and meta["calibration"]["samples"] == 15
     places = Places.read_csv(map_dir / "places.csv")
     assert places.images == tuple(f"database/{i:04d}.png" for i in range(10, 25))
-    np.testing.assert_allclose(_stored(map_dir), reference[10:25], atol=1e-3 if kind == "ivfpq" else 1e-6)
+    np.testing.assert_allclose(_stored(map_dir), reference[10:25], atol=1e-6 if kind == "flat" else 1e-3)
     if kind == "ivfpq":
         assert faiss_module().read_index(str(map_dir / "index.faiss")).ntotal == 15
     with Localizer.open(worlds["model"], map_dir) as localizer:
