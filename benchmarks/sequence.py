@@ -153,9 +153,13 @@ def every_nth_place(map_path: Path, step: int, out: Path) -> Path:
 ANCHOR = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "seqslam.py"
 
 
-def seqslam_anchor(dataset_root: Path, config: SequenceBenchConfig, out: Path) -> dict[str, Any]:
-    """SeqSLAM (the shared anchor, run as it is) on the same Nordland frames and speeds, told nothing about
-    the speed (velocities 0.25-4), per sequence length; or why it was not run."""
+def seqslam_anchor(stream, config: SequenceBenchConfig, out: Path) -> dict[str, Any]:
+    """SeqSLAM (the shared anchor, run as it is) on the same frames and speeds, told nothing about the speed
+    (velocities 0.25-4 map places per frame), per sequence length; or why it was not run.
+
+    Nordland runs as the anchor's own Nordland protocol; a dataset folder (database.csv and queries.csv,
+    e.g. a held-out split written by ``python -m training.split``) through its generic mode at the images'
+    own size, which searches 0.25-4 times the ratio of query to database spacing (1 for such a split)."""
     import subprocess
     import sys
 
@@ -166,12 +170,22 @@ def seqslam_anchor(dataset_root: Path, config: SequenceBenchConfig, out: Path) -
     if config.query_repeat > 1:
         return {"skipped": "the anchor has no repeated frames (--query-repeat)"}
     result_file = out / f"seqslam-q{config.query_step}-m{config.map_step}.json"
-    args = [
-        sys.executable, str(ANCHOR), "--nordland", str(dataset_root), "--skip", "synth",
-        "--ds", *map(str, config.frames), "--nordland-step", str(config.query_step),
-        "--nordland-map-step", str(config.map_step), "--nordland-v", "0.25", "4.0", "--out", str(result_file),
-    ]  # fmt: skip
-    done = subprocess.run(args, capture_output=True, text=True, timeout=1800)
+    common = ["--ds", *map(str, config.frames), "--out", str(result_file)]
+    if stream.info.get("dataset") == "nordland":
+        args = [
+            "--nordland", str(stream.root), "--skip", "synth", "--nordland-step", str(config.query_step),
+            "--nordland-map-step", str(config.map_step), "--nordland-v", "0.25", "4.0",
+        ]  # fmt: skip
+    elif "folder" in stream.info and config.query_step == config.map_step == 1:
+        h, w = stream.read_image("database", 0).shape[:2]
+        size = f"{w - w % 8}x{h - h % 8}"  # the anchor's 8x8 patches
+        args = ["--synth", str(stream.info["folder"]), "--skip", "nordland", "--synth-size", size,
+                "--synth-vspan", "0.25", "4.0"]  # fmt: skip
+    else:
+        return {"skipped": "the anchor runs on Nordland, or on a dataset folder at every frame and place"}
+    done = subprocess.run(
+        [sys.executable, str(ANCHOR), *args, *common], capture_output=True, text=True, timeout=1800
+    )
     if done.returncode != 0:
         return {"skipped": f"the anchor failed: {done.stderr.strip().splitlines()[-1:]}"}
     found: dict[Any, float] = {}
@@ -289,8 +303,7 @@ def run_sequence_bench(
             row = sequence_recall(localizer, descriptors, truth, scored, config.radius_m, progress)
             result["runs"][name] = row
             log.info("%s: R@1 %.4f (%.2f ms per frame)", name, row["R@1"], row["ms_per_frame"])
-    if stream.info.get("dataset") == "nordland":
-        result["seqslam"] = seqslam_anchor(stream.root, config, out)
+    result["seqslam"] = seqslam_anchor(stream, config, out)
     result["cost"] = matcher_cost(
         config.cost_sizes, config.cost_dim, config.cost_frames, TemporalConfig(reverse=config.reverse)
     )

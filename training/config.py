@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from runtime.errors import ConfigError
 from runtime.protocol import NEGATIVE_RADIUS_M, POSITIVE_RADIUS_M
+from training.evaluate import DEFAULT_SPLIT_FRACTIONS
 from training.model import ModelConfig
 
 
@@ -29,7 +30,10 @@ class TrainConfig:
     dataset: str | None = None
     synth_preset: str = "small"
     synth_seed: int = 0
-    split_fractions: tuple[float, float, float] = (0.6, 0.15, 0.25)
+    split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS
+    # Train the split both ways (training.data.both_ways): each drive as database and as queries, tuples
+    # always crossing drives. None: yes for frame-aligned drives (Nordland), no otherwise.
+    both_ways: bool | None = None
     seed: int = 0
     # k-means initialisation (getClusters.m)
     kmeans_descriptors: int = 50_000
@@ -77,7 +81,10 @@ class TrainConfig:
         "paper": {"model": ModelConfig.preset("paper")},
         # the default: efficientnet_lite0 on the synthetic small world in about 15 minutes on 2 CPU cores
         "default": {
-            "lr": 1e-3,
+            # Adam at 1e-4: on Nordland (real drives, both seasons) validation R@1 after 400 steps was 0.354
+            # against SGD 1e-3's 0.294 (0.323 after 1,039 steps); SGD at 1e-2 diverged
+            "optimizer": "adam",
+            "lr": 1e-4,
             "lr_step_epochs": 2,
             "epochs": 6,
             "max_train_seconds": 600.0,
@@ -185,7 +192,7 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training config fields {unknown}")
         data["model"] = ModelConfig.from_dict(data.get("model", {}))
-        data["split_fractions"] = tuple(data.get("split_fractions", (0.6, 0.15, 0.25)))
+        data["split_fractions"] = tuple(data.get("split_fractions", DEFAULT_SPLIT_FRACTIONS))
         return cls(**data)
 
     def replace(self, **changes: Any) -> TrainConfig:

@@ -8,6 +8,7 @@ efficientnet_lite0 (4 of 5 stages frozen) that is 80 x 15 x 20 values per 240x32
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,9 +21,11 @@ import numpy as np
 import torch
 
 from runtime import PlaceDataset, Preprocessor
+from runtime.datasets.place import neighbours_within
 from runtime.errors import ConfigError
 from runtime.files import atomic_path
 from runtime.model.card import fingerprint_arrays
+from runtime.protocol import NEGATIVE_RADIUS_M
 from training.model import PlaceModel, normalize_images
 
 log = logging.getLogger(__name__)
@@ -33,12 +36,23 @@ MIN_BLOCK_IMAGES = 20  # database images per stretch, at least
 
 @dataclass(frozen=True)
 class Split:
-    """One split of a dataset: the sub-dataset and the indices of its images in the full dataset."""
+    """One split of a dataset: the sub-dataset and where its images come from in the full dataset.
+
+    ``db_rows`` / ``q_rows`` index the full dataset's images as one list, its database first and then its
+    queries (row ``num_db + j`` is query ``j``): a split trained both ways (:func:`both_ways`) holds query
+    images in its database and database images in its queries. ``db_traversal`` / ``q_traversal`` say which
+    traversal (0: the full dataset's database drive, 1: its query drive) each image is from; training takes
+    positives from the other traversal only.
+    """
 
     name: str
     dataset: PlaceDataset
-    db_indices: np.ndarray  # (n_db,) int64 into the full dataset's database
-    q_indices: np.ndarray  # (n_q,) int64 into the full dataset's queries
+    db_indices: np.ndarray  # (n_db,) int64 into the full dataset's database (one-way splits)
+    q_indices: np.ndarray  # (n_q,) int64 into the full dataset's queries (one-way splits)
+    db_rows: np.ndarray  # (n_db,) int64 into [full database, full queries]
+    q_rows: np.ndarray  # (n_q,) int64 into [full database, full queries]
+    db_traversal: np.ndarray  # (n_db,) int8: 0 database drive, 1 query drive
+    q_traversal: np.ndarray  # (n_q,) int8
 
 
 def subset(dataset: PlaceDataset, db_idx: np.ndarray, q_idx: np.ndarray, name: str) -> PlaceDataset:
@@ -46,13 +60,65 @@ def subset(dataset: PlaceDataset, db_idx: np.ndarray, q_idx: np.ndarray, name: s
     return dataset.select(db_idx, q_idx, name=name, info={**dict(dataset.info), "split_of": dataset.name})
 
 
+def one_way(dataset: PlaceDataset, db_idx: np.ndarray, q_idx: np.ndarray, name: str) -> Split:
+    """The split of ``dataset`` holding its database images ``db_idx`` and queries ``q_idx``, as they are."""
+    return Split(
+        name, subset(dataset, db_idx, q_idx, f"{dataset.name}:{name}"), db_idx, q_idx,
+        db_rows=db_idx, q_rows=dataset.num_db + q_idx,
+        db_traversal=np.zeros(len(db_idx), np.int8), q_traversal=np.ones(len(q_idx), np.int8),
+    )  # fmt: skip
+
+
+def both_ways(dataset: PlaceDataset, split: Split) -> Split:
+    """``split`` trained in both directions: its database is the database drive's images and the query
+    drive's, its queries the query drive's images and the database drive's, so that every tuple crosses
+    from one traversal to the other (winter query, summer positive, and summer query, winter positive).
+
+    Shapes: database ``n_db + n_q`` images (the split's database, then its queries), queries ``n_q + n_db``.
+    """
+    db_idx, q_idx = split.db_indices, split.q_indices
+    fwd = split.dataset
+    both = dataclasses.replace(
+        fwd,
+        name=f"{fwd.name}+reverse",
+        db_images=fwd.db_images + fwd.q_images,
+        db_utm=np.concatenate([fwd.db_utm, fwd.q_utm]),
+        db_heading=_joined(fwd.db_heading, fwd.q_heading),
+        db_time=_joined(fwd.db_time, fwd.q_time),
+        q_images=fwd.q_images + fwd.db_images,
+        q_utm=np.concatenate([fwd.q_utm, fwd.db_utm]),
+        q_heading=_joined(fwd.q_heading, fwd.db_heading),
+        q_time=_joined(fwd.q_time, fwd.db_time),
+        info={**dict(fwd.info), "both_ways": True},
+    )
+    q_rows = dataset.num_db + q_idx
+    return Split(
+        split.name, both, db_idx, q_idx,
+        db_rows=np.concatenate([db_idx, q_rows]), q_rows=np.concatenate([q_rows, db_idx]),
+        db_traversal=np.repeat(np.array([0, 1], np.int8), [len(db_idx), len(q_idx)]),
+        q_traversal=np.repeat(np.array([1, 0], np.int8), [len(q_idx), len(db_idx)]),
+    )  # fmt: skip
+
+
+def _joined(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None or b is None else np.concatenate([a, b])
+
+
 def split_along_route(
-    dataset: PlaceDataset, fractions: tuple[float, float, float], blocks: int = 40
+    dataset: PlaceDataset,
+    fractions: tuple[float, float, float],
+    blocks: int = 40,
+    guard_m: float = NEGATIVE_RADIUS_M,
 ) -> dict[str, Split]:
     """Cut the database, in its order along the route, into ``blocks`` contiguous stretches, deal the
     stretches to train/val/test in proportion to ``fractions`` and evenly interleaved along the route, and
-    give each query to the split of its nearest database image: no place is in two splits, and every
-    split sees every part of the route (the synthetic world changes query conditions along it).
+    give each query to the split of its nearest database image: every split sees every part of the route
+    (the synthetic world changes query conditions along it).
+
+    No place is in two splits, and no val or test place lies within ``guard_m`` (25 m, the negative radius)
+    of a place of another split: at each border between stretches the database images of the held-out
+    side that are that close to the other side are left out (val gives way to test as well), and so are the
+    queries within ``guard_m`` of another split's database image.
 
     ``fractions``: shares of the database for train, val and test (a zero share gives an empty split).
     """
@@ -68,19 +134,40 @@ def split_along_route(
     labels = np.concatenate([np.full(c, s) for s, c in enumerate(counts) if c > 0])
     block_split = labels[np.argsort(keys, kind="stable")]
     db_split = block_split[np.minimum((np.arange(n) * blocks) // max(n, 1), blocks - 1)]
-    # nearest database image of each query, in blocks of queries
+    # the guard: a held-out database image near a place of a split it must not touch is left out (-1)
+    db_kept = db_split.copy()
+    for s, others in ((2, (0,)), (1, (0, 2))):  # test keeps clear of train; val of train and test
+        near = _near_any(dataset.db_utm[db_split == s], dataset.db_utm[np.isin(db_split, others)], guard_m)
+        db_kept[np.flatnonzero(db_split == s)[near]] = -1
+    # each query goes to the split of its nearest database image, unless another split's image is near
     nearest = np.empty(dataset.num_queries, dtype=np.int64)
     for start in range(0, dataset.num_queries, 1024):
         q = dataset.q_utm[start : start + 1024]
         d2 = ((q[:, None, :] - dataset.db_utm[None, :, :]) ** 2).sum(-1)  # (B, N_db)
         nearest[start : start + 1024] = np.argmin(d2, axis=1)
-    q_split = db_split[nearest]
+    q_split = db_kept[nearest]
+    for s in (1, 2):
+        mine = np.flatnonzero(q_split == s)
+        near = _near_any(dataset.q_utm[mine], dataset.db_utm[db_split != s], guard_m)
+        q_split[mine[near]] = -1
     out = {}
     for s, name in enumerate(SPLITS):
-        db_idx = np.flatnonzero(db_split == s)
-        q_idx = np.flatnonzero(q_split == s)
-        out[name] = Split(name, subset(dataset, db_idx, q_idx, f"{dataset.name}:{name}"), db_idx, q_idx)
+        out[name] = one_way(dataset, np.flatnonzero(db_kept == s), np.flatnonzero(q_split == s), name)
+    left_out = int(np.count_nonzero(db_kept < 0)), int(np.count_nonzero(q_split < 0))
+    if any(left_out):
+        log.info(
+            "route split: %d database images and %d queries within %g m of another split left out",
+            *left_out,
+            guard_m,
+        )
     return out
+
+
+def _near_any(points: np.ndarray, others: np.ndarray, radius_m: float) -> np.ndarray:
+    """``(P,)`` bool: which of ``points (P, 2)`` lie within ``radius_m`` of one of ``others (O, 2)``."""
+    if len(points) == 0 or len(others) == 0:
+        return np.zeros(len(points), dtype=bool)
+    return np.array([len(n) > 0 for n in neighbours_within(others, points, radius_m)], dtype=bool)
 
 
 def dataset_key(dataset: PlaceDataset) -> str:

@@ -32,7 +32,7 @@ from runtime.errors import ArtifactError, ConfigError
 from runtime.files import atomic_write_text
 from training.checkpoint import load_checkpoint, model_from_payload, save_checkpoint
 from training.config import TrainConfig
-from training.data import Split, load_or_compute_frozen, split_along_route
+from training.data import Split, both_ways, load_or_compute_frozen, split_along_route
 from training.evaluate import describe, recall_from_descriptors
 from training.loss import triplet_ranking_loss
 from training.mining import TripletMiner
@@ -61,6 +61,19 @@ class Metrics:
         record = {"event": event, "time": round(time.time(), 3), **values}
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, default=float) + "\n")
+
+    def first(self, event: str, keys: tuple[str, ...], **match: Any) -> dict[str, Any]:
+        """``keys`` of the first ``event`` record whose fields equal ``match`` (``{}`` when there is none)."""
+        if not self.path.is_file():
+            return {}
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by a crash
+                continue
+            if record.get("event") == event and all(record.get(k) == v for k, v in match.items()):
+                return {k: record[k] for k in keys if k in record}
+        return {}
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> None:
@@ -147,6 +160,14 @@ def resolve_dataset(cfg: TrainConfig, data_dir: Path, progress: Callable | None 
     return load_generic(world)
 
 
+def trains_both_ways(cfg: TrainConfig, dataset: PlaceDataset) -> bool:
+    """``cfg.both_ways``, or when it is None (auto): yes for frame-aligned drives (Nordland, ``aligned:``),
+    whose two folders are two traversals of one route, each as good a database as the other."""
+    if cfg.both_ways is not None:
+        return bool(cfg.both_ways)
+    return dataset.info.get("source") == "aligned"
+
+
 class Trainer:
     """One training run; :meth:`run` does everything. State for --resume: :meth:`state_dict`."""
 
@@ -199,26 +220,37 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         self.dataset = resolve_dataset(cfg, self.cache_dir, self.progress)
         self.splits: dict[str, Split] = split_along_route(self.dataset, cfg.split_fractions)
+        if trains_both_ways(cfg, self.dataset):
+            self.splits["train"] = both_ways(self.dataset, self.splits["train"])
         self.model: PlaceModel = build_model(cfg.model).to(self.device)
         frozen = load_or_compute_frozen(
             self.model, self.dataset, self.cache_dir, cfg.batch_size, self.progress
         )
+        every = torch.cat([frozen["database"], frozen["queries"]])  # (N_db + N_q, C, h, w): Split's rows
         self.frozen = {
             name: {
-                "database": frozen["database"][torch.from_numpy(s.db_indices)],
-                "queries": frozen["queries"][torch.from_numpy(s.q_indices)],
+                "database": every[torch.from_numpy(s.db_rows)],
+                "queries": every[torch.from_numpy(s.q_rows)],
             }
             for name, s in self.splits.items()
         }
-        train = self.splits["train"].dataset
+        del every, frozen
+        train = self.splits["train"]
+        log.info(
+            "training split %s: %d database images, %d queries%s",
+            train.dataset.name, train.dataset.num_db, train.dataset.num_queries,
+            " (both ways: positives from the other drive)" if train.dataset.info.get("both_ways") else "",
+        )  # fmt: skip
         self.miner = TripletMiner(
-            train,
+            train.dataset,
             cfg.pos_radius_m,
             cfg.neg_radius_m,
             cfg.num_neg_samples,
             cfg.num_neg_keep,
             cfg.margin,
             cfg.cache_refresh_queries,
+            db_traversal=train.db_traversal,
+            q_traversal=train.q_traversal,
         )
         params = self.model.trainable_parameters()
         if cfg.optimizer == "sgd":
@@ -239,6 +271,7 @@ class Trainer:
         self.bad_epochs = 0
         self.train_seconds = 0.0
         self.images_seen = 0
+        self.refresh_seconds, self.refresh_images = 0.0, 0  # descriptor-cache refreshes of this process
 
     def _kmeans_init(self) -> None:
         cfg = self.cfg
@@ -302,6 +335,8 @@ class Trainer:
         self.miner.refresh(db, q)
         seconds = time.perf_counter() - started
         images = len(db) + len(q)
+        self.refresh_seconds += seconds
+        self.refresh_images += images
         self.metrics.write(
             "refresh",
             step=self.step,
@@ -469,6 +504,7 @@ class Trainer:
             "best_epoch": self.best_epoch, "best_step": self.best_step, "steps": self.step, "epochs": self.epoch,
         }  # fmt: skip
         summary["raw"] = {s: self.evaluate(s, best) for s in ("val", "test")}
+        summary["init"] = self.metrics.first("init", which="kmeans", keys=("val", "test"))
         final = best
         if cfg.whitening_dim is not None:
             db, q = self.split_descriptors("train", best)
@@ -500,6 +536,8 @@ class Trainer:
             model=str(path), fingerprint=final.fingerprint(), descriptor_dim=final.descriptor_dim,
             train_seconds=round(self.train_seconds, 1), images_seen=self.images_seen,
             train_images_per_s=round(self.images_seen / max(self.train_seconds, 1e-9), 1),
+            refresh_images_per_s=round(self.refresh_images / max(self.refresh_seconds, 1e-9), 1),
+            threads=torch.get_num_threads(), device=str(self.device),
             peak_memory_mb=round(peak_memory_mb(), 1), skipped_queries=self.miner.skipped,
         )  # fmt: skip
         self.metrics.write("final", **summary)

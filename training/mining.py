@@ -4,7 +4,9 @@ For each training query (training/README.md, trainWeakly.m):
 
 - potential positives: database images within ``pos_radius_m`` (10 m); the *best* one, the nearest in
   descriptor space, is the tuple's positive (GPS is only weak supervision: the nearest image may not see
-  the same scene);
+  the same scene). A split trained both ways (training.data.both_ways) holds both drives in its database:
+  there a query's potential positives are the other drive's images only (its own drive's image of the
+  same place is the query itself, or nearly), which is neither positive nor negative;
 - definite negatives: database images farther than ``neg_radius_m`` (25 m); ``num_neg_samples`` (1,000)
   are sampled at random, joined with the query's remembered hardest negatives from its last visit, and the
   ``num_neg_keep`` (10) hardest are kept (and remembered);
@@ -50,8 +52,14 @@ class TripletMiner:
         num_neg_keep: int = 10,
         margin: float = 0.1,
         refresh_every: int = 1000,
+        db_traversal: np.ndarray | None = None,
+        q_traversal: np.ndarray | None = None,
     ) -> None:
         self.potential_positives = dataset.positives(pos_radius_m)
+        if db_traversal is not None and q_traversal is not None:  # positives from the other drive only
+            self.potential_positives = [
+                p[db_traversal[p] != q_traversal[i]] for i, p in enumerate(self.potential_positives)
+            ]
         self.non_negatives = dataset.positives(neg_radius_m)
         self.num_db = dataset.num_db
         self.num_neg_samples = num_neg_samples

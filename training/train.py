@@ -22,6 +22,7 @@ from runtime.cli.options import QUIET, VERBOSE, kit_app, run_app, threads_option
 
 if TYPE_CHECKING:
     from training.config import TrainConfig
+    from training.model import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,12 @@ def cli(
     clusters: int = typer.Option(None, help="NetVLAD clusters K (default 64)."),
     height: int = typer.Option(None, help="Model input height in pixels."),
     width: int = typer.Option(None, help="Model input width in pixels."),
+    both_ways: bool = typer.Option(
+        None,
+        "--both-ways/--one-way",
+        help="Train each drive as database and as queries, tuples crossing drives (default: both ways for "
+        "frame-aligned drives such as nordland, one way otherwise).",
+    ),
     trainable_stages: int = typer.Option(
         None, help="Backbone stages trained (the rest is frozen and cached)."
     ),
@@ -119,6 +126,24 @@ def cli(
     cfg = resume_config(args) if resume and (out / "last.pt").is_file() else config_from_args(args)
     path = train(cfg, out, resume=resume, cache_dir=cache_dir, progress=progress)
     log.info("model written to %s (see %s)", path, out / "summary.json")
+    typer.echo(recall_line(out / "summary.json"))
+
+
+def recall_line(summary_path: Path) -> str:
+    """One line from a run's summary: R@1 and R@5 of the untrained (k-means) model and the trained one."""
+    import json
+
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    parts = []
+    for split in ("val", "test"):
+        before = summary.get("init", {}).get(split, {}).get("recall", {})
+        after = summary.get("raw", {}).get(split, {}).get("recall", {})
+        if before and after:
+            parts.append(
+                f"{split} R@1 {100 * before['1']:.1f} -> {100 * after['1']:.1f} %, "
+                f"R@5 {100 * before['5']:.1f} -> {100 * after['5']:.1f} %"
+            )
+    return "untrained (k-means init) -> trained: " + ("; ".join(parts) or "no held-out split")
 
 
 def config_from_args(args: SimpleNamespace) -> TrainConfig:
@@ -140,6 +165,7 @@ def config_from_args(args: SimpleNamespace) -> TrainConfig:
         "checkpoint_every_steps": args.checkpoint_every,
         "device": args.device,
         "threads": args.threads or os.cpu_count() or 1,  # 0: one per core
+        "both_ways": args.both_ways,
     }
     fields = {k: v for k, v in fields.items() if v is not None}
     if args.whitening_dim is not None:
@@ -152,7 +178,38 @@ def config_from_args(args: SimpleNamespace) -> TrainConfig:
         "trainable_stages": args.trainable_stages,
     }
     model = {k: v for k, v in model.items() if v is not None}
-    return TrainConfig.preset(args.preset, model_overrides=model, **fields)
+    cfg = TrainConfig.preset(args.preset, model_overrides=model, **fields)
+    if args.dataset is not None and args.height is None and args.width is None:
+        cfg = cfg.replace(model=input_size_for_images(cfg.model, args.dataset))
+    return cfg
+
+
+def input_size_for_images(model: ModelConfig, dataset_spec: str) -> ModelConfig:
+    """``model`` with an input height that keeps the aspect ratio of the dataset's images at the model's
+    input width (rounded to the backbone stride), when the images have another aspect than the input.
+
+    Nordland's 64x32 frames (2:1) get 160x320 instead of the default 240x320 (4:3): upsampled 5x, not
+    squashed. The size chosen is the model card's, so the runtime resizes every frame the same way.
+    """
+    import dataclasses
+
+    from runtime import open_dataset
+    from training.model.backbones import BACKBONES
+
+    dataset = open_dataset(dataset_spec)
+    if dataset.num_db == 0:
+        return model
+    h, w = dataset.read_image("database", 0).shape[:2]
+    stride = BACKBONES[model.backbone][2]
+    height = max(stride, round(model.input_width * h / w / stride) * stride)
+    if height == model.input_height:
+        return model
+    log.info(
+        "model input %dx%d (height x width) for the dataset's %dx%d images: their aspect ratio at width %d "
+        "(give --height/--width to choose another)",
+        height, model.input_width, h, w, model.input_width,
+    )  # fmt: skip
+    return dataclasses.replace(model, input_height=height)
 
 
 def resume_config(args: SimpleNamespace) -> TrainConfig:

@@ -59,6 +59,9 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None, prog_name: str) -> int
     Returns 0 on success instead of exiting, so that ``main(argv)`` stays callable from Python and tests; a
     failure still exits (``SystemExit`` with the command's exit code).
     """
+    commands = app.registered_commands
+    if len(commands) == 1 and not (commands[0].help or commands[0].callback.__doc__):
+        commands[0].help = app.info.help  # a one-command app shows its own help under Usage
     try:
         app(args=None if argv is None else list(argv), prog_name=prog_name, standalone_mode=True)
     except SystemExit as exc:

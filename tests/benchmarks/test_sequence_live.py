@@ -43,6 +43,10 @@ def test_sequence_benchmark_measures_recall_and_cost(world, tmp_path):
     assert saved["runs"]["sequence 10 frames"]["R@1"] == runs["sequence 10 frames"]["R@1"]
     assert "| sequence 10 frames |" in (tmp_path / "sequence.md").read_text()
     assert len(list(tmp_path.glob("queries-*.npy"))) == 1
+    # the SeqSLAM anchor on the same folder, told nothing about the speed (its generic mode, 64x48 pixels)
+    anchor = result["seqslam"]
+    assert set(anchor["R@1"]) == {10, "raw pixels"} and anchor["velocities"] == [0.25, 4.0]
+    assert 0.0 <= anchor["R@1"]["raw pixels"] <= 1.0
 
 
 def test_sequence_benchmark_at_another_robot_speed(world, tmp_path):
@@ -56,7 +60,7 @@ def test_sequence_benchmark_at_another_robot_speed(world, tmp_path):
     assert json.loads((tmp_path / "map-every-2" / "map.json").read_text())["count"] == dataset.num_db // 2
     runs = result["runs"]
     assert runs["sequence 10 frames"]["R@1"] >= runs["single frame"]["R@1"] - 0.01
-    assert "seqslam" not in result  # the anchor runs on Nordland only
+    assert "every frame and place" in result["seqslam"]["skipped"]  # a folder's anchor runs at 1x only
     assert "1 places per frame, not told to the matcher" in (tmp_path / "sequence.md").read_text()
     repeated = run_sequence_bench(
         model, map_dir, str(dataset.root), tmp_path / "r",

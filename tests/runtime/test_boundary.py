@@ -119,6 +119,8 @@ KIT_APPS = (
     "training.train",
     "training.evaluate",
     "training.compare",
+    "training.split",
+    "training.plot",
     "training.synth.__main__",
     "training.synth.difficulty",
 )

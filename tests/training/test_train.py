@@ -192,6 +192,8 @@ def test_help_works():
         [sys.executable, "-m", "training.train", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--resume" in out and "--out" in out
+    assert "Train NetVLAD (weakly supervised" in out  # a one-command app shows what it does under Usage
+    assert "--both-ways / --one-way" in out
 
 
 @pytest.mark.slow
@@ -243,10 +245,86 @@ def test_route_split_interleaves_stretches_and_keeps_places_apart(micro_world):
     splits = split_along_route(world, (0.6, 0.2, 0.2))
     db = np.concatenate([s.db_indices for s in splits.values()])
     q = np.concatenate([s.q_indices for s in splits.values()])
-    assert sorted(db.tolist()) == list(range(world.num_db)) and sorted(q.tolist()) == list(
-        range(world.num_queries)
-    )
-    assert [len(splits[n].db_indices) for n in ("train", "val", "test")] == [80, 20, 20]  # 6 stretches: 4/1/1
+    assert len(set(db.tolist())) == len(db) and len(set(q.tolist())) == len(q)  # no place in two splits
+    # 6 stretches of 20 images 4 m apart (4/1/1): training keeps its 80, a held-out stretch loses the images
+    # within 25 m of a border with another split, and only those
+    assert len(splits["train"].db_indices) == 80
+    assert all(5 <= len(splits[n].db_indices) < 20 for n in ("val", "test"))
+    for held_out in ("val", "test"):  # the gap at a border is the guard plus at most one spacing
+        others = np.concatenate([s.db_indices for n, s in splits.items() if n != held_out])
+        mine = world.db_utm[splits[held_out].db_indices]
+        gap = np.linalg.norm(mine[:, None] - world.db_utm[others][None], axis=2).min()
+        assert 25.0 < gap <= 25.0 + 4.0 + 1e-6, (held_out, gap)
+    for held_out in ("val", "test"):
+        mine = splits[held_out]
+        others = [s for n, s in splits.items() if n != held_out]
+        other_db = np.concatenate([world.db_utm[s.db_indices] for s in others])
+        other_q = np.concatenate([world.q_utm[s.q_indices] for s in others])
+        for points in (world.db_utm[mine.db_indices], world.q_utm[mine.q_indices]):
+            gaps = np.linalg.norm(points[:, None] - np.concatenate([other_db, other_q])[None], axis=2)
+            assert gaps.min() > 25.0, held_out  # no held-out place within 25 m of another split's place
+        assert mine.dataset.num_queries > 0
     assert splits["train"].dataset.name == f"{world.name}:train"
     with pytest.raises(ConfigError, match="split fractions must be three non-negative shares summing to 1"):
         split_along_route(world, (0.5, 0.2, 0.2))
+
+
+def test_both_ways_split_crosses_drives(micro_world):
+    from runtime.datasets import load_generic
+    from training.data import both_ways, split_along_route
+    from training.mining import TripletMiner
+
+    world = load_generic(micro_world)
+    one = split_along_route(world, (0.6, 0.2, 0.2))["train"]
+    two = both_ways(world, one)
+    n_db, n_q = len(one.db_indices), len(one.q_indices)
+    assert (two.dataset.num_db, two.dataset.num_queries) == (n_db + n_q, n_q + n_db)
+    assert two.dataset.db_images == one.dataset.db_images + one.dataset.q_images
+    assert two.dataset.q_images == one.dataset.q_images + one.dataset.db_images
+    # rows into [database, queries] of the full world: the reverse queries are the database images
+    assert two.q_rows[n_q:].tolist() == one.db_indices.tolist()
+    assert two.db_rows[n_db:].tolist() == (world.num_db + one.q_indices).tolist()
+    miner = TripletMiner(two.dataset, db_traversal=two.db_traversal, q_traversal=two.q_traversal)
+    for i in miner.trainable_queries:
+        positives = miner.potential_positives[i]
+        assert len(positives) and np.all(two.db_traversal[positives] != two.q_traversal[i])
+    reverse = np.flatnonzero(two.q_traversal == 0)
+    assert len(np.intersect1d(miner.trainable_queries, reverse)) > 0.9 * n_db  # database images as queries
+
+
+def test_split_folder_holds_the_split(micro_world, tmp_path):
+    """``python -m training.split`` writes a split as a dataset folder that every tool reads back."""
+    from runtime.datasets import load_generic
+    from training.data import split_along_route
+    from training.split import main as split_main
+
+    assert split_main(["--dataset", str(micro_world), "--split", "test", "--out", str(tmp_path / "t")]) == 0
+    written = load_generic(tmp_path / "t")
+    expected = split_along_route(load_generic(micro_world), (0.6, 0.15, 0.25))["test"].dataset
+    assert [written.image_path("database", i).resolve() for i in range(written.num_db)] == [
+        expected.image_path("database", i).resolve() for i in range(expected.num_db)
+    ]
+    assert [written.image_path("queries", i).resolve() for i in range(written.num_queries)] == [
+        expected.image_path("queries", i).resolve() for i in range(expected.num_queries)
+    ]
+    assert np.allclose(written.db_utm, expected.db_utm, atol=1e-3)
+    assert np.allclose(written.q_utm, expected.q_utm, atol=1e-3)
+    with pytest.raises(SystemExit):
+        split_main(["--dataset", str(micro_world), "--split", "nope", "--out", str(tmp_path / "u")])
+
+
+def test_validation_plot_of_a_run(full_run, tmp_path):
+    from runtime.errors import ArtifactError
+    from training.plot import plot_run, validation_curve
+
+    curve = validation_curve(full_run / "metrics.jsonl")
+    validations = [e for e in _events(full_run) if e["event"] in ("validation", "epoch") and "val" in e]
+    assert curve["steps"] == [e["step"] for e in validations]
+    assert curve["recall"]["1"] == [e["val"]["recall"]["1"] for e in validations]
+    assert set(curve["init"]) == {"1", "5"}
+    path = plot_run(full_run)
+    assert path == full_run / "validation.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(
+        ArtifactError, match="does not exist; give the --out folder of python -m training.train"
+    ):
+        validation_curve(tmp_path / "metrics.jsonl")
