@@ -101,6 +101,13 @@ def query_descriptors(backend, dataset, cache: Path, batch_size: int, progress=N
     return descriptors
 
 
+def query_conditions(dataset) -> np.ndarray | None:
+    """The queries' ``condition`` column ``(Q,)`` (e.g. the route split of ``python -m training.split --split
+    all``, or the synthetic world's weather), or None when the dataset has none."""
+    column = dataset.info.get("extra_columns", {}).get("queries", {}).get("condition")
+    return None if column is None else np.asarray(column)
+
+
 def sequence_recall(
     localizer,
     descriptors: np.ndarray,
@@ -108,8 +115,10 @@ def sequence_recall(
     scored: np.ndarray,
     radius_m: float,
     progress=None,
+    conditions: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """R@1 of ``localizer`` over the stream of ``descriptors (Q, D)`` and the time per frame of locate()."""
+    """R@1 of ``localizer`` over the stream of ``descriptors (Q, D)`` and the time per frame of locate();
+    with ``conditions (Q,)``, also R@1 of each condition's scored frames."""
     localizer.reset()
     best = np.empty((len(descriptors), 2))
     started = time.perf_counter()
@@ -123,11 +132,17 @@ def sequence_recall(
         best[i] = loc.matches[0].easting, loc.matches[0].northing
     seconds = time.perf_counter() - started
     right = np.linalg.norm(best - truth_utm, axis=1) <= radius_m
-    return {
+    row = {
         "R@1": float(right[scored].mean()),
         "scored": int(scored.sum()),
         "ms_per_frame": 1000 * seconds / len(descriptors),
     }
+    if conditions is not None:
+        row["by_condition"] = {
+            str(c): float(right[scored & (conditions == c)].mean())
+            for c in dict.fromkeys(conditions[scored].tolist())
+        }
+    return row
 
 
 def every_nth_place(map_path: Path, step: int, out: Path) -> Path:
@@ -189,12 +204,16 @@ def seqslam_anchor(stream, config: SequenceBenchConfig, out: Path) -> dict[str, 
     if done.returncode != 0:
         return {"skipped": f"the anchor failed: {done.stderr.strip().splitlines()[-1:]}"}
     found: dict[Any, float] = {}
+    by_condition: dict[Any, dict[str, float]] = {}  # the anchor's per-condition R@1 (its generic mode)
     for row in json.loads(result_file.read_text())["results"]:  # the anchor's own result file
-        if row.get("mode") == "causal" and "ds" in row:
-            found[row["ds"]] = row["R@1"]
-        elif row["method"].startswith("single-frame raw pixels"):
-            found["raw pixels"] = row["R@1"]
-    return {"R@1": found, "velocities": [0.25, 4.0], "file": str(result_file)}
+        key = row["ds"] if row.get("mode") == "causal" and "ds" in row else None
+        if key is None and row["method"].startswith("single-frame raw pixels"):
+            key = "raw pixels"
+        if key is not None:
+            found[key] = row["R@1"]
+            if "by_group" in row:
+                by_condition[key] = row["by_group"]
+    return {"R@1": found, "by_condition": by_condition, "velocities": [0.25, 4.0], "file": str(result_file)}
 
 
 def route_descriptors(places: int, dim: int, seed: int, width: int = 5) -> np.ndarray:
@@ -256,6 +275,27 @@ def matcher_cost(sizes, dim: int, frames: int, temporal_config, seed: int = 0) -
     return rows
 
 
+def condition_table(result: dict[str, Any]) -> list[str]:
+    """Markdown lines: R@1 per query condition of every run and of the anchor (none without conditions)."""
+    runs = {n: r["by_condition"] for n, r in result["runs"].items() if "by_condition" in r}
+    if not runs:
+        return []
+    names = list(next(iter(runs.values())))
+    anchor = result.get("seqslam", {}).get("by_condition", {})
+    rows = [
+        *runs.items(),
+        *((f"SeqSLAM {k}" + (" frames" if k != "raw pixels" else ""), v) for k, v in anchor.items()),
+    ]
+    return [
+        "",
+        "R@1 per query condition (the dataset's `condition` column):",
+        "",
+        "| run | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        *(f"| {n} | " + " | ".join(f"{r.get(c, float('nan')):.4f}" for c in names) + " |" for n, r in rows),
+    ]
+
+
 def run_sequence_bench(
     model: str | Path,
     map_path: str | Path,
@@ -284,6 +324,8 @@ def run_sequence_bench(
         # the robot's speed, which the matcher is not told: every N-th frame, every N-th place, repeats
         frame_rows = np.repeat(np.arange(0, stream.num_queries, config.query_step), config.query_repeat)
         descriptors, truth, scored = descriptors[frame_rows], stream.q_utm[frame_rows], scored[frame_rows]
+        conditions = query_conditions(stream)
+        conditions = None if conditions is None else conditions[frame_rows]
         if config.map_step > 1:
             sub_map = every_nth_place(Path(map_path), config.map_step, out / f"map-every-{config.map_step}")
             place_map = open_map(sub_map, backend.card, model_name=str(model))
@@ -300,7 +342,9 @@ def run_sequence_bench(
         ]
         for name, temporal, adapt in runs:
             localizer = Localizer(backend, place_map, LocalizerConfig(temporal=temporal, adapt=adapt))
-            row = sequence_recall(localizer, descriptors, truth, scored, config.radius_m, progress)
+            row = sequence_recall(
+                localizer, descriptors, truth, scored, config.radius_m, progress, conditions
+            )
             result["runs"][name] = row
             log.info("%s: R@1 %.4f (%.2f ms per frame)", name, row["R@1"], row["ms_per_frame"])
     result["seqslam"] = seqslam_anchor(stream, config, out)
@@ -332,6 +376,7 @@ def run_sequence_bench(
             for c in result["cost"]
         ),
     ]
+    lines += condition_table(result)
     files = {"json": out / "sequence.json", "markdown": out / "sequence.md"}
     atomic_write_text(files["json"], json.dumps(result, indent=2) + "\n")
     atomic_write_text(files["markdown"], "\n".join(lines) + "\n")

@@ -5,7 +5,10 @@ exactly the images of that split of :func:`training.data.split_along_route` (wha
 validates and tests on), in route order, with their positions; the images stay where they are (paths
 relative to DIR). Every tool of the kit then measures the held-out stretch by itself: ``netvlad-map build
 --dataset DIR``, ``netvlad-bench sequence --dataset DIR``, ``netvlad-run --folder`` on its queries, and the
-SeqSLAM anchor (``--synth DIR``).
+SeqSLAM anchor (``--synth DIR``). ``--split all`` writes the whole route instead, each image with its split
+in a ``condition`` column (``guard``: left out of every split by the 25 m guard), so that a map of the whole
+route can be scored on the held-out frames alone: ``netvlad-bench sequence`` and the anchor report R@1 per
+condition.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from runtime.cli.console import command_boundary
@@ -35,25 +39,35 @@ def write_split(
     from runtime.files import atomic_write_text
     from training.data import SPLITS, split_along_route
 
-    if split not in SPLITS:
-        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split not in (*SPLITS, "all"):
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)} or all, got {split!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out '{out}' is a file; give a folder for database.csv and queries.csv")
     dataset = open_dataset(dataset_spec)
-    part = split_along_route(dataset, tuple(fractions))[split].dataset
+    splits = split_along_route(dataset, tuple(fractions))
+    if split == "all":  # the whole route, each image labelled with its split ("guard": in none)
+        part = dataset
+        labels = {"database": np.full(dataset.num_db, "guard", dtype=object),
+                  "queries": np.full(dataset.num_queries, "guard", dtype=object)}  # fmt: skip
+        for name, s in splits.items():
+            labels["database"][s.db_indices], labels["queries"][s.q_indices] = name, name
+    else:
+        part, labels = splits[split].dataset, None
     out.mkdir(parents=True, exist_ok=True)
-    for name, images, utm, times in (
-        ("database.csv", part.db_images, part.db_utm, part.db_time),
-        ("queries.csv", part.q_images, part.q_utm, part.q_time),
+    for name, which, images, utm, times in (
+        ("database.csv", "database", part.db_images, part.db_utm, part.db_time),
+        ("queries.csv", "queries", part.q_images, part.q_utm, part.q_time),
     ):
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["image", "easting", "northing", *(["timestamp"] if times is not None else [])])
+        extra = (["timestamp"] if times is not None else []) + (["condition"] if labels else [])
+        writer.writerow(["image", "easting", "northing", *extra])
         for i, image in enumerate(images):
             rel = os.path.relpath(Path(part.root) / image, out.resolve())
             row = [rel, f"{utm[i, 0]:.3f}", f"{utm[i, 1]:.3f}"]
-            writer.writerow(row + ([f"{times[i]:.3f}"] if times is not None else []))
+            row += [f"{times[i]:.3f}"] if times is not None else []
+            writer.writerow(row + ([labels[which][i]] if labels else []))
         atomic_write_text(out / name, buf.getvalue())
     log.info(
         "%s: %d database images, %d queries of split '%s' written to %s",
@@ -74,7 +88,11 @@ def cli(
     dataset: str = typer.Option(
         ..., help="Folder with database.csv, 'nordland', 'aligned:DB,Q' or a .mat file."
     ),
-    split: str = typer.Option("test", help="train, val or test: the route split of training.train."),
+    split: str = typer.Option(
+        "test",
+        help="train, val or test: the route split of training.train; all: the whole route, with each "
+        "image's split in a condition column.",
+    ),
     out: Path = typer.Option(..., "--out", help="Folder for database.csv and queries.csv."),
     verbose: int = VERBOSE,
     quiet: bool = QUIET,

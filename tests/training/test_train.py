@@ -328,3 +328,18 @@ def test_validation_plot_of_a_run(full_run, tmp_path):
         ArtifactError, match="does not exist; give the --out folder of python -m training.train"
     ):
         validation_curve(tmp_path / "metrics.jsonl")
+
+
+def test_whole_route_folder_labels_each_image_with_its_split(micro_world, tmp_path):
+    from runtime.datasets import load_generic
+    from training.data import split_along_route
+    from training.split import main as split_main
+
+    assert split_main(["--dataset", str(micro_world), "--split", "all", "--out", str(tmp_path / "a")]) == 0
+    whole = load_generic(tmp_path / "a")
+    world = load_generic(micro_world)
+    assert (whole.num_db, whole.num_queries) == (world.num_db, world.num_queries)
+    labels = np.asarray(whole.info["extra_columns"]["queries"]["condition"])
+    for name, split in split_along_route(world, (0.6, 0.15, 0.25)).items():
+        assert np.flatnonzero(labels == name).tolist() == split.q_indices.tolist(), name
+    assert set(labels) <= {"train", "val", "test", "guard"} and "guard" in set(labels)
