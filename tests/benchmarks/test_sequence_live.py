@@ -36,6 +36,9 @@ def test_sequence_benchmark_measures_recall_and_cost(world, tmp_path):
     assert runs["single frame"]["R@1"] == pytest.approx(0.700, abs=0.02)
     assert runs["sequence 10 frames"]["R@1"] >= 0.95
     assert [c["places"] for c in result["cost"]] == [200, 800]
+    assert all(
+        c["whole_map"] and c["gathered_ms_p50"] > 0 for c in result["cost"]
+    )  # both paths, side by side
     # the cost maps are a recognisable route (measured: 1.00 and 0.95 over 40 frames; the frame's own place
     # until the sequence locks, as the Localizer answers)
     assert all(c["R@1"] >= 0.8 for c in result["cost"])

@@ -116,12 +116,18 @@ def reference_scores(x: np.ndarray, queries: np.ndarray, config: TemporalConfig)
     return scores
 
 
-def test_matcher_scores_equal_the_brute_force_reference():
+class GatheringMatcher(SequenceMatcher):
+    DENSE_PLACES = 0  # the path of maps too large to hold whole: descriptors around the candidates only
+
+
+@pytest.mark.parametrize("matcher_class", [SequenceMatcher, GatheringMatcher], ids=["whole map", "gathered"])
+def test_matcher_scores_equal_the_brute_force_reference(matcher_class):
     x = route_world(places=80)
     path = np.arange(20, 45)
     queries = noisy_queries(x, path, noise=2.0)
     config = TemporalConfig(frames=8, stops=False, continuity=0.0, speed_band=0)  # the bare SeqSLAM score
-    matcher = SequenceMatcher(lambda ids: x[ids], len(x), config)
+    matcher = matcher_class(lambda ids: x[ids], len(x), config)
+    assert (len(x) <= matcher_class.DENSE_PLACES) == (matcher_class is SequenceMatcher)
     for q in queries:
         result = matcher.update(q, np.argsort(-(x @ q))[:10])
     reference = reference_scores(x, queries, config)
