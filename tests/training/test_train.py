@@ -343,3 +343,25 @@ def test_whole_route_folder_labels_each_image_with_its_split(micro_world, tmp_pa
     for name, split in split_along_route(world, (0.6, 0.15, 0.25)).items():
         assert np.flatnonzero(labels == name).tolist() == split.q_indices.tolist(), name
     assert set(labels) <= {"train", "val", "test", "guard"} and "guard" in set(labels)
+
+
+def test_both_ways_run_resumes_exactly(micro_world, cache_dir, tmp_path):
+    """A generic two-drive dataset trained ``--both-ways``: an interrupted run continues exactly as an
+    uninterrupted one, and the miner's memory spans both directions' queries."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    train(_cfg(micro_world, max_steps=4, both_ways=True), whole, cache_dir=cache_dir)
+    train(_cfg(micro_world, max_steps=2, both_ways=True), cut, cache_dir=cache_dir)
+    train(_cfg(micro_world, max_steps=4, both_ways=True), cut, resume=True, cache_dir=cache_dir)
+    a, b = load_checkpoint(cut / "last.pt"), load_checkpoint(whole / "last.pt")
+    for key, value in b["model_state"].items():
+        assert torch.equal(a["model_state"][key], value), key
+    memory = b["training_state"]["miner"]["memory"]
+    assert torch.equal(a["training_state"]["miner"]["memory"], memory)
+    from runtime.datasets import load_generic
+    from training.data import split_along_route
+
+    train_split = split_along_route(load_generic(micro_world), (0.6, 0.15, 0.25))["train"]
+    n_db, n_q = len(train_split.db_indices), len(train_split.q_indices)
+    assert memory.shape[0] == n_q + n_db  # queries of both drives
+    mined = memory[memory[:, 0] >= 0]
+    assert len(mined) > 0 and torch.all(mined < n_db + n_q)  # negatives from the joint database
