@@ -48,8 +48,9 @@ import numpy as np
 from runtime.errors import ConfigError
 from runtime.localize.adapt import QueryCentre
 from runtime.localize.pipeline import FramePipeline
+from runtime.localize.stream_verdict import StreamVerdict, impostor_sample
 from runtime.map import PlaceMap, open_map
-from runtime.map.calibrate import SEARCH_CANDIDATES, Verdict
+from runtime.map.calibrate import Verdict, search_candidates
 from runtime.map.sequence import (
     SequenceMatcher,
     TemporalConfig,
@@ -76,7 +77,9 @@ class LocalizerConfig:
     model (files read faster than inference), up to this many run as one batch (more throughput on CPU);
     a live source's single newest frame always runs alone. Per-frame inference time is the batch time / B.
     ``adapt``: centre each stream's descriptors on the stream's own running mean (:mod:`runtime.localize.adapt`),
-    which aligns the query domain (season, light, camera) with the map's; off: on the map's mean."""
+    which aligns the query domain (season, light, camera) with the map's, and calibrate the per-frame
+    verdict on the stream's own impostors as well as the map's (:mod:`runtime.localize.stream_verdict`);
+    off: the map's mean and the map's calibration alone (frames judged independently)."""
 
     top_k: int = 5
     unknown_threshold: float | None = None
@@ -202,15 +205,16 @@ class Localization:
 
 @dataclass
 class _Stream:
-    """What a stream of frames carries from frame to frame on one map: the query domain's running centre
-    and the sequence matcher (each None when off)."""
+    """What a stream of frames carries from frame to frame on one map: the query domain's running centre,
+    the sequence matcher and the per-frame verdict's impostors of the query domain (each None when off)."""
 
     map: PlaceMap
     centre: QueryCentre | None
     sequence: SequenceMatcher | None
+    verdict: StreamVerdict | None = None
 
     def reset(self) -> None:
-        for part in (self.centre, self.sequence):
+        for part in (self.centre, self.sequence, self.verdict):
             if part is not None:
                 part.reset()
 
@@ -244,6 +248,8 @@ class Localizer:
         self._spacing = place_spacing(self.map.places.utm)
         self._geo = self.map.geo
         self._still = still_similarity(self.map.descriptors, len(self.map))  # a frame that did not move
+        # candidates per frame: enough beyond the best place's neighbourhood for the verdict (dense maps)
+        self._candidates = search_candidates(self.map.places.utm, self.verdict.radius_m)
         self._stream = self._new_stream(self.config.temporal)  # localize()'s; a new map: a new stream
 
     def reload(self, override_map_check: bool = False) -> bool:
@@ -356,8 +362,12 @@ class Localizer:
 
     def _new_stream(self, temporal: TemporalConfig | None) -> _Stream:
         """A new stream over the current map: sequence matching with ``temporal`` (None: off)."""
-        centre = QueryCentre(self.map.projection.mean, self._still) if self.config.adapt else None
-        return _Stream(self.map, centre, self._sequence_matcher(temporal))
+        if not self.config.adapt:
+            return _Stream(self.map, None, self._sequence_matcher(temporal))
+        centre = QueryCentre(self.map.projection.mean, self._still)
+        return _Stream(
+            self.map, centre, self._sequence_matcher(temporal), StreamVerdict(self.verdict.confidence)
+        )
 
     def _sequence_matcher(self, config: TemporalConfig | None) -> SequenceMatcher | None:
         """A new sequence over the current map, or None when ``config`` is None."""
@@ -383,7 +393,7 @@ class Localizer:
     ) -> Localization:
         t0 = time.perf_counter()
         sequence = stream.sequence
-        k = max(self.config.top_k, SEARCH_CANDIDATES, sequence.config.candidates if sequence else 0)
+        k = max(self.config.top_k, self._candidates, sequence.config.candidates if sequence else 0)
         if stream.centre is None:
             query = self.map.prepare(descriptor)  # (1, d): the index's space, centred on the map's mean
         else:
@@ -416,7 +426,14 @@ class Localizer:
             places.utm,
             ranked if ranked is not None and ranked.locked else None,
             sequence.config if sequence is not None else None,
+            stream.verdict,
         )
+        if stream.verdict is not None and not unknown:  # a known place: the rest is the domain's impostor
+            stream.verdict.add(
+                impostor_sample(
+                    int(top_ids[0]), sims, ids, places.utm, self.verdict.radius_m, self.verdict.kind
+                )
+            )
         position, uncertainty = self._position(top_ids, top_sims)
         latlon = self._geo.to_latlon(*position) if self._geo is not None else (None, None)
         heading = float(places.heading[top_ids[0]])

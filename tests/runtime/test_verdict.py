@@ -175,7 +175,7 @@ def test_sequence_verdict_on_a_seeded_route_then_an_unmapped_street():
     calibration = calibrate(x, utm, 25.0, 90.0, samples=400)
     sequence = calibration["sequence"]
     assert sequence["stretches"] == 64 and sequence["impostors"] == 64 * 11
-    assert sequence["unknown_threshold"] == pytest.approx(10.94, abs=0.01)  # measured
+    assert sequence["unknown_threshold"] == pytest.approx(11.09, abs=0.01)  # measured (elsewhere: 30 m)
     verdict, config = Verdict(calibration), TemporalConfig()
     frames = np.concatenate([_noisy(x[50:350], 3.0, seed=1), _noisy(_route(120, 64, seed=9), 3.0, seed=2)])
     matcher = SequenceMatcher(lambda ids: x[ids], len(x), config, place_spacing_m=10.0)
