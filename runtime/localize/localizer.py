@@ -48,7 +48,7 @@ import numpy as np
 from runtime.errors import ConfigError
 from runtime.localize.adapt import QueryCentre
 from runtime.localize.pipeline import FramePipeline
-from runtime.localize.stream_verdict import StreamVerdict, impostor_sample
+from runtime.localize.stream_verdict import StreamVerdict
 from runtime.map import PlaceMap, open_map
 from runtime.map.calibrate import Verdict, search_candidates
 from runtime.map.sequence import (
@@ -428,11 +428,16 @@ class Localizer:
             sequence.config if sequence is not None else None,
             stream.verdict,
         )
-        if stream.verdict is not None and not unknown:  # a known place: the rest is the domain's impostor
-            stream.verdict.add(
-                impostor_sample(
-                    int(top_ids[0]), sims, ids, places.utm, self.verdict.radius_m, self.verdict.kind
-                )
+        if stream.verdict is not None:  # a corroborated known place: the rest is an impostor of the domain
+            stream.verdict.observe(
+                int(top_ids[0]),
+                sims,
+                ids,
+                places.utm,
+                self.verdict.radius_m,
+                self.verdict.kind,
+                unknown,
+                by_sequence,
             )
         position, uncertainty = self._position(top_ids, top_sims)
         latlon = self._geo.to_latlon(*position) if self._geo is not None else (None, None)

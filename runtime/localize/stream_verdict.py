@@ -13,9 +13,15 @@ one such sample from every frame judged a known place and mixes their distributi
 
 ``F_map``: the map's impostor CDF (:meth:`runtime.map.calibrate.Verdict.confidence`), counted as
 ``PRIOR_WEIGHT`` samples, so a stream starts on the map's calibration and moves to its own within a few
-hundred frames; ``s_i``: the last ``MEMORY`` samples. Only frames judged known give samples: a frame of an
-unmapped place, its best (wrong) place taken out, would give the evidence of its second-best impostor,
-systematically lower than an impostor's own, and pull the threshold down. The sequence verdict keeps the
+hundred frames; ``s_i``: the last ``MEMORY`` samples. Only frames whose answer is probably right give
+samples: a frame of an unmapped place (or a wrong answer), its best place taken out, would give the evidence
+of its second-best impostor, systematically lower than an impostor's own, and pull the threshold down. So a
+sample needs the answer judged known and corroborated: by the sequence verdict (a locked line), or, frame
+by frame, by the previous frame's answer lying within ``CORROBORATE_RADII`` radii of it (a robot's motion
+between frames; wrong answers scatter over the map). Measured where single frames are weak (Nordland, the
+synthetic world's model, R@1 0.15, a fifth of the route removed): unmapped frames flagged 88 % with the
+map's calibration, 77 % with every known frame's sample, 83 % with corroborated ones; on the synthetic
+world corroboration changes nothing. The sequence verdict keeps the
 map's calibration: its line evidence is normalised within each place's neighbourhood and holds across
 domains as calibrated (measured on Nordland winter against the summer map: stretches of the winter drive
 played as unmapped routes give the same threshold as the map's own stretches), while samples taken beside a
@@ -36,6 +42,7 @@ from runtime.map.calibrate import SPREAD_RANK, evidence
 
 PRIOR_WEIGHT = 50.0  # the map's calibration counts as this many stream samples
 MEMORY = 2000  # stream samples kept (the most recent)
+CORROBORATE_RADII = 4.0  # frame by frame, an answer is corroborated within this many radii of the last one
 
 
 def impostor_sample(
@@ -65,6 +72,7 @@ class StreamVerdict:
     def reset(self) -> None:
         """Forget the stream: the map's calibration again."""
         self._count = 0  # samples ever added since reset
+        self._last: np.ndarray | None = None  # the previous frame's answer, UTM (2,)
 
     @property
     def samples(self) -> int:
@@ -83,3 +91,30 @@ class StreamVerdict:
         if np.isfinite(sample):
             self._samples[self._count % self._samples.size] = sample
             self._count += 1
+
+    def observe(
+        self,
+        place: int,
+        sims: np.ndarray,
+        ids: np.ndarray,
+        utm: np.ndarray,
+        radius_m: float,
+        kind: str,
+        unknown: bool,
+        by_sequence: bool,
+    ) -> bool:
+        """After a frame's verdict: count its impostor sample (:func:`impostor_sample` of the reported
+        ``place`` and the frame's candidates ``sims``, ``ids``) when its answer was judged known and is
+        corroborated (``by_sequence``, or the previous answer within ``CORROBORATE_RADII * radius_m``).
+        Returns whether a sample was taken."""
+        here = utm[place]
+        near_last = (
+            self._last is not None
+            and float(np.linalg.norm(here - self._last)) <= CORROBORATE_RADII * radius_m
+        )
+        self._last = here
+        if unknown or not (by_sequence or near_last):
+            return False
+        sample = impostor_sample(place, sims, ids, utm, radius_m, kind)
+        self.add(sample)
+        return bool(np.isfinite(sample))

@@ -35,6 +35,26 @@ def test_impostor_sample_takes_the_answers_neighbourhood_out():
     assert np.isnan(impostor_sample(50, sims[:8], ids[:8], utm, 25.0))  # 4 left: fewer than SPREAD_RANK + 1
 
 
+def test_only_corroborated_known_answers_give_samples():
+    """A sample needs the answer judged known and corroborated: by the sequence, or by the previous frame's
+    answer within 4 radii (wrong answers scatter over the map)."""
+    utm = np.stack([np.arange(100) * 10.0, np.zeros(100)], axis=1)
+    ids = np.array([50, 51, 49, 52, 80, 10, 30, 70, 90, 5, 15, 25, 35, 45, 60, 65])
+    sims = np.linspace(0.9, 0.1, ids.size)
+    stream = StreamVerdict(lambda value: 0.5)
+
+    def observe(place: int, unknown: bool = False, by_sequence: bool = False) -> bool:
+        order = np.r_[place, ids[ids != place]][: ids.size]  # the reported place first
+        return stream.observe(place, sims, order, utm, 25.0, "gap", unknown, by_sequence)
+
+    assert not observe(50)  # the first answer: nothing to corroborate it
+    assert observe(52)  # 20 m from the last: a sample
+    assert not observe(90)  # 380 m away: a jump, not corroborated
+    assert not observe(91, unknown=True)  # judged unknown: never
+    assert observe(10, by_sequence=True)  # a locked line's known answer needs no corroboration
+    assert stream.samples == 2
+
+
 def test_search_candidates_leave_places_elsewhere_on_a_dense_map():
     line = lambda spacing: np.stack([np.arange(500) * spacing, np.zeros(500)], axis=1)  # noqa: E731
     assert search_candidates(line(20.0), 25.0) == SEARCH_CANDIDATES + 3  # Nordland: +-1 place
@@ -63,8 +83,9 @@ def test_the_stream_calibration_stops_flagging_a_noisier_domains_correct_frames(
         by_map.append(verdict.judge(sims[top], top, utm)[2])
         unknown = verdict.judge(sims[top], top, utm, stream)[2]
         by_stream.append(unknown)
-        if not unknown:  # as the Localizer does: a known place gives an impostor sample of the domain
-            stream.add(impostor_sample(int(top[0]), sims[top], top, utm, 25.0))
+        stream.observe(
+            int(top[0]), sims[top], top, utm, 25.0, "gap", unknown, by_sequence=False
+        )  # as the Localizer
         right.append(truth[i] >= 0 and abs(top[0] - truth[i]) <= 2)
     right, by_map, by_stream = np.array(right), np.array(by_map), np.array(by_stream)
     first, unmapped, second = slice(0, 300), slice(300, 420), slice(420, 720)
