@@ -287,6 +287,32 @@ def sequence(
 
 @app.command()
 @command_boundary
+def verdict(
+    model: Path = typer.Option(..., help="Model file (.onnx) to build the maps with."),
+    dataset: list[str] = typer.Option(
+        [], help="Dataset folder (database.csv, queries.csv, unmapped.csv when present); repeatable."
+    ),
+    nordland: bool = typer.Option(
+        False, help="Also Nordland's sets: speeds, a stretch removed, half a route."
+    ),
+    out: Path = typer.Option(
+        Path("runs/bench/verdict"), "--out", help="Folder for maps, verdict_sets.json/.md."
+    ),
+    threads: int = typer.Option(2, help="Inference threads."),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
+) -> None:
+    """The unknown-place verdict on every set it must hold on: correct and unmapped frames flagged, AUC-PR,
+    frame by frame and with --temporal, beside the map's calibration alone."""
+    from benchmarks.verdict_sets import run_verdict_sets
+    from runtime.cli.console import configure_logging
+
+    configure_logging(verbose, quiet)
+    _print_markdown(run_verdict_sets(model, dataset, nordland, out, threads))
+
+
+@app.command()
+@command_boundary
 def live(
     model: Path = typer.Option(..., help="Model file (.onnx) the map was built with."),
     map_path: Path = typer.Option(..., "--map", help="Map directory (netvlad-map build)."),

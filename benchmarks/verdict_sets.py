@@ -1,6 +1,6 @@
 """The "unknown place" verdict across the sets it has to hold on, measured with the kit's own Localizer.
 
-``python -m benchmarks.verdict_sets --model M.onnx --out DIR [--dataset D ...] [--nordland]``
+``netvlad-bench verdict --model M.onnx --out DIR [--dataset D ...] [--nordland]``
 
 For each dataset folder ``D`` (``database.csv``, ``queries.csv`` and, when present, ``unmapped.csv``: e.g.
 a synthetic world, ``python -m training.synth``) and for Nordland (``../shared/data/nordland``: the summer
@@ -25,7 +25,7 @@ same evidence). Writes ``DIR/verdict_sets.json`` and ``DIR/verdict_sets.md``.
 
 from __future__ import annotations
 
-import argparse
+import io
 import json
 import logging
 import shutil
@@ -35,7 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from runtime.datasets import open_dataset
+from runtime.errors import ConfigError
 from runtime.evaluation.metrics import trust_metrics
+from runtime.files import atomic_write_bytes, atomic_write_text
 from runtime.localize import Localizer, LocalizerConfig
 from runtime.map import MapConfig, build_map, open_map, remove_from_map
 from runtime.map.sequence import TemporalConfig
@@ -58,7 +60,9 @@ def describe(backend, root: Path, images, cache: Path) -> np.ndarray:
         batch = [decode_bgr(root / image) for image in images[start : start + BATCH]]
         out.append(backend.infer(np.stack([pre(image) for image in batch])))
     descriptors = np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
-    np.save(cache, descriptors)
+    buffer = io.BytesIO()
+    np.save(buffer, descriptors)
+    atomic_write_bytes(cache, buffer.getvalue())  # an interrupted run leaves no partial cache
     return descriptors
 
 
@@ -187,38 +191,26 @@ def _fmt(value) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="the exported model (model.onnx)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for maps, descriptors and the report")
-    parser.add_argument("--dataset", action="append", default=[], help="a dataset folder (repeatable)")
-    parser.add_argument(
-        "--nordland", action="store_true", help="also the Nordland sets (../shared/data/nordland)"
-    )
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for the model")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
-    backend = open_backend(args.model, "auto", threads=args.threads)
-    sets = []
-    for spec in args.dataset:
-        sets += dataset_sets(Path(spec).name, spec, backend, args.out)
-    if args.nordland:
-        sets += nordland_sets(backend, args.out)
-    results: dict = {}
-    for name, map_dir, stream, truth in sets:
-        for mode, temporal in (("per frame", False), ("--temporal", True)):
-            log.info("%s, %s: %d frames", name, mode, len(stream))
-            results.setdefault(name, {})[mode] = play(backend, map_dir, stream, truth, temporal)
-    backend.close()
-    (args.out / "verdict_sets.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = report(results)
-    (args.out / "verdict_sets.md").write_text(table + "\n")
-    print(table)
-    return results
-
-
-if __name__ == "__main__":
-    main()
+def run_verdict_sets(model: Path, datasets: list[str], nordland: bool, out: Path, threads: int = 2) -> dict:
+    """Every set of the module doc for ``model``; returns ``{"sets": results, "files": {...}}``."""
+    if not datasets and not nordland:
+        raise ConfigError("name at least one set: --dataset FOLDER (repeatable) and/or --nordland")
+    out.mkdir(parents=True, exist_ok=True)
+    backend = open_backend(model, "auto", threads=threads)
+    try:
+        sets = []
+        for spec in datasets:
+            sets += dataset_sets(Path(spec).name, spec, backend, out)
+        if nordland:
+            sets += nordland_sets(backend, out)
+        results: dict = {}
+        for name, map_dir, stream, truth in sets:
+            for mode, temporal in (("per frame", False), ("--temporal", True)):
+                log.info("%s, %s: %d frames", name, mode, len(stream))
+                results.setdefault(name, {})[mode] = play(backend, map_dir, stream, truth, temporal)
+    finally:
+        backend.close()
+    files = {"json": out / "verdict_sets.json", "markdown": out / "verdict_sets.md"}
+    atomic_write_text(files["json"], json.dumps(results, indent=2) + "\n")
+    atomic_write_text(files["markdown"], report(results) + "\n")
+    return {"sets": results, "files": {k: str(v) for k, v in files.items()}}
