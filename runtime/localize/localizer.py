@@ -146,6 +146,9 @@ class Localization:
     else the frame's own (the sequence is not trusted yet); None without sequence matching. ``speed``: the
     speed the sequence found, map places per frame (None until locked). ``verdict``: what the confidence
     judged: ``"sequence"`` (the best line against lines elsewhere) or ``"frame"`` (this frame's similarity).
+    ``stream_samples``: with ``verdict == "frame"`` and adaptation on, how many of the query stream's own
+    impostors the confidence mixed with the map's calibration (which counts as 50:
+    :mod:`runtime.localize.stream_verdict`); None otherwise.
     """
 
     index: int
@@ -166,6 +169,7 @@ class Localization:
     locked: bool | None = None
     speed: float | None = None
     verdict: str = "frame"
+    stream_samples: int | None = None
 
     @property
     def best(self) -> PlaceMatch:
@@ -185,6 +189,7 @@ class Localization:
             "locked": self.locked,
             "speed": None if self.speed is None else round(self.speed, 4),
             "verdict": self.verdict,
+            "stream_samples": self.stream_samples,
             "evidence": round(self.evidence, 4),
             "uncertainty_m": round(self.uncertainty_m, 3),
             **({} if self.lat is None else {"lat": round(self.lat, 8), "lon": round(self.lon, 8)}),
@@ -428,6 +433,9 @@ class Localizer:
             sequence.config if sequence is not None else None,
             stream.verdict,
         )
+        samples = (
+            None if stream.verdict is None or by_sequence else stream.verdict.samples
+        )  # behind the confidence
         if stream.verdict is not None:  # a corroborated known place: the rest is an impostor of the domain
             stream.verdict.observe(
                 int(top_ids[0]),
@@ -464,6 +472,7 @@ class Localizer:
             locked=None if ranked is None else bool(ranked.locked),
             speed=None if ranked is None or not np.isfinite(ranked.speed) else float(ranked.speed),
             verdict="sequence" if by_sequence else "frame",
+            stream_samples=samples,
         )
 
     def _position(self, ids: np.ndarray, sims: np.ndarray) -> tuple[tuple[float, float], float]:

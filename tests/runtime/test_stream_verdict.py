@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
+from runtime import Localizer, LocalizerConfig
 from runtime.localize.stream_verdict import StreamVerdict, impostor_sample
+from runtime.map import MapConfig, build_map
 from runtime.map.calibrate import SEARCH_CANDIDATES, Verdict, calibrate, evidence, search_candidates
+from runtime.sources import ImageFolderSource
+from tests.runtime.helpers import make_onnx_model, make_stand_in_world
 from tests.runtime.test_verdict import _noisy, _route
 
 
@@ -96,3 +102,25 @@ def test_the_stream_calibration_stops_flagging_a_noisier_domains_correct_frames(
     assert by_stream[second][right[second]].mean() <= 0.35
     assert by_stream[first][right[first]].mean() < by_map[first][right[first]].mean()
     assert by_stream[unmapped].mean() >= 0.85
+
+
+def test_localizer_records_say_how_many_stream_samples_the_confidence_used(tmp_path):
+    """Through the real pipeline (ONNX Runtime, FAISS, Localizer): a drive along the route gathers the
+    stream's impostors frame after frame (each record says how many); without adaptation there are none."""
+    model, _ = make_onnx_model(tmp_path / "model.onnx", dim=128)
+    dataset = make_stand_in_world(
+        tmp_path / "data", places=120, spacing_m=5.0, seed=1, size=(48, 64), noise=40, contrast=0.4
+    )
+    map_dir = build_map(model, dataset, tmp_path / "map", MapConfig(faiss_threads=1))
+    runs = {}
+    for adapt in (True, False):
+        config = LocalizerConfig(adapt=adapt)
+        with (
+            Localizer.open(model, map_dir, config=config) as localizer,
+            ImageFolderSource(dataset.root / "queries") as source,
+        ):
+            runs[adapt] = [loc.to_record() for loc in localizer.run(source)]
+    samples = [r["stream_samples"] for r in runs[True]]
+    assert samples[0] == 0 and all(b >= a for a, b in itertools.pairwise(samples))
+    assert samples[-1] >= 60  # most frames of a correct drive give one (measured: 119 of 120)
+    assert all(r["stream_samples"] is None for r in runs[False])
