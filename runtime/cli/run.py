@@ -39,8 +39,9 @@ def main(
     ),
     adapt: bool = typer.Option(
         True,
-        help="Centre the stream's descriptors on their own running mean: aligns the query domain (season, "
-        "light, camera) with the map's. --no-adapt: on the map's mean (frames judged independently).",
+        help="Adapt to the query domain (season, light, camera): centre the stream's descriptors on their own "
+        "running mean, and calibrate the unknown-place verdict on the stream's own impostors as well as the "
+        "map's. --no-adapt: the map's mean and calibration alone (frames judged independently).",
     ),
     top_k: int = typer.Option(5, help="Places reported per frame."),
     min_confidence: float = typer.Option(
