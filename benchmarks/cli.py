@@ -313,6 +313,28 @@ def verdict(
 
 @app.command()
 @command_boundary
+def floor(
+    model: list[Path] = typer.Option(
+        ..., help="Model file (.onnx); repeatable (e.g. model.onnx, model.int8-cpu.onnx)."
+    ),
+    out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for floor.json and floor.md."),
+    places: int = typer.Option(1000, min=1, help="Map places searched and sequence-matched (float32)."),
+    repeats: int = typer.Option(100, min=1, help="Timed calls per stage."),
+    threads: int = typer.Option(2, min=1, help="Inference, BLAS and faiss threads."),
+    verbose: int = VERBOSE,
+    quiet: bool = QUIET,
+) -> None:
+    """Each per-frame stage (inference on every installed backend, exact search, the sequence update) against
+    its floor: FLOPs over the GEMM peak, bytes over the memory bandwidth, both measured here."""
+    from benchmarks.floor import FloorConfig, run_floor
+    from runtime.cli.console import configure_logging
+
+    configure_logging(verbose, quiet)
+    _print_markdown(run_floor(model, out, FloorConfig(places=places, repeats=repeats, threads=threads)))
+
+
+@app.command()
+@command_boundary
 def live(
     model: Path = typer.Option(..., help="Model file (.onnx) the map was built with."),
     map_path: Path = typer.Option(..., "--map", help="Map directory (netvlad-map build)."),
