@@ -45,7 +45,9 @@ _MATMUL_INPUTS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0
 @dataclasses.dataclass(frozen=True)
 class FloorConfig:
     """``places`` x the model's descriptor dimension: the map searched and sequence-matched (float32).
-    ``repeats``: timed calls per stage after ``warmup``. ``threads``: inference, BLAS and faiss threads."""
+    ``repeats``: timed inference calls after ``warmup``; search and sequence update time ``repeats +
+    warmup`` frames of a drive (:func:`benchmarks.sequence.matcher_cost`). ``threads``: inference and faiss
+    threads (numpy's BLAS keeps its own)."""
 
     places: int = 1000
     repeats: int = 100
@@ -88,8 +90,9 @@ def model_macs(path: str | Path) -> int:
     return total
 
 
-def gemm_peak_gflops(threads: int, repeats: int = 5) -> float:
-    """Float32 GEMM throughput, GFLOP/s (2 FLOPs per multiply-accumulate), numpy's BLAS."""
+def gemm_peak_gflops(repeats: int = 5) -> float:
+    """Float32 GEMM throughput, GFLOP/s (2 FLOPs per multiply-accumulate), numpy's BLAS (its own threads:
+    all cores unless OPENBLAS_NUM_THREADS / OMP_NUM_THREADS say otherwise)."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)
     b = rng.standard_normal((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)
@@ -134,15 +137,14 @@ def copy_bandwidth_gbs(repeats: int = 5) -> float:
     return 2.0 * COPY_BYTES / (ms / 1000.0) / 1e9
 
 
-def _stage(name: str, samples_ms: Sequence[float], floor_ms: float, bound: str) -> dict[str, Any]:
-    timing = summarize_ms(samples_ms)
+def _stage(name: str, p50_ms: float, p99_ms: float, floor_ms: float, bound: str) -> dict[str, Any]:
     return {
         "stage": name,
-        "p50_ms": round(timing["p50_ms"], 4),
-        "p99_ms": round(timing["p99_ms"], 4),
+        "p50_ms": round(p50_ms, 4),
+        "p99_ms": round(p99_ms, 4),
         "floor_ms": round(floor_ms, 4),
         "bound": bound,
-        "share_of_floor": round(floor_ms / timing["p50_ms"], 3) if timing["p50_ms"] > 0 else None,
+        "share_of_floor": round(floor_ms / p50_ms, 3) if p50_ms > 0 else None,
     }
 
 
@@ -161,15 +163,15 @@ def run_floor(
     models: Sequence[str | Path], out_dir: str | Path | None, cfg: FloorConfig | None = None
 ) -> dict:
     """Every stage of :data:`__doc__` for ``models``; returns (and writes ``floor.json/.md``) the result."""
-    from runtime.map.sequence import SequenceMatcher, TemporalConfig
+    from benchmarks.sequence import matcher_cost
+    from runtime.map.sequence import TemporalConfig
     from runtime.model.backends import open_backend
     from runtime.model.preprocess import Preprocessor
 
     cfg = cfg or FloorConfig()
     if not models:
         raise ConfigError("name at least one model: --model model.onnx (repeatable)")
-    faiss = require("faiss", "map search")
-    faiss.omp_set_num_threads(max(1, cfg.threads))
+    require("faiss", "map search").omp_set_num_threads(max(1, cfg.threads))
     result: dict[str, Any] = {
         "benchmark": "floor",
         "config": dataclasses.asdict(cfg),
@@ -178,12 +180,12 @@ def run_floor(
     result["load_before"] = load_average()
     t0 = time.perf_counter()
     peaks = {
-        "fp32_gflops": round(gemm_peak_gflops(cfg.threads), 1),
+        "fp32_gflops": round(gemm_peak_gflops(), 1),
         "int8_gops": _round(int8_peak_gops(cfg.threads), 1),
         "copy_gbs": round(copy_bandwidth_gbs(), 2),
     }
     result["peaks"] = peaks
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)  # the frames timed through the model
     stages: list[dict[str, Any]] = []
     dim = None
     for model in models:
@@ -199,38 +201,27 @@ def run_floor(
                 frame = rng.integers(0, 255, (card.input_height, card.input_width, 3), dtype=np.uint8)
                 batch = Preprocessor(card)(frame)[None]
                 samples = time_calls(lambda b=backend, x=batch: b.infer(x), cfg.repeats, cfg.warmup)
+            timing = summarize_ms(samples)
             stage = _stage(
-                f"inference {model.name} ({backend_name})", samples, floor_ms,
+                f"inference {model.name} ({backend_name})", timing["p50_ms"], timing["p99_ms"], floor_ms,
                 f"compute: {macs / 1e9:.3f} GMAC at the {'INT8' if int8 else 'FP32'} GEMM peak",
             )  # fmt: skip
             stage["gmacs"] = round(macs / 1e9, 4)
             stages.append(stage)
+    # search and sequence update as netvlad-bench sequence --cost-sizes times them: a seeded route map, a drive
+    # along it, the flat index's top candidates, then the matcher's update, frame by frame
+    cost = matcher_cost([cfg.places], dim, cfg.repeats + cfg.warmup, TemporalConfig(), cfg.seed)[0]
     map_bytes = cfg.places * dim * 4
-    db = rng.standard_normal((cfg.places, dim), dtype=np.float32)
-    db /= np.linalg.norm(db, axis=1, keepdims=True)
-    index = faiss.IndexFlatIP(dim)
-    index.add(db)
-    query = db[:1] + 0.1 * rng.standard_normal((1, dim), dtype=np.float32)
-    samples = time_calls(lambda: index.search(query, 32), cfg.repeats, cfg.warmup)
     memory_floor = map_bytes / (peaks["copy_gbs"] * 1e9) * 1000.0
     bound = f"memory: {map_bytes / 2**20:.1f} MiB read ({cfg.places} x {dim} float32)"
-    stages.append(_stage(f"exact search, {cfg.places} places", samples, memory_floor, bound))
-    matcher = SequenceMatcher(lambda ids: db[ids], cfg.places, TemporalConfig(), place_spacing_m=5.0)
-    frames = db[(np.arange(cfg.repeats + cfg.warmup + 20) % cfg.places)] + 0.05 * rng.standard_normal(
-        (cfg.repeats + cfg.warmup + 20, dim), dtype=np.float32
-    )  # a drive along the map, one place per frame
-    frames /= np.linalg.norm(frames, axis=1, keepdims=True)
-    _, top = index.search(frames, 32)
-    for t in range(20):  # a full window before timing
-        matcher.update(frames[t], top[t])
-    step = iter(range(20, len(frames)))
-
-    def update() -> None:
-        t = next(step)
-        matcher.update(frames[t], top[t])
-
-    samples = time_calls(update, cfg.repeats, cfg.warmup)
-    stages.append(_stage(f"sequence update, {cfg.places} places", samples, memory_floor, bound))
+    stages.append(
+        _stage(f"exact search, {cfg.places} places", cost["flat_search_ms_p50"], cost["flat_search_ms_p99"],
+               memory_floor, bound)
+    )  # fmt: skip
+    stages.append(
+        _stage(f"sequence update, {cfg.places} places", cost["update_ms_p50"], cost["update_ms_p99"],
+               memory_floor, bound)
+    )  # fmt: skip
     result["stages"] = stages
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["load_after"] = load_average()

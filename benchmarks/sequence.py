@@ -276,6 +276,7 @@ def matcher_cost(sizes, dim: int, frames: int, temporal_config, seed: int = 0) -
             "update_ms_p50": float(np.percentile(update_ms[0], 50)),
             "update_ms_p99": float(np.percentile(update_ms[0], 99)),
             "flat_search_ms_p50": float(np.percentile(search_ms, 50)),
+            "flat_search_ms_p99": float(np.percentile(search_ms, 99)),
             "R@1": right / frames,
             "whole_map": len(matchers) > 1,
         }

@@ -37,9 +37,11 @@ import numpy as np
 from runtime.datasets import open_dataset
 from runtime.errors import ConfigError
 from runtime.evaluation.metrics import trust_metrics
-from runtime.files import atomic_write_bytes, atomic_write_text
+from runtime.files import atomic_directory, atomic_write_bytes, atomic_write_text
 from runtime.localize import Localizer, LocalizerConfig
 from runtime.map import MapConfig, build_map, open_map, remove_from_map
+from runtime.map.build import META_FILE, PLACES_FILE
+from runtime.map.places import Places
 from runtime.map.sequence import TemporalConfig
 from runtime.model.backends import open_backend
 from runtime.model.preprocess import Preprocessor
@@ -67,15 +69,14 @@ def describe(backend, root: Path, images, cache: Path) -> np.ndarray:
 
 
 def cut_map(full: Path, out: Path, remove: np.ndarray) -> Path:
-    """A copy of the map ``full`` at ``out`` without the places where ``remove (N,) bool``."""
-    if (out / "map.json").is_file():
+    """A copy of the map ``full`` at ``out`` without the places where ``remove (N,) bool`` (kept when it
+    exists: a rerun resumes), written whole or not at all."""
+    if (out / META_FILE).is_file():
         return out
-    staging = out.with_name(out.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(full, staging)
-    images = open_map(full).places.images
-    remove_from_map(staging, images=[images[i] for i in np.flatnonzero(remove)])
-    staging.rename(out)
+    images = Places.read_csv(full / PLACES_FILE).images
+    with atomic_directory(out, overwrite=True) as staging:
+        shutil.copytree(full, staging, dirs_exist_ok=True)
+        remove_from_map(staging, images=[images[i] for i in np.flatnonzero(remove)])
     return out
 
 

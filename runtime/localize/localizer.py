@@ -367,12 +367,10 @@ class Localizer:
 
     def _new_stream(self, temporal: TemporalConfig | None) -> _Stream:
         """A new stream over the current map: sequence matching with ``temporal`` (None: off)."""
-        if not self.config.adapt:
-            return _Stream(self.map, None, self._sequence_matcher(temporal))
-        centre = QueryCentre(self.map.projection.mean, self._still)
-        return _Stream(
-            self.map, centre, self._sequence_matcher(temporal), StreamVerdict(self.verdict.confidence)
-        )
+        adapt = self.config.adapt
+        centre = QueryCentre(self.map.projection.mean, self._still) if adapt else None
+        verdict = StreamVerdict(self.verdict.confidence) if adapt else None
+        return _Stream(self.map, centre, self._sequence_matcher(temporal), verdict)
 
     def _sequence_matcher(self, config: TemporalConfig | None) -> SequenceMatcher | None:
         """A new sequence over the current map, or None when ``config`` is None."""

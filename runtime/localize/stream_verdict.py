@@ -18,18 +18,15 @@ samples: a frame of an unmapped place (or a wrong answer), its best place taken 
 of its second-best impostor, systematically lower than an impostor's own, and pull the threshold down. So a
 sample needs the answer judged known and corroborated: by the sequence verdict (a locked line), or, frame
 by frame, by the previous frame's answer lying within ``CORROBORATE_RADII`` radii of it (a robot's motion
-between frames; wrong answers scatter over the map). Measured where single frames are weak (Nordland, the
-synthetic world's model, R@1 0.15, a fifth of the route removed): unmapped frames flagged 88 % with the
-map's calibration, 77 % with every known frame's sample, 83 % with corroborated ones; on the synthetic
-world corroboration changes nothing. The sequence verdict keeps the
-map's calibration: its line evidence is normalised within each place's neighbourhood and holds across
-domains as calibrated (measured on Nordland winter against the summer map: stretches of the winter drive
-played as unmapped routes give the same threshold as the map's own stretches), while samples taken beside a
-tracked line miss the optimised impostor lines of a truly unmapped route.
-
-Measured (``python -m benchmarks.verdict_sets``, per frame, 90 % operating point; correct frames flagged /
-unmapped frames flagged, map calibration -> stream calibration, against the query-domain oracle, which
-removes each query's true neighbourhood): see ``benchmarks/verdict_sets.py`` and the README.
+between frames; wrong answers scatter over the map). Measured where single frames are weak (``netvlad-bench
+verdict --nordland``, the synthetic world's model, R@1 0.15, a fifth of the route removed): unmapped frames
+flagged 89 % with the map's calibration alone, 78 % with every known frame's sample, 83 % with corroborated
+ones; on the synthetic world corroboration changes nothing. The sequence verdict keeps the map's
+calibration: its line evidence is normalised within each place's neighbourhood and holds across domains as
+calibrated (measured on cached Nordland descriptors: stretches of the winter drive played as unmapped routes
+give the same threshold as the map's own stretches), while samples taken beside a tracked line miss the
+optimised impostor lines of a truly unmapped route. Every set's rates: ``netvlad-bench verdict`` and the
+README (*The verdict on every set*).
 """
 
 from __future__ import annotations

@@ -242,7 +242,7 @@ def sequence_elsewhere_m(radius_m: float, spacing_m: float, config: TemporalConf
     line is placed, not whether another stretch of the route explains the frames as well. Where places are
     farther apart than ``radius_m / suppress`` (Nordland's 20 m, a sparse map or a slow robot's), it used to
     be the competitor: measured with an untrained ImageNet model on Nordland winter against the summer map
-    (``python -m benchmarks.verdict_sets``), correct frames flagged 9.9 -> 6.1 % (1x), 22.5 -> 14.8 % (2x),
+    (the sets of ``netvlad-bench verdict --nordland``, replayed on cached descriptors), correct frames flagged 9.9 -> 6.1 % (1x), 22.5 -> 14.8 % (2x),
     with a stretch of the route removed from the map 11.2 -> 6.3 % and its unmapped frames flagged 91.1 ->
     90.5 %; where places are dense (5 m) nothing changes.
     """
